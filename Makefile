@@ -1,0 +1,46 @@
+# The two set-up commands the README gives are `make run` and `make test`; both build what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test test-fast lint typecheck bench venv redis-server clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install --quiet -e ".[dealership,hiredis]" --group dev
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Tests start their own redis-server processes; install the binary when the machine lacks it.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found: installing it with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy src tests/typing
+
+## Everything: lint, types, and the whole test suite (slow suites included).
+test: $(STAMP) redis-server lint typecheck
+	$(BIN)/pytest
+
+## The quick loop while developing: skips suites marked slow.
+test-fast: $(STAMP) redis-server
+	$(BIN)/pytest -m "not slow" -x -q
+
+## The reference service on its embedded default (SQLite, plus Redis if one is reachable).
+run: $(STAMP)
+	$(BIN)/python -m dealership
+
+bench: $(STAMP) redis-server
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

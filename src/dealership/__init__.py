@@ -1,0 +1,1 @@
+"""dealership: the reference REST service built on hybridcache."""
