@@ -1,0 +1,132 @@
+"""The two behaviors that put the cache into the pipeline: read-through for ``Cacheable`` queries,
+invalidation after ``InvalidatesCache`` commands.
+
+They depend on the cache only through the two small protocols below, which ``HybridCache`` satisfies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import Any, Protocol, TypeVar, cast
+
+from hybridcache.cqrs.markers import Cacheable, InvalidatesCache
+from hybridcache.cqrs.pipeline import CallNext, PipelineBehavior
+from hybridcache.cqrs.requests import Command, Query, Request, response_type_of
+
+__all__ = ["CacheInvalidationBehavior", "CachingBehavior", "InvalidatingCache", "ReadThroughCache"]
+
+logger = logging.getLogger("hybridcache.cqrs")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ReadThroughCache(Protocol):
+    """What :class:`CachingBehavior` needs from a cache (``HybridCache.get_or_create``)."""
+
+    async def get_or_create(
+        self,
+        key: str,
+        factory: Callable[[], Awaitable[T]],
+        *,
+        ttl: timedelta,
+        type_: Any,
+        tags: Sequence[str],
+    ) -> T:
+        """Return the value cached under ``key``, or run ``factory`` once, cache its result and return it."""
+        ...
+
+
+class InvalidatingCache(Protocol):
+    """What :class:`CacheInvalidationBehavior` needs from a cache (``HybridCache.invalidate``)."""
+
+    async def invalidate(
+        self, *, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]
+    ) -> object:
+        """Drop ``keys``, everything under ``prefixes`` and everything tagged ``tags``, on every instance."""
+        ...
+
+
+class CachingBehavior(PipelineBehavior):
+    """Answers a ``Cacheable`` query from the cache; runs the rest of the pipeline only on a miss.
+
+    The key, L2 duration and tags come from the query; the response type ``R`` of its ``Query[R]`` base tells
+    the cache how to decode an L2 hit. Applies only to query types that mix in :class:`Cacheable`; every other
+    request type's chain does not contain it. Cache failures are the cache's business (it degrades to running
+    the handler); a handler exception propagates and nothing is cached.
+    """
+
+    __slots__ = ("_cache",)
+
+    def __init__(self, cache: ReadThroughCache) -> None:
+        self._cache = cache
+
+    def applies_to(self, request_type: type[Request[Any]]) -> bool:
+        """True for ``Query`` subclasses that are ``Cacheable``."""
+        if issubclass(request_type, Cacheable) and not issubclass(request_type, Query):
+            raise TypeError(
+                f"{request_type.__qualname__} is Cacheable but not a Query: only queries may be cached"
+            )
+        return issubclass(request_type, Cacheable)
+
+    async def handle(self, request: Request[R], call_next: CallNext[R]) -> R:
+        """``cache.get_or_create(cache_key, call_next, ttl=cache_duration, type_=R, tags=cache_tags)``."""
+        query = cast(Cacheable, request)
+        return await self._cache.get_or_create(
+            query.cache_key,
+            call_next,
+            ttl=query.cache_duration,
+            type_=response_type_of(request.__class__),
+            tags=query.cache_tags,
+        )
+
+
+class CacheInvalidationBehavior(PipelineBehavior):
+    """After an ``InvalidatesCache`` command's handler *returned*, invalidates what the command declares.
+
+    Runs the rest of the pipeline first: if it raises, the exception propagates and nothing is invalidated
+    (the unit of work rolled back, so nothing changed). If it returns, the write is committed, so a failure
+    to invalidate must not turn it into an error: it is logged and counted in :attr:`failures`, and the
+    result is returned. (``HybridCache.invalidate`` already retries failed publications and never raises;
+    this is the last line of defence.)
+    """
+
+    __slots__ = ("_cache", "failures")
+
+    def __init__(self, cache: InvalidatingCache) -> None:
+        self._cache = cache
+        self.failures = 0
+        """Invalidations that raised (and were logged) since this behavior was created."""
+
+    def applies_to(self, request_type: type[Request[Any]]) -> bool:
+        """True for ``Command`` subclasses that are ``InvalidatesCache``."""
+        if issubclass(request_type, InvalidatesCache) and not issubclass(request_type, Command):
+            raise TypeError(
+                f"{request_type.__qualname__} is InvalidatesCache but not a Command: only commands write"
+            )
+        return issubclass(request_type, InvalidatesCache)
+
+    async def handle(self, request: Request[R], call_next: CallNext[R]) -> R:
+        """Run the handler, then ``cache.invalidate(keys=..., prefixes=..., tags=...)``."""
+        result = await call_next()
+        command = cast(InvalidatesCache, request)
+        keys = command.cache_keys_to_invalidate
+        prefixes = command.cache_prefixes_to_invalidate
+        tags = command.cache_tags_to_invalidate
+        if not (keys or prefixes or tags):
+            return result
+        logger.info("CacheInvalidationBehavior processing %s", request.__class__.__name__)
+        try:
+            await self._cache.invalidate(keys=keys, prefixes=prefixes, tags=tags)
+        except Exception:
+            self.failures += 1
+            logger.exception(
+                "Cache invalidation failed after %s committed (keys=%r, prefixes=%r, tags=%r)",
+                request.__class__.__name__,
+                list(keys),
+                list(prefixes),
+                list(tags),
+            )
+        return result
