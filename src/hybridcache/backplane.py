@@ -1,0 +1,193 @@
+"""The invalidation channel: one pub/sub subscriber per cache, and the rules for when L1 may be trusted.
+
+Redis pub/sub is at-most-once, and redis-py reconnects and resubscribes by itself without telling anyone, so the
+backplane never assumes it saw every message. Three mechanisms close the gaps:
+
+* **Resync on every subscribe acknowledgement.** Whether we subscribed or redis-py silently resubscribed after a
+  reconnect, the ``subscribe`` reply triggers a resync: the generation table is reloaded from Redis and L1 is
+  emptied, since anything in it may have missed an invalidation.
+* **Numbered messages.** Each invalidation message carries a number from one Redis counter (assigned inside the
+  same script that publishes it, so numbers follow publication order). A jump in the numbers means messages were
+  lost: resync.
+* **Heartbeat.** Every ``heartbeat_interval`` the loop reads the counter, then sends ``PING <nonce>`` on the
+  subscriber connection. Replies and messages on one connection arrive in order, so when the nonce comes back
+  every message numbered up to what we read has been delivered — if we have not seen it, resync. If the nonce
+  does not come back within ``heartbeat_timeout`` (a frozen or partitioned server, which redis-py's own health
+  check does not notice), the connection is dropped and rebuilt.
+
+While the subscription is not confirmed the :class:`GenerationTable` is marked untrusted, and the cache bounds L1
+and validates L2 reads against Redis itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio.client import PubSub
+
+from hybridcache.generations import GenerationTable
+from hybridcache.redis import RedisL2, parse_message
+
+logger = logging.getLogger("hybridcache.backplane")
+
+MessageHandler = Callable[[dict[str, Any]], None]
+ResyncHandler = Callable[[bool], None]
+
+
+class HeartbeatTimeoutError(Exception):
+    """The subscriber connection did not answer a PING in time."""
+
+
+class Backplane:
+    """Receives invalidation messages for one namespace and keeps the generation table in step with Redis."""
+
+    def __init__(
+        self,
+        l2: RedisL2,
+        table: GenerationTable,
+        *,
+        on_message: MessageHandler,
+        on_resync: ResyncHandler,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 2.0,
+    ) -> None:
+        self._l2 = l2
+        self._table = table
+        self._on_message = on_message
+        self._on_resync = on_resync
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_timeout = heartbeat_timeout
+        self._task: asyncio.Task[None] | None = None
+        self._trusted_event = asyncio.Event()
+        self.last_sequence = 0
+        self.messages_received = 0
+        self.gaps_detected = 0
+        self.resyncs = 0
+        self.connected = False
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="hybridcache-backplane")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def wait_trusted(self, timeout: float) -> bool:
+        """Wait until the subscription is confirmed; False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._trusted_event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        outage_logged = False
+        while True:
+            pubsub = self._l2.client.pubsub()
+            try:
+                await self._listen(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure means: not trusted, rebuild the connection
+                if not outage_logged:
+                    logger.warning(
+                        "Invalidation channel lost (%s: %s); L1 is bounded until it is back",
+                        exc.__class__.__name__,
+                        exc,
+                    )
+                    outage_logged = True
+            else:
+                outage_logged = False
+            finally:
+                self._lose_trust()
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self._heartbeat_timeout):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            if self.connected:  # we had a working subscription: retry quickly
+                backoff = 0.05
+            self.connected = False
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 2.0)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        async with asyncio.timeout(self._heartbeat_timeout):
+            await pubsub.subscribe(self._l2.channel)
+        subscribe_deadline = time.monotonic() + self._heartbeat_timeout
+        next_heartbeat = time.monotonic() + self._heartbeat_interval
+        pending: tuple[bytes, int, float] | None = None  # nonce, sequence read before the ping, deadline
+        while True:
+            message = await pubsub.get_message(timeout=min(0.05, self._heartbeat_interval))
+            if message is not None:
+                pending = await self._handle(message, pending)
+            now = time.monotonic()
+            if not self._table.trusted and now > subscribe_deadline:
+                raise HeartbeatTimeoutError("subscription was not acknowledged in time")
+            if pending is not None:
+                if now > pending[2]:
+                    raise HeartbeatTimeoutError(f"no reply to PING within {self._heartbeat_timeout}s")
+            elif now >= next_heartbeat and self._table.trusted:
+                async with asyncio.timeout(self._heartbeat_timeout):
+                    published = await self._l2.sequence(guarded=False)
+                nonce = secrets.token_hex(8).encode()
+                await pubsub.ping(nonce)
+                pending = (nonce, published, time.monotonic() + self._heartbeat_timeout)
+                next_heartbeat = now + self._heartbeat_interval
+
+    async def _handle(
+        self, message: dict[str, Any], pending: tuple[bytes, int, float] | None
+    ) -> tuple[bytes, int, float] | None:
+        kind = message["type"]
+        if kind == "message":
+            try:
+                payload = parse_message(message["data"])
+            except ValueError:
+                logger.warning("Ignored a foreign message on the invalidation channel")
+                return pending
+            self.messages_received += 1
+            sequence = int(payload["s"])
+            if payload["e"] != self._table.epoch or sequence > self.last_sequence + 1:
+                self.gaps_detected += 1
+                logger.warning(
+                    "Invalidation messages %d..%d were missed; resynchronising", self.last_sequence + 1, sequence - 1
+                )
+                await self._resync()
+            else:
+                self.last_sequence = max(self.last_sequence, sequence)
+            self._on_message(payload)
+        elif kind == "subscribe":
+            await self._resync()
+        elif kind == "pong" and pending is not None and message["data"] == pending[0]:
+            if self.last_sequence < pending[1]:
+                self.gaps_detected += 1
+                logger.warning("Heartbeat found invalidation %d unseen; resynchronising", pending[1])
+                await self._resync()
+            return None
+        return pending
+
+    async def _resync(self) -> None:
+        async with asyncio.timeout(self._heartbeat_timeout):
+            state = await self._l2.generation_state(guarded=False)
+        epoch_changed = self._table.replace(state.epoch, state.counters)
+        self.last_sequence = state.sequence
+        self.resyncs += 1
+        self._on_resync(epoch_changed)
+        self._table.set_trusted(True)
+        self.connected = True
+        self._trusted_event.set()
+
+    def _lose_trust(self) -> None:
+        self._table.set_trusted(False)
+        self._trusted_event.clear()

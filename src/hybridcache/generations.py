@@ -1,0 +1,149 @@
+"""Generation counters: how prefix and tag invalidation stays O(1) and how a stale set is detected.
+
+Every prefix (at ``:`` boundaries) and every tag has a generation counter, a *field* named ``p:<prefix>`` or
+``t:<tag>``. Invalidating a prefix or tag increments its counter; nothing is scanned or deleted. Each entry
+records the generations of the fields it depends on (its key's ancestors and its tags) when its value was
+*computed*, and is served only while none of those counters has moved past what it recorded. The counters live
+in a Redis hash (authoritative, shared by all instances) together with a random *epoch*; each process mirrors
+them in a :class:`GenerationTable`, kept current by the invalidation messages, so validating an entry is a few
+dict lookups and no I/O. If Redis loses the hash (restart without persistence), a new epoch is drawn and every
+entry stamped with the old one is rejected, so a reset counter can never make an old stamp current again.
+
+:class:`InvalidationLog` is the in-process complement for the stale-set race on L1: a factory that started before
+an invalidation of its key (exact, prefix or tag) must not put its result into L1 afterwards.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Iterable, Mapping
+
+from hybridcache.keys import ancestors
+
+EPOCH_FIELD = "__epoch__"
+
+
+def prefix_field(prefix: str) -> str:
+    return f"p:{prefix}"
+
+
+def tag_field(tag: str) -> str:
+    return f"t:{tag}"
+
+
+def fields_for(full_key: str, namespace_length: int, tags: Iterable[str] = ()) -> tuple[str, ...]:
+    """The generation fields an entry under ``full_key`` depends on: every ancestor prefix, then its tags."""
+    logical = full_key[namespace_length:]
+    return tuple(prefix_field(p) for p in ancestors(logical)) + tuple(tag_field(t) for t in tags)
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+class GenerationTable:
+    """This process's mirror of the generation counters, plus whether it may be trusted right now.
+
+    ``version`` increases on every change (new counters, new epoch, trust lost or regained), so an L1 entry that
+    was validated at the current version needs no further check: that is the whole cost of an L1 hit.
+    """
+
+    __slots__ = ("_counters", "epoch", "trusted", "version")
+
+    def __init__(self, epoch: str | None = None, *, trusted: bool = True) -> None:
+        self._counters: dict[str, int] = {}
+        self.epoch = epoch
+        self.trusted = trusted
+        self.version = 1
+
+    def current(self, field: str) -> int:
+        return self._counters.get(field, 0)
+
+    def snapshot(self, fields: Iterable[str]) -> dict[str, int]:
+        """The non-zero counters among ``fields``: what a value computed now records."""
+        counters = self._counters
+        return {f: counters[f] for f in fields if f in counters}
+
+    def is_current(self, epoch: str, generations: Mapping[str, int], fields: Iterable[str]) -> bool:
+        """True when no counter in ``fields`` has moved past what ``generations`` recorded under ``epoch``."""
+        if epoch != self.epoch:
+            return False
+        counters = self._counters
+        for field in fields:
+            now = counters.get(field)
+            if now is not None and generations.get(field, 0) < now:
+                return False
+        return True
+
+    def advance(self, updates: Mapping[str, int]) -> None:
+        """Merge counters learnt from an invalidation (they only ever grow, so replays are harmless)."""
+        counters = self._counters
+        for field, generation in updates.items():
+            if generation > counters.get(field, 0):
+                counters[field] = generation
+        self.version += 1
+
+    def bump_locally(self, fields: Iterable[str]) -> dict[str, int]:
+        """Increment counters in this process only (L1-only mode, where this table is the authority)."""
+        counters = self._counters
+        result = {}
+        for field in fields:
+            counters[field] = result[field] = counters.get(field, 0) + 1
+        self.version += 1
+        return result
+
+    def replace(self, epoch: str, counters: Mapping[str, int]) -> bool:
+        """Load the authoritative state (after a (re)subscribe). Returns True when the epoch changed."""
+        changed = epoch != self.epoch
+        if changed:
+            self._counters = dict(counters)
+        else:
+            self.advance(counters)
+        self.epoch = epoch
+        self.version += 1
+        return changed
+
+    def set_trusted(self, trusted: bool) -> None:
+        if trusted != self.trusted:
+            self.trusted = trusted
+            self.version += 1
+
+    def __len__(self) -> int:
+        return len(self._counters)
+
+
+class InvalidationLog:
+    """A bounded record of recent invalidations applied in this process, numbered by a local sequence.
+
+    A factory notes :attr:`sequence` before it runs; afterwards :meth:`covers_since` says whether anything that
+    touches its key was invalidated meanwhile. When the record has overflowed past that point the answer is a
+    conservative yes (the value is returned to its caller but not kept in L1).
+    """
+
+    __slots__ = ("_records", "sequence")
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._records: deque[tuple[int, frozenset[str], frozenset[str], frozenset[str]]] = deque(maxlen=capacity)
+        self.sequence = 0
+
+    def record(self, keys: Iterable[str], prefixes: Iterable[str], tags: Iterable[str]) -> None:
+        """Note an invalidation of full keys, full prefixes (namespace included) and tags."""
+        self.sequence += 1
+        self._records.append((self.sequence, frozenset(keys), frozenset(prefixes), frozenset(tags)))
+
+    def covers_since(self, since: int, full_key: str, namespace_length: int, tags: Iterable[str]) -> bool:
+        if since == self.sequence:
+            return False
+        records = self._records
+        if not records or records[0][0] > since + 1:
+            return True  # overflowed: we cannot prove nothing relevant happened
+        namespace_part = full_key[:namespace_length]
+        key_prefixes = {namespace_part + p for p in ancestors(full_key[namespace_length:])}
+        key_tags = set(tags)
+        for sequence, keys, prefixes, record_tags in reversed(records):
+            if sequence <= since:
+                break
+            if full_key in keys or not prefixes.isdisjoint(key_prefixes) or not record_tags.isdisjoint(key_tags):
+                return True
+        return False

@@ -1,0 +1,134 @@
+"""The bytes an entry is stored as in Redis: a small envelope around a typed JSON body. No pickle.
+
+Layout: ``hc1`` + header JSON + ``\\n`` + body JSON. The header is parsed with orjson (it is tiny); the body is
+decoded straight from bytes by pydantic's ``TypeAdapter.validate_json`` of the type the caller declared, so whoever
+can write to Redis can at worst make a read miss, never run code or smuggle in a different type.
+
+Header fields: ``v`` format version, ``c`` creation time and ``x`` logical expiry (Unix seconds), ``e`` the
+generation epoch, ``g`` the generations the value was computed under, ``t`` its tags, ``n`` present when the value
+is ``None`` (stored without its body so a non-optional type never sees ``null``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from hybridcache.errors import HybridCacheError
+
+FORMAT_VERSION: Final = 1
+_MAGIC: Final = b"hc1"
+_HEADER_END: Final = b"\n"
+
+
+class CorruptEntryError(HybridCacheError):
+    """Bytes under a cache key that are not a valid entry of the expected type (a miss, never shown to callers)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EntryHeader:
+    """What an entry says about itself, besides its value."""
+
+    created: float
+    expires: float
+    epoch: str
+    generations: Mapping[str, int]
+    tags: tuple[str, ...]
+    is_none: bool
+
+
+class ValueCodec:
+    """Encodes values of one declared type to JSON bytes and back.
+
+    With ``type_=None`` values must be JSON-native (dicts, lists, str, numbers, bools, dataclasses, pydantic models
+    dumped as dicts) and come back as plain JSON data. With a type, values come back as that type.
+    """
+
+    __slots__ = ("_adapter",)
+
+    def __init__(self, type_: Any = None) -> None:
+        self._adapter: TypeAdapter[Any] | None = None if type_ is None else TypeAdapter(type_)
+
+    def encode(self, value: Any) -> bytes:
+        if self._adapter is not None:
+            return self._adapter.dump_json(value)
+        return orjson.dumps(value, default=_json_default)
+
+    def decode(self, body: bytes) -> Any:
+        try:
+            if self._adapter is not None:
+                return self._adapter.validate_json(body)
+            return orjson.loads(body)
+        except (ValidationError, orjson.JSONDecodeError, ValueError) as exc:
+            raise CorruptEntryError(f"entry body does not decode: {exc.__class__.__name__}") from exc
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON-serializable; pass type_= to get_or_create/set")
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_codec(type_: Any) -> ValueCodec:
+    return ValueCodec(type_)
+
+
+def codec_for(type_: Any) -> ValueCodec:
+    """The codec for ``type_``, built once per type (a TypeAdapter is expensive to build, cheap to use)."""
+    try:
+        return _cached_codec(type_)
+    except TypeError:  # an unhashable type expression: build it uncached
+        return ValueCodec(type_)
+
+
+def encode_entry(body: bytes | None, header: EntryHeader) -> bytes:
+    """The Redis payload for an entry; ``body`` is None exactly when the value is None."""
+    fields: dict[str, Any] = {
+        "v": FORMAT_VERSION,
+        "c": header.created,
+        "x": header.expires,
+        "e": header.epoch,
+    }
+    if header.generations:
+        fields["g"] = header.generations
+    if header.tags:
+        fields["t"] = header.tags
+    if body is None:
+        fields["n"] = 1
+        return _MAGIC + orjson.dumps(fields) + _HEADER_END
+    return _MAGIC + orjson.dumps(fields) + _HEADER_END + body
+
+
+def decode_entry(raw: bytes) -> tuple[EntryHeader, bytes | None]:
+    """Split a payload into its header and body bytes (None for a cached None). Raises CorruptEntryError."""
+    if not raw.startswith(_MAGIC):
+        raise CorruptEntryError("entry does not start with the hybridcache marker")
+    cut = raw.find(_HEADER_END, len(_MAGIC))
+    if cut < 0:
+        raise CorruptEntryError("entry has no header terminator")
+    try:
+        fields = orjson.loads(raw[len(_MAGIC) : cut])
+        if fields["v"] != FORMAT_VERSION:
+            raise CorruptEntryError(f"entry format version {fields['v']!r} is not {FORMAT_VERSION}")
+        generations = fields.get("g") or {}
+        if not isinstance(generations, dict) or not all(type(g) is int for g in generations.values()):
+            raise CorruptEntryError("entry generations are malformed")
+        header = EntryHeader(
+            created=float(fields["c"]),
+            expires=float(fields["x"]),
+            epoch=str(fields["e"]),
+            generations=generations,
+            tags=tuple(str(t) for t in fields.get("t") or ()),
+            is_none="n" in fields,
+        )
+    except CorruptEntryError:
+        raise
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CorruptEntryError(f"entry header is malformed: {exc.__class__.__name__}") from exc
+    return header, (None if header.is_none else raw[cut + 1 :])
