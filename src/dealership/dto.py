@@ -92,9 +92,7 @@ class CreateDealershipRequest(ApiModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [
-                {"name": "Ford of Springfield", "businessAddress": "12 Main St", "businessZipCodeId": 1}
-            ]
+            "examples": [{"name": "Ford of Springfield", "businessAddress": "12 Main St", "businessZipCodeId": 1}]
         }
     )
 

@@ -137,19 +137,13 @@ async def seed_database(
     state_codes = [state["code"] for state in data.states]
     await connection.execute(
         insert(ZipCode),
-        [
-            {**columns, "state_province_id": state_ids[state_codes[index]]}
-            for index, columns in data.zip_codes
-        ],
+        [{**columns, "state_province_id": state_ids[state_codes[index]]} for index, columns in data.zip_codes],
     )
     zip_ids = dict((await connection.execute(select(ZipCode.code, ZipCode.id))).tuples().all())
     zip_codes = [columns["code"] for _, columns in data.zip_codes]
     if data.dealerships:
         await connection.execute(
             insert(Dealership),
-            [
-                {**columns, "business_zip_code_id": zip_ids[zip_codes[index]]}
-                for index, columns in data.dealerships
-            ],
+            [{**columns, "business_zip_code_id": zip_ids[zip_codes[index]]} for index, columns in data.dealerships],
         )
     return True
