@@ -1,0 +1,28 @@
+"""Exceptions raised by hybridcache; every one derives from :class:`HybridCacheError`."""
+
+from __future__ import annotations
+
+
+class HybridCacheError(Exception):
+    """Base class of every exception hybridcache raises on purpose."""
+
+
+class CacheConfigurationError(HybridCacheError, ValueError):
+    """The cache configuration is invalid.
+
+    Raised at load time (never later, on a request) with a one-line message that names the offending key in
+    .NET path form (``TheTechLoopCache:MemoryCache:SizeLimit``) and the expected form. Messages never contain
+    a password.
+    """
+
+
+class CircuitOpenError(HybridCacheError):
+    """A call was refused without being attempted because the circuit breaker guarding it is open.
+
+    ``name`` is the breaker's name (``"redis"`` for L2) and ``state`` its state when it refused.
+    """
+
+    def __init__(self, name: str, state: str = "open") -> None:
+        super().__init__(f"Circuit breaker '{name}' is {state}; call not attempted")
+        self.name = name
+        self.state = state
