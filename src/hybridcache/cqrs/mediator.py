@@ -71,9 +71,7 @@ class Mediator(Generic[ScopeT]):
 
     # -- registration -------------------------------------------------------------------------------------
 
-    def register(
-        self, request_type: type[ReqT], factory: Callable[[ScopeT], RequestHandler[ReqT, Any]]
-    ) -> None:
+    def register(self, request_type: type[ReqT], factory: Callable[[ScopeT], RequestHandler[ReqT, Any]]) -> None:
         """Make ``factory(scope)`` the handler of ``request_type``; ``ValueError`` if it already has one."""
         if request_type in self._factories:
             raise ValueError(f"{request_type.__qualname__} already has a handler")
@@ -85,9 +83,7 @@ class Mediator(Generic[ScopeT]):
         self._behaviors.append(behavior)
         self._pipelines.clear()
 
-    def subscribe(
-        self, notification_type: type[N], factory: Callable[[ScopeT], NotificationHandler[N]]
-    ) -> None:
+    def subscribe(self, notification_type: type[N], factory: Callable[[ScopeT], NotificationHandler[N]]) -> None:
         """Add a handler of ``notification_type`` (and of its subclasses), called in subscription order."""
         self._subscribers.setdefault(notification_type, []).append(factory)
         self._subscriber_cache.clear()

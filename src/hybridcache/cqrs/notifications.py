@@ -12,7 +12,7 @@ __all__ = ["Notification", "NotificationHandler", "PublishStrategy", "run_notifi
 
 logger = logging.getLogger("hybridcache.cqrs")
 
-N = TypeVar("N", bound="Notification")
+N_contra = TypeVar("N_contra", bound="Notification", contravariant=True)
 
 PublishStrategy = Literal["sequential", "concurrent"]
 
@@ -23,13 +23,13 @@ class Notification:
     __slots__ = ()
 
 
-class NotificationHandler(ABC, Generic[N]):
-    """Reacts to one notification type."""
+class NotificationHandler(ABC, Generic[N_contra]):
+    """Reacts to one notification type (and so, contravariantly, to its subclasses)."""
 
     __slots__ = ()
 
     @abstractmethod
-    async def handle(self, notification: N) -> None:
+    async def handle(self, notification: N_contra) -> None:
         """React to ``notification``. An exception is logged and reported by ``publish``; it does not stop the
         other handlers."""
 

@@ -13,8 +13,7 @@ from typing import Any, Generic, TypeVar, get_args, get_origin
 __all__ = ["Command", "Query", "Request", "RequestHandler", "response_type_of"]
 
 R_co = TypeVar("R_co", covariant=True)
-ReqT = TypeVar("ReqT", bound="Request[Any]")
-R = TypeVar("R")
+ReqT_contra = TypeVar("ReqT_contra", bound="Request[Any]", contravariant=True)
 
 
 class Request(Generic[R_co]):
@@ -40,13 +39,13 @@ class Command(Request[R_co]):
     __slots__ = ()
 
 
-class RequestHandler(ABC, Generic[ReqT, R]):
+class RequestHandler(ABC, Generic[ReqT_contra, R_co]):
     """Answers one request type. Pure business logic: no cache calls, ever — behaviors do that."""
 
     __slots__ = ()
 
     @abstractmethod
-    async def handle(self, request: ReqT) -> R:
+    async def handle(self, request: ReqT_contra) -> R_co:
         """Answer ``request``. An exception propagates to the caller of ``send`` unchanged."""
 
 
