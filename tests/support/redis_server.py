@@ -103,9 +103,7 @@ class RedisServer:
             *self._extra_args,
         ]  # fmt: skip
         with self._log_path.open("ab") as log:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self._process, self._port, self._paused = process, port, False
         _LIVE.add(process)
         while time.monotonic() < deadline:

@@ -20,9 +20,7 @@ async def wait_until(
 
 
 @overload
-async def wait_until(
-    predicate: Callable[[], T], *, timeout: float, interval: float = ..., message: str
-) -> T: ...
+async def wait_until(predicate: Callable[[], T], *, timeout: float, interval: float = ..., message: str) -> T: ...
 
 
 async def wait_until(
@@ -51,9 +49,7 @@ async def wait_until(
         await asyncio.sleep(min(interval, max(0.0, deadline - time.monotonic())))
 
 
-def wait_until_sync(
-    predicate: Callable[[], T], *, timeout: float, interval: float = 0.005, message: str
-) -> T:
+def wait_until_sync(predicate: Callable[[], T], *, timeout: float, interval: float = 0.005, message: str) -> T:
     """Blocking twin of :func:`wait_until` for synchronous code; ``predicate`` must be synchronous."""
     deadline = time.monotonic() + timeout
     while True:

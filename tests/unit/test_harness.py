@@ -74,9 +74,7 @@ def test_restart_of_a_live_server_keeps_the_port(redis_server: RedisServer) -> N
 
 
 async def test_paused_server_times_out_and_answers_again_after_resume(redis_server: RedisServer) -> None:
-    client = redis_server.client(
-        socket_timeout=0.2, retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
-    )
+    client = redis_server.client(socket_timeout=0.2, retry=redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0))
     try:
         assert await client.ping() is True
         redis_server.pause()
