@@ -1,0 +1,77 @@
+"""The FastAPI application: routes, error bodies, metrics, and a lifespan that runs :func:`bootstrap`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import OperationalError
+
+from dealership.api import dealership_router, operations_router
+from dealership.bootstrap import ServiceConfig, Services, bootstrap
+from dealership.metrics import CacheStatsCollector, HttpMetrics, PrometheusMiddleware
+
+__all__ = ["AsciiJSONResponse", "create_app"]
+
+logger = logging.getLogger("dealership")
+
+_DESCRIPTION = """The reference service of **hybridcache**: the .NET seed's Dealership API, answered through a
+two-level cache (L1 memory, L2 Redis) that a CQRS pipeline reads through and invalidates after writes.
+Several instances may share one database and one Redis."""
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: a 422 body echoes client input, which may hold lone surrogates that cannot
+    be encoded as UTF-8 (Starlette's default rendering would fail on them with a 500)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+async def _validation_failed(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return AsciiJSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors())})
+
+
+async def _database_unavailable(_request: Request, exc: Exception) -> Response:
+    logger.error("Database operation failed: %s", exc)
+    return JSONResponse(status_code=503, content={"detail": "The database is unavailable; try again shortly"})
+
+
+def create_app(config: ServiceConfig | None = None) -> FastAPI:
+    """The dealership application for ``config`` (default: :class:`ServiceConfig`'s defaults).
+
+    Building the app opens nothing; its lifespan prepares the database, starts the cache and closes both at
+    shutdown. Under ``httpx.ASGITransport`` (which does not run lifespans) enter
+    ``app.router.lifespan_context(app)`` yourself.
+    """
+    config = config or ServiceConfig()
+    registry = CollectorRegistry()
+    live: dict[str, Services] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with bootstrap(config) as services:
+            app.state.services = live["services"] = services
+            try:
+                yield
+            finally:
+                live.clear()
+
+    app = FastAPI(title="Dealership", version="1.0.0", description=_DESCRIPTION, lifespan=lifespan)
+    app.state.metrics_registry = registry
+    registry.register(CacheStatsCollector(lambda: live["services"].cache.stats() if live else None))
+    app.add_middleware(PrometheusMiddleware, metrics=HttpMetrics(registry))
+    app.add_exception_handler(RequestValidationError, _validation_failed)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.include_router(dealership_router)
+    app.include_router(operations_router)
+    return app
