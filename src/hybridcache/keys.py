@@ -81,7 +81,8 @@ class CacheKey:
         minimum = cls._HASH_HEX + 2
         if max_length < minimum:
             raise ValueError(f"max_length must be at least {minimum}, got {max_length}")
-        encoded = quote(term, safe="-._").replace(cls._HASH_MARK, "%7E")
+        # surrogatepass: a lone surrogate (json.loads can produce one) is encoded, not an exception; still injective.
+        encoded = quote(term.encode("utf-8", "surrogatepass"), safe="-._").replace(cls._HASH_MARK, "%7E")
         if len(encoded) <= max_length:
             return encoded
         digest = hashlib.blake2b(term.encode("utf-8", "surrogatepass"), digest_size=cls._HASH_HEX // 2).hexdigest()
