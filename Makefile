@@ -40,6 +40,7 @@ run: $(STAMP)
 	$(BIN)/python -m dealership
 
 bench: $(STAMP) redis-server
+	$(BIN)/python -m pip install --quiet -e . --group bench
 	$(BIN)/python -m benchmarks
 
 clean:
