@@ -42,9 +42,7 @@ class ReadThroughCache(Protocol):
 class InvalidatingCache(Protocol):
     """What :class:`CacheInvalidationBehavior` needs from a cache (``HybridCache.invalidate``)."""
 
-    async def invalidate(
-        self, *, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]
-    ) -> object:
+    async def invalidate(self, *, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]) -> object:
         """Drop ``keys``, everything under ``prefixes`` and everything tagged ``tags``, on every instance."""
         ...
 
@@ -66,9 +64,7 @@ class CachingBehavior(PipelineBehavior):
     def applies_to(self, request_type: type[Request[Any]]) -> bool:
         """True for ``Query`` subclasses that are ``Cacheable``."""
         if issubclass(request_type, Cacheable) and not issubclass(request_type, Query):
-            raise TypeError(
-                f"{request_type.__qualname__} is Cacheable but not a Query: only queries may be cached"
-            )
+            raise TypeError(f"{request_type.__qualname__} is Cacheable but not a Query: only queries may be cached")
         return issubclass(request_type, Cacheable)
 
     async def handle(self, request: Request[R], call_next: CallNext[R]) -> R:
@@ -103,9 +99,7 @@ class CacheInvalidationBehavior(PipelineBehavior):
     def applies_to(self, request_type: type[Request[Any]]) -> bool:
         """True for ``Command`` subclasses that are ``InvalidatesCache``."""
         if issubclass(request_type, InvalidatesCache) and not issubclass(request_type, Command):
-            raise TypeError(
-                f"{request_type.__qualname__} is InvalidatesCache but not a Command: only commands write"
-            )
+            raise TypeError(f"{request_type.__qualname__} is InvalidatesCache but not a Command: only commands write")
         return issubclass(request_type, InvalidatesCache)
 
     async def handle(self, request: Request[R], call_next: CallNext[R]) -> R:
