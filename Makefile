@@ -2,13 +2,20 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+STAMP   := $(VENV)/.installed-dev
 
 .PHONY: run test test-fast lint typecheck bench venv redis-server clean
 
-$(STAMP): pyproject.toml
+# What the service needs to run (kept small so `make run` on a fresh clone starts quickly).
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
+	$(BIN)/python -m pip install --quiet -e ".[dealership,hiredis]"
+	touch $(RUNTIME)
+
+# Plus the test and lint tools.
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e ".[dealership,hiredis]" --group dev
 	touch $(STAMP)
 
@@ -36,7 +43,7 @@ test-fast: $(STAMP) redis-server
 	$(BIN)/pytest -m "not slow" -x -q
 
 ## The reference service on its embedded default (SQLite, plus Redis if one is reachable).
-run: $(STAMP)
+run: $(RUNTIME)
 	$(BIN)/python -m dealership
 
 bench: $(STAMP) redis-server
