@@ -3,18 +3,32 @@
 This module only re-exports the public names; each lives in the module that owns it.
 """
 
-from hybridcache.cache import CacheConnectionError, HybridCache
-from hybridcache.errors import CacheConfigurationError, HybridCacheError
+from hybridcache.cache import CacheConnectionError, FactoryTimeoutError, HybridCache
+from hybridcache.errors import CacheConfigurationError, CircuitOpenError, HybridCacheError
 from hybridcache.keys import CacheKey
 from hybridcache.metrics import CacheStats
-from hybridcache.settings import CacheSettings
+from hybridcache.settings import (
+    BackplaneSettings,
+    CacheSettings,
+    CircuitBreakerSettings,
+    DistributedLockSettings,
+    FailSafeSettings,
+    MemoryCacheSettings,
+)
 
 __all__ = [
+    "BackplaneSettings",
     "CacheConfigurationError",
     "CacheConnectionError",
     "CacheKey",
     "CacheSettings",
     "CacheStats",
+    "CircuitBreakerSettings",
+    "CircuitOpenError",
+    "DistributedLockSettings",
+    "FactoryTimeoutError",
+    "FailSafeSettings",
     "HybridCache",
     "HybridCacheError",
+    "MemoryCacheSettings",
 ]

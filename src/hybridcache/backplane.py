@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from redis.asyncio.client import PubSub
 
 from hybridcache.generations import GenerationTable
@@ -39,6 +40,7 @@ logger = logging.getLogger("hybridcache.backplane")
 
 MessageHandler = Callable[[dict[str, Any]], None]
 ResyncHandler = Callable[[bool], None]
+FillHandler = Callable[[str], None]
 
 
 class HeartbeatTimeoutError(Exception):
@@ -57,8 +59,10 @@ class Backplane:
         on_resync: ResyncHandler,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 2.0,
+        on_fill: FillHandler | None = None,
     ) -> None:
         self._l2 = l2
+        self._on_fill = on_fill
         self._table = table
         self._on_message = on_message
         self._on_resync = on_resync
@@ -151,6 +155,12 @@ class Backplane:
     ) -> tuple[bytes, int, float] | None:
         kind = message["type"]
         if kind == "message":
+            if message["data"][:5] == b'{"f":':
+                # A distributed-lock fill notice (see locking.py): not numbered, never part of gap detection.
+                if self._on_fill is not None:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        self._on_fill(str(orjson.loads(message["data"])["f"]))
+                return pending
             try:
                 payload = parse_message(message["data"])
             except ValueError:

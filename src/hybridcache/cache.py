@@ -20,7 +20,9 @@ Guarantees (see docs/invalidation.md for the argument):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import random
 import secrets
 import time
 from collections import deque
@@ -37,6 +39,7 @@ from hybridcache.backplane import Backplane
 from hybridcache.errors import HybridCacheError
 from hybridcache.generations import GenerationTable, InvalidationLog, fields_for, new_epoch, prefix_field, tag_field
 from hybridcache.keys import namespace, normalize_prefix, validate_key
+from hybridcache.locking import DistributedSingleFlight
 from hybridcache.memory import L1Entry, MemoryStore
 from hybridcache.metrics import CacheStats, Counters
 from hybridcache.redis import Capture, L2UnavailableError, RedisL2
@@ -47,12 +50,60 @@ from hybridcache.settings import CacheSettings
 T = TypeVar("T")
 logger = logging.getLogger("hybridcache")
 
-_MISSING: Final[Any] = object()
+_NEVER: Final = float("inf")
 TtlLike = timedelta | float | int
 
 
 class CacheConnectionError(HybridCacheError):
     """Redis was unreachable at start-up and the configuration says ``abortConnect=true``."""
+
+
+class FactoryTimeoutError(HybridCacheError, TimeoutError):
+    """The factory did not finish within its hard timeout (or its soft timeout, when a stale value was served).
+
+    The factory is not cancelled: it finishes in the background and its result is stored.
+    """
+
+
+async def _no_factory() -> Any:
+    raise AssertionError("set() never runs a factory")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything one ``get_or_create`` call decided, built once on the slow path."""
+
+    full_key: str
+    factory: Callable[[], Awaitable[Any]]
+    codec: ValueCodec
+    seconds: float
+    tags: tuple[str, ...]
+    fail_safe: bool
+    soft_timeout: float | None
+    hard_timeout: float | None
+    eager_refresh: float | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Found:
+    """A current value read from L2 (or kept in L1): fresh, or a fail-safe fallback past its TTL."""
+
+    value: Any
+    fresh: bool
+    epoch: str
+    generations: dict[str, int]
+    fields: tuple[str, ...]
+    retain: float  # seconds from now it may still serve as a fail-safe fallback
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Capture:
+    """Generations read before a factory runs: from Redis (None when unreachable), our mirror, our log position."""
+
+    remote: Capture | None
+    snapshot: dict[str, int]
+    mark: int
+    fields: tuple[str, ...]
 
 
 def _seconds(ttl: TtlLike) -> float:
@@ -114,6 +165,10 @@ class HybridCache:
         self._flights: SingleFlight[str, Any] = SingleFlight()
         self._pending: deque[tuple[list[str], list[str]]] = deque()
         self._retry_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[Any]] = set()
+        self._dlock: DistributedSingleFlight | None = None
+        self._jitter = float(settings.jitter_max_duration_seconds)
+        self._fail_safe_duration = settings.fail_safe.max_duration_minutes * 60.0
         self.counters = Counters()
         self._started = False
 
@@ -158,6 +213,15 @@ class HybridCache:
                 self._client, instance_name=self.settings.instance_name, namespace=self._namespace, breaker=self.breaker
             )
             await self._check_reachable(abort=endpoint.abort_connect if endpoint is not None else False)
+            lock = self.settings.distributed_lock
+            if lock.enabled:
+                self._dlock = DistributedSingleFlight(
+                    self._l2,
+                    self._client,
+                    instance_id=self.instance_id,
+                    lease_ms=lock.lease_milliseconds,
+                    wait_timeout=lock.wait_timeout_milliseconds / 1000,
+                )
             if self.settings.backplane.enabled:
                 backplane = self.settings.backplane
                 self._backplane = Backplane(
@@ -167,6 +231,7 @@ class HybridCache:
                     on_resync=self._on_resync,
                     heartbeat_interval=float(backplane.heartbeat_interval_seconds),
                     heartbeat_timeout=float(backplane.heartbeat_timeout_seconds),
+                    on_fill=self._on_fill,
                 )
                 await self._backplane.start()
                 await self._backplane.wait_trusted(timeout=self.settings.connect_timeout_milliseconds / 1000)
@@ -199,6 +264,11 @@ class HybridCache:
         if self._retry_task is not None:
             self._retry_task.cancel()
             self._retry_task = None
+        if self._background:
+            # Let background refreshes and timed-out factories finish storing, within a bound.
+            await asyncio.wait(list(self._background), timeout=self.settings.operation_timeout_milliseconds / 1000)
+            for task in list(self._background):
+                task.cancel()
         if self._owns_client and self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -220,6 +290,10 @@ class HybridCache:
         ttl: TtlLike | None = None,
         type_: Any = None,
         tags: Sequence[str] = (),
+        fail_safe: bool | None = None,
+        soft_timeout: TtlLike | None = None,
+        hard_timeout: TtlLike | None = None,
+        eager_refresh: float | None = None,
     ) -> T:
         """The cached value of ``key``, computing it with ``factory`` on a miss.
 
@@ -227,7 +301,15 @@ class HybridCache:
         ``MemoryCache.DefaultExpirationSeconds`` of it. ``type_`` is the declared type, used to decode values read
         back from Redis (pydantic models, dataclasses, containers, ``X | None``...). A ``None`` result is cached
         (for at most ``NullExpirationSeconds``). Concurrent callers of one key in this process share a single
-        factory run; its exception, if any, reaches all of them and nothing is cached.
+        factory run (across instances too with ``DistributedLock.Enabled``); its exception reaches all of them and
+        nothing is cached.
+
+        The other options default to the ``FailSafe`` and ``EagerRefreshThreshold`` settings:
+        ``fail_safe`` keeps entries up to ``FailSafe.MaxDurationMinutes`` past their TTL and returns such a stale
+        (but never invalidated) value when the factory raises or passes ``soft_timeout``; ``hard_timeout`` raises
+        :class:`FactoryTimeoutError` (or serves stale, with fail-safe). A timed-out factory keeps running in the
+        background and its result is stored. ``eager_refresh`` (a fraction of the TTL, e.g. 0.8) makes the first
+        hit after that point start one background refresh; callers never wait for it.
         """
         if not self._enabled:
             self.counters.handler_runs += 1
@@ -235,14 +317,65 @@ class HybridCache:
         full_key = self._namespace + key
         l1 = self._l1
         if l1 is not None:
-            entry = l1.get(full_key, self._clock())
+            now = self._clock()
+            entry = l1.get(full_key, now)
             if entry is not None and (entry.checked == self._table.version or self._revalidate(entry)):
                 self.counters.l1_hits += 1
+                if now >= entry.refresh_at:
+                    entry.refresh_at = _NEVER
+                    self._refresh_later(
+                        self._plan(
+                            key,
+                            full_key,
+                            factory,
+                            ttl,
+                            type_,
+                            tags,
+                            fail_safe,
+                            soft_timeout,
+                            hard_timeout,
+                            eager_refresh,
+                        )
+                    )
                 value: T = entry.value
                 return value
         validate_key(key)
-        result: T = await self._flights.run(full_key, lambda: self._load(full_key, factory, ttl, type_, tuple(tags)))
+        plan = self._plan(
+            key, full_key, factory, ttl, type_, tags, fail_safe, soft_timeout, hard_timeout, eager_refresh
+        )
+        result: T = await self._flights.run(full_key, lambda: self._load(plan))
         return result
+
+    def _plan(
+        self,
+        key: str,
+        full_key: str,
+        factory: Callable[[], Awaitable[Any]],
+        ttl: TtlLike | None,
+        type_: Any,
+        tags: Sequence[str],
+        fail_safe: bool | None,
+        soft_timeout: TtlLike | None,
+        hard_timeout: TtlLike | None,
+        eager_refresh: float | None,
+    ) -> _Plan:
+        defaults = self.settings.fail_safe
+        soft = soft_timeout if soft_timeout is not None else defaults.factory_soft_timeout
+        hard = hard_timeout if hard_timeout is not None else defaults.factory_hard_timeout
+        eager = eager_refresh if eager_refresh is not None else self.settings.eager_refresh_threshold
+        if eager is not None and not 0 < eager < 1:
+            raise ValueError(f"eager_refresh must be between 0 and 1 (exclusive), got {eager}")
+        return _Plan(
+            full_key=full_key,
+            factory=factory,
+            codec=codec_for(type_),
+            seconds=self._default_ttl if ttl is None else _seconds(ttl),
+            tags=tuple(tags),
+            fail_safe=defaults.enabled if fail_safe is None else fail_safe,
+            soft_timeout=None if soft is None else _seconds(soft),
+            hard_timeout=None if hard is None else _seconds(hard),
+            eager_refresh=eager,
+        )
 
     async def get(self, key: str, *, type_: Any = None, default: Any = None) -> Any:
         """The cached value of ``key`` (L1, then L2), or ``default`` when neither has a current entry."""
@@ -254,12 +387,13 @@ class HybridCache:
             if entry is not None and (entry.checked == self._table.version or self._revalidate(entry)):
                 self.counters.l1_hits += 1
                 return entry.value
-        value = await self._read_l2(full_key, codec_for(type_)) if self._l2 is not None else _MISSING
-        if value is _MISSING:
-            self.counters.misses += 1
-            return default
-        self.counters.l2_hits += 1
-        return value
+        if self._l2 is not None:
+            found = await self._read_l2(full_key, codec_for(type_), None)
+            if found is not None and found.fresh:
+                self.counters.l2_hits += 1
+                return found.value
+        self.counters.misses += 1
+        return default
 
     async def set(
         self, key: str, value: Any, *, ttl: TtlLike | None = None, type_: Any = None, tags: Sequence[str] = ()
@@ -269,8 +403,8 @@ class HybridCache:
             return
         full_key = self._namespace + validate_key(key)
         await self.invalidate(keys=[key])  # other instances must drop their L1 copy of the old value
-        capture, snapshot, mark = await self._capture(full_key, tuple(tags))
-        await self._store(full_key, value, codec_for(type_), ttl, tuple(tags), capture, snapshot, mark)
+        plan = self._plan(key, full_key, _no_factory, ttl, type_, tags, False, None, None, None)
+        await self._store(plan, value, await self._capture(plan))
 
     def _revalidate(self, entry: L1Entry) -> bool:
         table = self._table
@@ -284,59 +418,177 @@ class HybridCache:
         self._l1.remove(entry.key)
         return False
 
-    async def _load(
-        self,
-        full_key: str,
-        factory: Callable[[], Awaitable[T]],
-        ttl: TtlLike | None,
-        type_: Any,
-        tags: tuple[str, ...],
-    ) -> T:
-        codec = codec_for(type_)
+    async def _load(self, plan: _Plan) -> Any:
+        stale: _Found | None = None
         if self._l2 is not None:
-            found = await self._read_l2(full_key, codec)
-            if found is not _MISSING:
-                self.counters.l2_hits += 1
-                value: T = found
-                return value
+            found = await self._read_l2(plan.full_key, plan.codec, plan)
+            if found is not None:
+                if found.fresh:
+                    self.counters.l2_hits += 1
+                    return found.value
+                stale = found
+        if stale is None and plan.fail_safe:
+            stale = self._stale_from_l1(plan.full_key)
         self.counters.misses += 1
-        capture, snapshot, mark = await self._capture(full_key, tags)
+        if self._dlock is not None:
+            return await self._load_with_lock(plan, stale)
+        return await self._compute(plan, stale)
+
+    async def _load_with_lock(self, plan: _Plan, stale: _Found | None) -> Any:
+        assert self._dlock is not None
+        try:
+            token = await self._dlock.try_acquire(plan.full_key)
+        except L2UnavailableError:
+            return await self._compute(plan, stale)
+        if token is not None:
+            try:
+                return await self._compute(plan, stale)
+            finally:
+                await self._dlock.release(plan.full_key, token)
+        notice = self._dlock.register(plan.full_key)
+        try:
+            for attempt in range(2):  # once right after registering (it may be filled already), once after notice
+                found = await self._read_l2(plan.full_key, plan.codec, plan)
+                if found is not None and found.fresh:
+                    self.counters.l2_hits += 1
+                    self.counters.misses -= 1  # it was not a miss after all: someone else computed it
+                    return found.value
+                if attempt == 0 and not await self._dlock.wait(notice):
+                    break
+        finally:
+            self._dlock.unregister(plan.full_key, notice)
+        return await self._compute(plan, stale)
+
+    async def _compute(self, plan: _Plan, stale: _Found | None) -> Any:
+        """Run the factory (with its timeouts) and store the result; fall back to ``stale`` under fail-safe."""
+        capture = await self._capture(plan)
         self.counters.handler_runs += 1
         try:
-            value = await factory()
-        except Exception:
-            self.counters.factory_errors += 1
-            raise
-        await self._store(full_key, value, codec, ttl, tags, capture, snapshot, mark)
+            value = await self._run_factory(plan, capture, stale is not None)
+        except Exception as exc:
+            if isinstance(exc, FactoryTimeoutError):
+                self.counters.factory_timeouts += 1
+            else:
+                self.counters.factory_errors += 1
+            if stale is None or not plan.fail_safe:
+                raise
+            return self._serve_stale(plan, stale, exc)
+        await self._store(plan, value, capture)
         return value
 
-    async def _read_l2(self, full_key: str, codec: ValueCodec) -> Any:
-        """The current value stored in L2 (promoted to L1), or _MISSING."""
+    async def _run_factory(self, plan: _Plan, capture: _Capture, stale_available: bool) -> Any:
+        soft = plan.soft_timeout if plan.fail_safe and stale_available else None
+        hard = plan.hard_timeout
+        if soft is None and hard is None:
+            return await plan.factory()
+        task = asyncio.ensure_future(plan.factory())
+        limit = min(t for t in (soft, hard) if t is not None)
+        done, _ = await asyncio.wait((task,), timeout=limit)
+        if done:
+            return task.result()
+        # Let it finish in the background and store what it returns (the stale-set checks still apply).
+        self._background.add(task)
+        task.add_done_callback(lambda finished: self._store_in_background(plan, capture, finished))
+        kind = "soft" if limit == soft else "hard"
+        raise FactoryTimeoutError(f"factory for {plan.full_key} exceeded its {kind} timeout of {limit}s")
+
+    def _store_in_background(self, plan: _Plan, capture: _Capture, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            return
+        store = asyncio.ensure_future(self._store(plan, task.result(), capture))
+        self._background.add(store)
+        store.add_done_callback(self._background.discard)
+
+    def _serve_stale(self, plan: _Plan, stale: _Found, exc: Exception) -> Any:
+        self.counters.fail_safe_activations += 1
+        logger.warning(
+            "Factory for %s failed (%s: %s); serving the stale value (fail-safe)",
+            plan.full_key,
+            exc.__class__.__name__,
+            exc,
+        )
+        if self._l1 is not None:
+            # Keep serving it for the throttle period instead of hammering a failing factory on every request.
+            throttle = float(self.settings.fail_safe.throttle_duration_seconds)
+            self._put_l1(
+                plan.full_key, stale.value, throttle, stale.epoch, stale.generations, stale.fields, retain=stale.retain
+            )
+        return stale.value
+
+    def _stale_from_l1(self, full_key: str) -> _Found | None:
+        entry = self._l1.peek(full_key) if self._l1 is not None else None
+        if entry is None or entry.retain_until <= self._clock():
+            return None
+        table = self._table
+        if not table.trusted or not table.is_current(entry.epoch, entry.generations, entry.fields):
+            return None
+        return _Found(
+            entry.value, False, entry.epoch, entry.generations, entry.fields, entry.retain_until - self._clock()
+        )
+
+    def _refresh_later(self, plan: _Plan) -> None:
+        """Start one background refresh of ``plan``'s key (eager refresh); errors are logged, never raised."""
+        refresh_key = plan.full_key + "\x00refresh"
+        if refresh_key in self._flights:
+            return
+        self.counters.eager_refreshes += 1
+
+        async def refresh() -> None:
+            try:
+                await self._compute(plan, None)
+            except Exception as exc:  # the entry in hand stays valid until it expires
+                logger.warning("Eager refresh of %s failed: %s: %s", plan.full_key, exc.__class__.__name__, exc)
+
+        task = asyncio.ensure_future(self._flights.run(refresh_key, refresh))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _read_l2(self, full_key: str, codec: ValueCodec, plan: _Plan | None) -> _Found | None:
+        """What L2 holds for ``full_key`` if it is current (fresh or, past its TTL, a fail-safe candidate)."""
         assert self._l2 is not None
         mark = self._log.sequence
         try:
             raw = await self._l2.get(full_key)
         except L2UnavailableError:
             self.counters.l2_errors += 1
-            return _MISSING
+            return None
         if raw is None:
-            return _MISSING
+            return None
         try:
             header, body = decode_entry(raw)
             fields = fields_for(full_key, self._namespace_length, header.tags)
             if not await self._is_current(header, fields):
                 self.counters.stale_reads_rejected += 1
-                return _MISSING
+                return None
             value = None if body is None else codec.decode(body)
         except CorruptEntryError as exc:
             await self._discard_corrupt(full_key, exc)
-            return _MISSING
-        remaining = header.expires - self._wall()
+            return None
+        wall = self._wall()
+        remaining = header.expires - wall
+        generations = dict(header.generations)
         if remaining <= 0:
-            return _MISSING
+            retain = header.retain - wall
+            return _Found(value, False, header.epoch, generations, fields, retain) if retain > 0 else None
+        refresh_in = _NEVER
+        if plan is not None and plan.eager_refresh is not None:
+            refresh_in = header.created + plan.eager_refresh * (header.expires - header.created) - wall
+            if refresh_in <= 0:
+                self._refresh_later(plan)
+                refresh_in = _NEVER
         if self._l1 is not None and not self._log.covers_since(mark, full_key, self._namespace_length, header.tags):
-            self._put_l1(full_key, value, remaining, header.epoch, dict(header.generations), fields)
-        return value
+            self._put_l1(
+                full_key,
+                value,
+                remaining,
+                header.epoch,
+                generations,
+                fields,
+                refresh_in=refresh_in,
+                retain=header.retain - wall,
+            )
+        return _Found(value, True, header.epoch, generations, fields, header.retain - wall)
 
     async def _is_current(self, header: EntryHeader, fields: tuple[str, ...]) -> bool:
         table = self._table
@@ -359,47 +611,48 @@ class HybridCache:
         except L2UnavailableError:
             self.counters.l2_errors += 1
 
-    async def _capture(self, full_key: str, tags: tuple[str, ...]) -> tuple[Capture | None, dict[str, int], int]:
+    async def _capture(self, plan: _Plan) -> _Capture:
         """What a value about to be computed depends on: Redis's generations, ours, and our log position."""
         mark = self._log.sequence
-        fields = fields_for(full_key, self._namespace_length, tags)
+        fields = fields_for(plan.full_key, self._namespace_length, plan.tags)
         snapshot = self._table.snapshot(fields)
-        capture = None
+        remote = None
         if self._l2 is not None:
             try:
-                capture = await self._l2.capture(full_key, fields)
+                remote = await self._l2.capture(plan.full_key, fields)
             except L2UnavailableError:
                 self.counters.l2_errors += 1
-        return capture, snapshot, mark
+        return _Capture(remote, snapshot, mark, fields)
 
-    async def _store(
-        self,
-        full_key: str,
-        value: Any,
-        codec: ValueCodec,
-        ttl: TtlLike | None,
-        tags: tuple[str, ...],
-        capture: Capture | None,
-        snapshot: dict[str, int],
-        mark: int,
-    ) -> None:
-        seconds = self._default_ttl if ttl is None else _seconds(ttl)
+    async def _store(self, plan: _Plan, value: Any, capture: _Capture) -> None:
+        seconds = plan.seconds
         if value is None:
             seconds = min(seconds, self._null_ttl)
         if seconds <= 0:
             return
-        fields = fields_for(full_key, self._namespace_length, tags)
-        if capture is not None:
+        if self._jitter > 0:
+            seconds += random.uniform(0, self._jitter)
+        retain = self._fail_safe_duration if plan.fail_safe else 0.0
+        remote = capture.remote
+        if remote is not None:
             assert self._l2 is not None
             now = self._wall()
-            header = EntryHeader(now, now + seconds, capture.epoch, capture.generations, tags, value is None)
-            payload = encode_entry(None if value is None else codec.encode(value), header)
-            ttl_ms = max(1, int(seconds * 1000))
+            header = EntryHeader(
+                now,
+                now + seconds,
+                remote.epoch,
+                remote.generations,
+                plan.tags,
+                value is None,
+                retain=now + seconds + retain,
+            )
+            payload = encode_entry(None if value is None else plan.codec.encode(value), header)
+            ttl_ms = max(1, int((seconds + retain) * 1000))
             try:
                 if self._stale_set_protection:
-                    stored = await self._l2.set_if_current(full_key, payload, ttl_ms, capture)
+                    stored = await self._l2.set_if_current(plan.full_key, payload, ttl_ms, remote)
                 else:
-                    await self._l2.set(full_key, payload, ttl_ms)
+                    await self._l2.set(plan.full_key, payload, ttl_ms)
                     stored = True
             except L2UnavailableError:
                 self.counters.l2_errors += 1
@@ -409,14 +662,26 @@ class HybridCache:
                     return
         if self._l1 is None:
             return
-        if self._stale_set_protection and self._log.covers_since(mark, full_key, self._namespace_length, tags):
+        if self._stale_set_protection and self._log.covers_since(
+            capture.mark, plan.full_key, self._namespace_length, plan.tags
+        ):
             self.counters.stale_sets_prevented += 1
             return
         if not self._stale_set_protection:
-            capture = None  # pretend the value was computed now: the unprotected cache-aside race
-            snapshot = self._table.snapshot(fields)
-        epoch, generations = (capture.epoch, capture.generations) if capture else (self._table.epoch, snapshot)
-        self._put_l1(full_key, value, seconds, epoch, generations, fields)
+            remote = None  # pretend the value was computed now: the unprotected cache-aside race
+            capture = _Capture(None, self._table.snapshot(capture.fields), capture.mark, capture.fields)
+        epoch, generations = (remote.epoch, remote.generations) if remote else (self._table.epoch, capture.snapshot)
+        refresh_in = _NEVER if plan.eager_refresh is None else plan.eager_refresh * seconds
+        self._put_l1(
+            plan.full_key,
+            value,
+            seconds,
+            epoch,
+            generations,
+            capture.fields,
+            refresh_in=refresh_in,
+            retain=seconds + retain,
+        )
 
     def _put_l1(
         self,
@@ -426,6 +691,9 @@ class HybridCache:
         epoch: str | None,
         generations: dict[str, int],
         fields: tuple[str, ...],
+        *,
+        refresh_in: float = _NEVER,
+        retain: float = 0.0,
     ) -> None:
         assert self._l1 is not None
         table = self._table
@@ -436,9 +704,25 @@ class HybridCache:
             checked = table.version
         else:
             seconds = min(seconds, self._disconnected_ttl)
+            retain = 0.0
             checked = 0
         now = self._clock()
-        self._l1.put(L1Entry(full_key, value, now + seconds, now, epoch or "", generations, fields, checked))
+        # A fail-safe fallback is kept in L1 no longer than L1 would keep a fresh value past its expiry.
+        retain_until = now + min(retain, seconds + self._l1_max_ttl) if retain > seconds else 0.0
+        self._l1.put(
+            L1Entry(
+                full_key,
+                value,
+                now + seconds,
+                now,
+                epoch or "",
+                generations,
+                fields,
+                checked,
+                refresh_at=now + refresh_in,
+                retain_until=retain_until,
+            )
+        )
 
     # ------------------------------------------------------------------ writes
 
@@ -531,6 +815,10 @@ class HybridCache:
         if message["e"] == self._table.epoch:
             self._table.advance(generations)
         logger.debug("Received invalidation event #%s from %s", message["s"], message["i"])
+
+    def _on_fill(self, full_key: str) -> None:
+        if self._dlock is not None:
+            self._dlock.notify(full_key)
 
     def _on_resync(self, epoch_changed: bool) -> None:
         # Anything computed or cached before this point may have missed an invalidation.

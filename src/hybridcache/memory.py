@@ -29,6 +29,8 @@ class L1Entry:
         "key",
         "newer",
         "older",
+        "refresh_at",
+        "retain_until",
         "value",
         "visited",
     )
@@ -43,6 +45,8 @@ class L1Entry:
         generations: dict[str, int],
         fields: tuple[str, ...],
         checked: int,
+        refresh_at: float = float("inf"),
+        retain_until: float = 0.0,
     ) -> None:
         self.key = key
         self.value = value
@@ -52,6 +56,8 @@ class L1Entry:
         self.generations = generations  # generation per field when the value was computed
         self.fields = fields  # the generation fields (prefixes, tags) the entry depends on
         self.checked = checked  # the generation-table version the entry was last validated against
+        self.refresh_at = refresh_at  # monotonic time after which a hit starts a background refresh
+        self.retain_until = retain_until  # kept (not served) until then, as a fail-safe fallback
         self.visited = False
         self.newer: L1Entry | None = None
         self.older: L1Entry | None = None
@@ -81,12 +87,17 @@ class MemoryStore:
         return iter(list(self._entries.values()))
 
     def get(self, key: str, now: float) -> L1Entry | None:
-        """The live entry for ``key``, marking it visited; an expired entry is dropped and reported absent."""
+        """The live entry for ``key``, marking it visited.
+
+        An expired entry is reported absent; it is dropped unless it is retained as a fail-safe fallback
+        (``retain_until``), in which case :meth:`peek` still finds it.
+        """
         entry = self._entries.get(key)
         if entry is None:
             return None
         if entry.expires_at <= now:
-            self._unlink(entry)
+            if entry.retain_until <= now:
+                self._unlink(entry)
             return None
         entry.visited = True
         return entry
@@ -133,7 +144,7 @@ class MemoryStore:
         now = self._clock()
         node = self._hand or self._oldest
         # Each pass clears a visited bit, so this ends within two sweeps of the list.
-        while node is not None and node.visited and node.expires_at > now:
+        while node is not None and node.visited and max(node.expires_at, node.retain_until) > now:
             node.visited = False
             node = node.newer or self._oldest
         if node is None:

@@ -4,9 +4,10 @@ Layout: ``hc1`` + header JSON + ``\\n`` + body JSON. The header is parsed with o
 decoded straight from bytes by pydantic's ``TypeAdapter.validate_json`` of the type the caller declared, so whoever
 can write to Redis can at worst make a read miss, never run code or smuggle in a different type.
 
-Header fields: ``v`` format version, ``c`` creation time and ``x`` logical expiry (Unix seconds), ``e`` the
-generation epoch, ``g`` the generations the value was computed under, ``t`` its tags, ``n`` present when the value
-is ``None`` (stored without its body so a non-optional type never sees ``null``).
+Header fields: ``v`` format version, ``c`` creation time and ``x`` logical expiry (Unix seconds), ``r`` until when
+it may serve as a fail-safe fallback, ``e`` the generation epoch, ``g`` the generations the value was computed
+under, ``t`` its tags, ``n`` present when the value is ``None`` (stored without its body so a non-optional type
+never sees ``null``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ class EntryHeader:
     generations: Mapping[str, int]
     tags: tuple[str, ...]
     is_none: bool
+    retain: float = 0.0  # until when (Unix seconds) it may serve as a fail-safe fallback; 0 = until ``expires``
+
+    def __post_init__(self) -> None:
+        if self.retain < self.expires:
+            object.__setattr__(self, "retain", self.expires)
 
 
 class ValueCodec:
@@ -99,6 +105,8 @@ def encode_entry(body: bytes | None, header: EntryHeader) -> bytes:
         fields["g"] = header.generations
     if header.tags:
         fields["t"] = header.tags
+    if header.retain > header.expires:
+        fields["r"] = header.retain
     if body is None:
         fields["n"] = 1
         return _MAGIC + orjson.dumps(fields) + _HEADER_END
@@ -126,6 +134,7 @@ def decode_entry(raw: bytes) -> tuple[EntryHeader, bytes | None]:
             generations=generations,
             tags=tuple(str(t) for t in fields.get("t") or ()),
             is_none="n" in fields,
+            retain=float(fields.get("r", 0.0)),
         )
     except CorruptEntryError:
         raise

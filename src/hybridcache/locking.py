@@ -1,0 +1,93 @@
+"""Distributed single flight: one factory run per key across every instance, not just per process.
+
+The instance that misses first takes a lease lock in Redis (``SET NX PX``) and runs the factory; the others
+register a waiter, check L2 once more, and sleep until the holder announces on the backplane channel that the key
+has been filled (a ``{"f": key}`` notice, published by the same script that releases the lock). Nobody polls.
+If the notice does not come within the wait timeout — the holder died, or the channel is down — a waiter runs
+the factory itself: the lock bounds duplication, it never blocks progress. The lease bounds how long a crashed
+holder can keep others waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from hybridcache.redis import L2UnavailableError, RedisL2
+
+_RELEASE_AND_NOTIFY = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+
+class DistributedSingleFlight:
+    """Lease locks per cache key and the local waiters for their fill notices."""
+
+    def __init__(self, l2: RedisL2, client: Redis, *, instance_id: str, lease_ms: int, wait_timeout: float) -> None:
+        self._l2 = l2
+        self._client = client
+        self._instance_id = instance_id
+        self._lease_ms = lease_ms
+        self.wait_timeout = wait_timeout
+        self._release = client.register_script(_RELEASE_AND_NOTIFY)
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    def _lock_key(self, full_key: str) -> str:
+        return self._l2.key_generation_key(full_key).replace(":kgen:", ":lock:", 1)
+
+    async def try_acquire(self, full_key: str) -> str | None:
+        """A token when this instance now holds the lease, None when another does. Raises L2UnavailableError."""
+        token = secrets.token_hex(8)
+        try:
+            acquired = await self._client.set(self._lock_key(full_key), token, nx=True, px=self._lease_ms)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise L2UnavailableError(f"lock not taken: {exc.__class__.__name__}") from exc
+        return token if acquired else None
+
+    async def release(self, full_key: str, token: str) -> None:
+        """Drop the lease (if still ours) and wake every instance's waiters for ``full_key``."""
+        notice = orjson.dumps({"f": full_key, "i": self._instance_id})
+        # On failure the lease expires by itself and waiters fall back after their timeout.
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await self._release(keys=[self._lock_key(full_key)], args=[token, self._l2.channel, notice])
+        self.notify(full_key)
+
+    def register(self, full_key: str) -> asyncio.Future[None]:
+        """Start listening for the fill notice of ``full_key`` (before re-checking L2, so none is missed)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(full_key, []).append(future)
+        return future
+
+    def unregister(self, full_key: str, future: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(full_key)
+        if waiters is None:
+            return
+        if future in waiters:
+            waiters.remove(future)
+        if not waiters:
+            del self._waiters[full_key]
+
+    def notify(self, full_key: str) -> None:
+        """Wake the local waiters of ``full_key`` (called for fill notices from the backplane)."""
+        for future in self._waiters.pop(full_key, ()):
+            if not future.done():
+                future.set_result(None)
+
+    async def wait(self, future: asyncio.Future[None]) -> bool:
+        """True when the fill notice came within the wait timeout."""
+        try:
+            async with asyncio.timeout(self.wait_timeout):
+                await asyncio.shield(future)
+        except TimeoutError:
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._waiters)
