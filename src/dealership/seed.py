@@ -133,13 +133,13 @@ async def seed_database(
     data = generate(count, random_seed)
 
     await connection.execute(insert(StateProvince), list(data.states))
-    state_ids = dict((await connection.execute(select(StateProvince.code, StateProvince.id))).tuples().all())
+    state_ids = dict((await connection.execute(select(StateProvince.code, StateProvince.id))).all())
     state_codes = [state["code"] for state in data.states]
     await connection.execute(
         insert(ZipCode),
         [{**columns, "state_province_id": state_ids[state_codes[index]]} for index, columns in data.zip_codes],
     )
-    zip_ids = dict((await connection.execute(select(ZipCode.code, ZipCode.id))).tuples().all())
+    zip_ids = dict((await connection.execute(select(ZipCode.code, ZipCode.id))).all())
     zip_codes = [columns["code"] for _, columns in data.zip_codes]
     if data.dealerships:
         await connection.execute(
