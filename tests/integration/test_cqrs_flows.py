@@ -37,7 +37,13 @@ from hybridcache.cqrs import (
     RequestHandler,
 )
 from hybridcache.keys import CacheKey
-from hybridcache.persistence import ReadRepository, UnitOfWork, WriteRepository, create_session_factory
+from hybridcache.persistence import (
+    ReadRepository,
+    UnitOfWork,
+    WriteRepository,
+    create_session_factory,
+    in_unit_of_work,
+)
 from tests.support.waiting import wait_until
 
 R = TypeVar("R")
@@ -169,6 +175,24 @@ class SearchDealershipsQueryHandler(RequestHandler[SearchDealershipsQuery, list[
         return [to_dto(row) for row in await self.repository.list(statement)]
 
 
+@dataclass(frozen=True)
+class CountDealershipsSlowlyQuery(Query[int], Cacheable):
+    cache_key: ClassVar[str] = "Dealership:Count"
+    cache_duration: ClassVar[timedelta] = timedelta(minutes=1)
+
+
+class CountDealershipsSlowlyQueryHandler(RequestHandler[CountDealershipsSlowlyQuery, int]):
+    """Waits for ``gate`` before it touches the database, so a test can act while the run is in flight."""
+
+    def __init__(self, repository: ReadRepository[DealershipRow], runs: Counter[str], gate: asyncio.Event) -> None:
+        self.repository, self.runs, self.gate = repository, runs, gate
+
+    async def handle(self, request: CountDealershipsSlowlyQuery) -> int:
+        self.runs["count"] += 1
+        await self.gate.wait()
+        return await self.repository.count()
+
+
 class UpdateDealershipCommandHandler(RequestHandler[UpdateDealershipCommand, bool]):
     def __init__(self, repository: WriteRepository[DealershipRow], uow: UnitOfWork, runs: Counter[str]) -> None:
         self.repository, self.uow, self.runs = repository, uow, runs
@@ -216,18 +240,34 @@ class Instance:
 
     cache: HybridCache
     mediator: Mediator[UnitOfWork]
+    engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     runs: Counter[str]
+    gate: asyncio.Event
 
     async def send(self, request: Request[R]) -> R:
         async with UnitOfWork(self.sessions) as uow:
             return await self.mediator.send(request, uow)
 
 
-def build_mediator(cache: HybridCache, runs: Counter[str]) -> Mediator[UnitOfWork]:
+def build_mediator(
+    cache: HybridCache, sessions: async_sessionmaker[AsyncSession], runs: Counter[str], gate: asyncio.Event
+) -> Mediator[UnitOfWork]:
+    """Queries get a unit of work per handler run (the cache may share one run among many requests, and it
+    outlives a cancelled one); commands use the request's unit of work, passed as the scope."""
     mediator = Mediator[UnitOfWork]([CachingBehavior(cache), CacheInvalidationBehavior(cache)])
-    mediator.register(GetDealershipByIdQuery, lambda uow: GetDealershipByIdQueryHandler(uow.reads(DealershipRow), runs))
-    mediator.register(SearchDealershipsQuery, lambda uow: SearchDealershipsQueryHandler(uow.reads(DealershipRow), runs))
+    mediator.register(
+        GetDealershipByIdQuery,
+        in_unit_of_work(sessions, lambda uow: GetDealershipByIdQueryHandler(uow.reads(DealershipRow), runs)),
+    )
+    mediator.register(
+        SearchDealershipsQuery,
+        in_unit_of_work(sessions, lambda uow: SearchDealershipsQueryHandler(uow.reads(DealershipRow), runs)),
+    )
+    mediator.register(
+        CountDealershipsSlowlyQuery,
+        in_unit_of_work(sessions, lambda uow: CountDealershipsSlowlyQueryHandler(uow.reads(DealershipRow), runs, gate)),
+    )
     mediator.register(
         UpdateDealershipCommand, lambda uow: UpdateDealershipCommandHandler(uow.writes(DealershipRow), uow, runs)
     )
@@ -273,11 +313,11 @@ async def instances(engine: AsyncEngine, redis_url: str, namespace: str) -> Asyn
     async with HybridCache.from_settings(settings) as cache_a, HybridCache.from_settings(settings) as cache_b:
         assert await cache_a.wait_until_connected(5.0)
         assert await cache_b.wait_until_connected(5.0)
-        runs_a, runs_b = Counter[str](), Counter[str]()
-        yield (
-            Instance(cache_a, build_mediator(cache_a, runs_a), sessions, runs_a),
-            Instance(cache_b, build_mediator(cache_b, runs_b), sessions, runs_b),
-        )
+        made = []
+        for cache in (cache_a, cache_b):
+            runs, gate = Counter[str](), asyncio.Event()
+            made.append(Instance(cache, build_mediator(cache, sessions, runs, gate), engine, sessions, runs, gate))
+        yield made[0], made[1]
 
 
 @pytest.fixture
@@ -420,3 +460,22 @@ async def test_a_failing_command_leaves_the_cache_untouched_and_the_database_rol
         row = await uow.reads(DealershipRow).get_by_id(7)
     assert row is not None
     assert (row.name, row.business_address) == (original.name, original.business_address)
+
+
+async def test_a_cancelled_request_does_not_break_the_shared_handler_run(instances: tuple[Instance, Instance]) -> None:
+    a, _ = instances
+    first = asyncio.create_task(a.send(CountDealershipsSlowlyQuery()))
+    await wait_until(lambda: a.runs["count"] == 1, timeout=5, message="the handler run did not start")
+    second = asyncio.create_task(a.send(CountDealershipsSlowlyQuery()))
+    await asyncio.sleep(0)  # let the second request join the run in flight
+
+    first.cancel()
+    await wait_until(first.done, timeout=5, message="the first request was not cancelled")
+    a.gate.set()
+
+    assert await asyncio.wait_for(second, timeout=5) == 45
+    assert first.cancelled()
+    assert a.runs["count"] == 1
+    assert await a.send(CountDealershipsSlowlyQuery()) == 45  # cached by the shared run
+    # The run's own unit of work closed its session: no connection is left checked out of the pool.
+    assert a.engine.pool.checkedout() == 0  # type: ignore[attr-defined]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar, assert_type
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from hybridcache import CacheSettings, HybridCache
@@ -28,7 +29,7 @@ from hybridcache.cqrs import (
     RequestHandler,
     ScopedMediator,
 )
-from hybridcache.persistence import ReadRepository, UnitOfWork, WriteRepository
+from hybridcache.persistence import ReadRepository, UnitOfWork, WriteRepository, in_unit_of_work
 
 
 class Base(DeclarativeBase):
@@ -122,12 +123,15 @@ class OnRenamed(NotificationHandler[Renamed]):
         return None
 
 
-async def scoped_mediator(cache: HybridCache, uow: UnitOfWork) -> None:
+async def scoped_mediator(cache: HybridCache, uow: UnitOfWork, sessions: async_sessionmaker[AsyncSession]) -> None:
     mediator = Mediator[UnitOfWork]([CachingBehavior(cache), CacheInvalidationBehavior(cache)])
     mediator.register(GetById, lambda scope: GetByIdHandler(ReadRepository(scope.session, Row)))
     mediator.register(Search, lambda scope: SearchHandler(scope.reads(Row)))
     mediator.register(Rename, lambda scope: RenameHandler(scope.writes(Row), scope))
     mediator.subscribe(Renamed, lambda scope: OnRenamed())
+    per_run = Mediator[UnitOfWork]()
+    per_run.register(GetById, in_unit_of_work(sessions, lambda run_uow: GetByIdHandler(run_uow.reads(Row))))
+    per_run.register(Search, in_unit_of_work(sessions, lambda run_uow: GetByIdHandler(run_uow.reads(Row))))  # type: ignore[arg-type, return-value]
 
     assert_type(await mediator.send(GetById(1), uow), Dto | None)
     assert_type(await mediator.send(Search("a"), uow), list[Dto])
