@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, TypeAdapter
 
-from dealership.bootstrap import Services
 from dealership.commands import CreateDealership, DeleteDealership, UnknownZipCodeError, UpdateDealership
 from dealership.dto import (
     MAX_ID,
@@ -24,14 +23,13 @@ from dealership.dto import (
     validation_error,
 )
 from dealership.queries import GetDealershipById, GetDealershipsList, SearchDealerships
+from hybridcache.fastapi import CacheDep, MediatorDep
 
 __all__ = [
     "MAX_PAGE",
     "ErrorBody",
     "HealthBody",
-    "ServicesDep",
     "dealership_router",
-    "get_services",
     "operations_router",
 ]
 
@@ -55,13 +53,6 @@ class HealthBody(BaseModel):
     circuit: str
 
 
-def get_services(request: Request) -> Services:
-    """The running service's resources (set by the application's lifespan)."""
-    services: Services = request.app.state.services
-    return services
-
-
-ServicesDep = Annotated[Services, Depends(get_services)]
 DealershipId = Annotated[int, Path(ge=1, le=MAX_ID, description="Dealership id")]
 PageNumber = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
 PageSize = Annotated[int, Query(ge=1, le=100, description="Items per page (1-100)")]
@@ -91,10 +82,10 @@ dealership_router = APIRouter(prefix="/api/dealership", tags=["dealership"])
 
 # Declared before "/{id}" so that "/search" is never taken for an id.
 @dealership_router.get("/search", response_model=list[DealershipDto], summary="Search dealerships by name")
-async def search_dealerships(services: ServicesDep, term: SearchTerm, size: PageSize = 10) -> Response:
+async def search_dealerships(mediator: MediatorDep, term: SearchTerm, size: PageSize = 10) -> Response:
     """Up to ``size`` dealerships whose name contains ``term`` (case-insensitive), ordered by name.
     Cached 5 minutes under ``Dealership:Search:{term}:{size}``."""
-    found = await services.mediator.send(SearchDealerships(term, size))
+    found = await mediator.send(SearchDealerships(term, size))
     return _json(_DEALERSHIPS.dump_json(found, by_alias=True))
 
 
@@ -106,17 +97,17 @@ async def search_dealerships(services: ServicesDep, term: SearchTerm, size: Page
         200: {"headers": {"X-Total-Count": {"description": "Number of dealerships", "schema": {"type": "integer"}}}}
     },
 )
-async def list_dealerships(services: ServicesDep, page: PageNumber = 1, size: PageSize = 10) -> Response:
+async def list_dealerships(mediator: MediatorDep, page: PageNumber = 1, size: PageSize = 10) -> Response:
     """Page ``page`` of ``size`` dealerships ordered by id; the total count is in ``X-Total-Count``.
     Cached 10 minutes under ``Dealership:List:{page}:{size}``."""
-    result = await services.mediator.send(GetDealershipsList(page, size))
+    result = await mediator.send(GetDealershipsList(page, size))
     return _json(_DEALERSHIPS.dump_json(result.items, by_alias=True), headers={"X-Total-Count": str(result.total)})
 
 
 @dealership_router.get("/{id}", response_model=DealershipDto, responses=_NOT_FOUND, summary="Get a dealership")
-async def get_dealership(services: ServicesDep, id: DealershipId) -> Response:
+async def get_dealership(mediator: MediatorDep, id: DealershipId) -> Response:
     """One dealership with its zip code and state. Cached 30 minutes under ``Dealership:{id}``."""
-    found = await services.mediator.send(GetDealershipById(id))
+    found = await mediator.send(GetDealershipById(id))
     if found is None:
         raise _not_found(id)
     return _json(_DEALERSHIP.dump_json(found, by_alias=True))
@@ -131,12 +122,12 @@ async def get_dealership(services: ServicesDep, id: DealershipId) -> Response:
         201: {"headers": {"Location": {"description": "URL of the new dealership", "schema": {"type": "string"}}}}
     },
 )
-async def create_dealership(services: ServicesDep, body: CreateDealershipRequest) -> Response:
+async def create_dealership(mediator: MediatorDep, body: CreateDealershipRequest) -> Response:
     """Creates the dealership (422 naming ``businessZipCodeId`` if that zip code does not exist) and
     invalidates every cached list and search."""
     command = CreateDealership(body.name, body.business_address, body.business_zip_code_id)
     try:
-        created = await services.mediator.send(command)
+        created = await mediator.send(command)
     except UnknownZipCodeError as exc:
         raise RequestValidationError(
             [validation_error("businessZipCodeId", str(exc), exc.zip_code_id)], body=body
@@ -149,17 +140,17 @@ async def create_dealership(services: ServicesDep, body: CreateDealershipRequest
 
 
 @dealership_router.put("/{id}", status_code=204, responses=_NOT_FOUND, summary="Update a dealership")
-async def update_dealership(services: ServicesDep, id: DealershipId, body: UpdateDealershipRequest) -> Response:
+async def update_dealership(mediator: MediatorDep, id: DealershipId, body: UpdateDealershipRequest) -> Response:
     """Sets name and address; invalidates ``Dealership:{id}`` and every cached list and search."""
-    if not await services.mediator.send(UpdateDealership(id, body.name, body.business_address)):
+    if not await mediator.send(UpdateDealership(id, body.name, body.business_address)):
         raise _not_found(id)
     return Response(status_code=204)
 
 
 @dealership_router.delete("/{id}", status_code=204, responses=_NOT_FOUND, summary="Delete a dealership")
-async def delete_dealership(services: ServicesDep, id: DealershipId) -> Response:
+async def delete_dealership(mediator: MediatorDep, id: DealershipId) -> Response:
     """Deletes the dealership; invalidates ``Dealership:{id}`` and every cached list and search."""
-    if not await services.mediator.send(DeleteDealership(id)):
+    if not await mediator.send(DeleteDealership(id)):
         raise _not_found(id)
     return Response(status_code=204)
 
@@ -168,17 +159,17 @@ operations_router = APIRouter(tags=["operations"])
 
 
 @operations_router.get("/api/cache/stats", summary="Cache counters of this instance")
-async def cache_stats(services: ServicesDep) -> dict[str, Any]:
+async def cache_stats(cache: CacheDep) -> dict[str, Any]:
     """``l1Hits``, ``l2Hits``, ``misses``, ``handlerRuns``, ``invalidationsPublished``,
     ``invalidationsReceived``, ``circuit`` and the cache's other counters, since this process started."""
-    return services.cache.stats().as_dict()
+    return cache.stats().as_dict()
 
 
 @operations_router.get("/health", response_model=HealthBody, summary="Liveness and cache state")
-async def health(services: ServicesDep) -> HealthBody:
+async def health(cache: CacheDep) -> HealthBody:
     """Always 200 while the process serves; ``redis`` is ``up``, ``down`` or ``disabled`` (no Redis
     configured) and ``circuit`` the breaker's state: the service keeps answering from L1 and the database."""
-    state = services.cache.health()
+    state = cache.health()
     return HealthBody(status="ok", redis=state["redis"], circuit=state["circuit"])
 
 

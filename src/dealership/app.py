@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from dealership.api import dealership_router, operations_router
 from dealership.bootstrap import ServiceConfig, Services, bootstrap
 from dealership.metrics import CacheStatsCollector, HttpMetrics, PrometheusMiddleware
+from hybridcache.fastapi import configure
 
 __all__ = ["AsciiJSONResponse", "create_app"]
 
@@ -60,6 +61,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with bootstrap(config) as services:
+            configure(app, cache=services.cache, mediator=services.mediator, session_factory=services.session_factory)
             app.state.services = live["services"] = services
             try:
                 yield

@@ -1,10 +1,10 @@
 """Composition root: builds the engine, the cache and the mediator from configuration. Nothing connects at
 import; :func:`bootstrap` is the one place that opens (and, on exit, closes) every resource.
 
-Query and command handlers each run in their own :class:`UnitOfWork`, opened when the pipeline reaches the
-handler and closed when it returns. The session therefore belongs to the *handler run*, not to an HTTP
-request: the cache's single-flight shares one run among every concurrent request for the same key, and a
-session owned by one of those requests could be closed under the others. On a cache hit no session is opened.
+Query and command handlers each run in their own :class:`UnitOfWork` (``in_unit_of_work``), opened when the
+pipeline reaches the handler and closed when it returns. The session belongs to the *handler run*, not to an HTTP
+request: the cache's single-flight shares one run among every concurrent request for the same key, and a session
+owned by one of those requests could be closed under the others. On a cache hit no session is opened.
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ from dealership.queries import GetDealershipById, GetDealershipsList, SearchDeal
 from dealership.seed import DEFAULT_SEED_COUNT
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.cqrs import CacheInvalidationBehavior, CachingBehavior, Mediator, Request, RequestHandler
-from hybridcache.persistence import UnitOfWork, create_session_factory
+from hybridcache.persistence import UnitOfWork, create_session_factory, in_unit_of_work
 
 __all__ = [
     "APPSETTINGS_PATH",
-    "InUnitOfWork",
     "ServiceConfig",
     "Services",
     "bootstrap",
@@ -51,7 +50,6 @@ logger = logging.getLogger("dealership")
 APPSETTINGS_PATH = Path(__file__).with_name("appsettings.json")
 
 ReqT = TypeVar("ReqT", bound=Request[Any])
-R = TypeVar("R")
 
 
 def load_cache_settings(path: str | Path = APPSETTINGS_PATH, environ: Mapping[str, str] | None = None) -> CacheSettings:
@@ -83,32 +81,12 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-class InUnitOfWork(RequestHandler[ReqT, R]):
-    """Runs the handler that ``build(uow)`` returns inside a fresh unit of work that lives exactly as long as
-    the run; the unit of work rolls back whatever the handler did not commit."""
-
-    __slots__ = ("_build", "_session_factory")
-
-    def __init__(
-        self,
-        session_factory: Callable[[], AsyncSession],
-        build: Callable[[UnitOfWork], RequestHandler[ReqT, R]],
-    ) -> None:
-        self._session_factory = session_factory
-        self._build = build
-
-    async def handle(self, request: ReqT) -> R:
-        async with UnitOfWork(self._session_factory) as uow:
-            return await self._build(uow).handle(request)
-
-
 def build_mediator(cache: HybridCache, session_factory: Callable[[], AsyncSession]) -> Mediator[None]:
     """The mediator with the caching and invalidation behaviors and every dealership handler registered."""
     mediator: Mediator[None] = Mediator([CachingBehavior(cache), CacheInvalidationBehavior(cache)])
 
     def register(request_type: type[ReqT], build: Callable[[UnitOfWork], RequestHandler[ReqT, Any]]) -> None:
-        handler = InUnitOfWork(session_factory, build)
-        mediator.register(request_type, lambda _scope: handler)
+        mediator.register(request_type, in_unit_of_work(session_factory, build))
 
     register(GetDealershipById, lambda uow: GetDealershipByIdHandler(uow.reads(Dealership)))
     register(GetDealershipsList, lambda uow: GetDealershipsListHandler(uow.reads(Dealership)))
