@@ -19,6 +19,8 @@ __all__ = ["CacheInvalidationBehavior", "CachingBehavior", "InvalidatingCache", 
 
 logger = logging.getLogger("hybridcache.cqrs")
 
+_UNKNOWN: Any = object()
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -56,26 +58,31 @@ class CachingBehavior(PipelineBehavior):
     the handler); a handler exception propagates and nothing is cached.
     """
 
-    __slots__ = ("_cache",)
+    __slots__ = ("_cache", "_response_types")
 
     def __init__(self, cache: ReadThroughCache) -> None:
         self._cache = cache
+        self._response_types: dict[type[Any], Any] = {}
 
     def applies_to(self, request_type: type[Request[Any]]) -> bool:
         """True for ``Query`` subclasses that are ``Cacheable``."""
         if issubclass(request_type, Cacheable) and not issubclass(request_type, Query):
             raise TypeError(f"{request_type.__qualname__} is Cacheable but not a Query: only queries may be cached")
-        return issubclass(request_type, Cacheable)
+        if issubclass(request_type, Cacheable):
+            self._response_types[request_type] = response_type_of(request_type)
+            return True
+        return False
 
     async def handle(self, request: Request[R], call_next: CallNext[R]) -> R:
         """``cache.get_or_create(cache_key, call_next, ttl=cache_duration, type_=R, tags=cache_tags)``."""
-        query = cast(Cacheable, request)
+        # Hot path (every cached read): a plain local instead of cast(), and R looked up in a dict filled when
+        # the chain was built, save a function call each.
+        query: Any = request  # a Cacheable: the chain holds this behavior only for Cacheable types
+        response_type = self._response_types.get(request.__class__, _UNKNOWN)
+        if response_type is _UNKNOWN:
+            response_type = self._response_types[request.__class__] = response_type_of(request.__class__)
         return await self._cache.get_or_create(
-            query.cache_key,
-            call_next,
-            ttl=query.cache_duration,
-            type_=response_type_of(request.__class__),
-            tags=query.cache_tags,
+            query.cache_key, call_next, ttl=query.cache_duration, type_=response_type, tags=query.cache_tags
         )
 
 
