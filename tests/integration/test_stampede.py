@@ -1,0 +1,229 @@
+"""Stampede protection against a real redis-server: one factory run per cold key, per process and (with
+``DistributedLock.Enabled``) across instances.
+
+SingleFlight itself is unit-tested in tests/unit/test_single_flight.py; these tests go through
+``HybridCache.get_or_create`` with L1, L2 and the distributed lease lock in play.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import pytest
+
+from hybridcache import CacheSettings, HybridCache
+from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
+
+CALLERS = 1000
+INSTANCES = 4
+TRIALS = 20
+
+
+class CountingFactory:
+    """A factory that counts its runs and takes ``delay`` seconds, so concurrent callers overlap it."""
+
+    def __init__(self, value: str, *, delay: float = 0.02) -> None:
+        self.value = value
+        self.delay = delay
+        self.runs = 0
+
+    async def __call__(self) -> str:
+        self.runs += 1
+        await asyncio.sleep(self.delay)
+        return self.value
+
+
+def _settings(namespace: str, server: RedisServer | None, **overrides: Any) -> CacheSettings:
+    return CacheSettings(
+        service_name=namespace,
+        configuration=None if server is None else server.url,
+        **overrides,
+    )
+
+
+@pytest.fixture(params=["l1-only", "l1+l2", "l2-only"])
+async def cache(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[HybridCache]:
+    if request.param == "l1-only":
+        settings = _settings(namespace, None)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        memory = MemoryCacheSettings(enabled=request.param == "l1+l2")
+        settings = _settings(namespace, server, memory_cache=memory)
+    async with HybridCache.from_settings(settings) as cache:
+        yield cache
+
+
+async def test_a_thousand_concurrent_callers_on_a_cold_key_run_the_factory_once(cache: HybridCache) -> None:
+    factory = CountingFactory("dealership-42")
+
+    results = await asyncio.gather(
+        *(cache.get_or_create("Dealership:42", factory, ttl=60, type_=str) for _ in range(CALLERS))
+    )
+
+    assert factory.runs == 1
+    assert results == ["dealership-42"] * CALLERS
+    assert cache.counters.handler_runs == 1
+    assert len(cache._flights) == 0
+
+
+async def test_the_factory_exception_reaches_every_caller_and_nothing_is_cached(cache: HybridCache) -> None:
+    runs = 0
+    failure = LookupError("dealership 42 does not exist")
+
+    async def failing() -> str:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.02)
+        raise failure
+
+    outcomes = await asyncio.gather(
+        *(cache.get_or_create("Dealership:42", failing, ttl=60, type_=str) for _ in range(CALLERS)),
+        return_exceptions=True,
+    )
+
+    assert runs == 1
+    assert all(outcome is failure for outcome in outcomes)
+    later = CountingFactory("recovered", delay=0)
+    assert await cache.get_or_create("Dealership:42", later, ttl=60, type_=str) == "recovered"
+    assert later.runs == 1
+
+
+async def test_cancelling_one_caller_does_not_cancel_the_shared_run(cache: HybridCache) -> None:
+    release = asyncio.Event()
+    runs = 0
+
+    async def gated() -> str:
+        nonlocal runs
+        runs += 1
+        await release.wait()
+        return "value"
+
+    callers = [asyncio.create_task(cache.get_or_create("k", gated, ttl=60, type_=str)) for _ in range(10)]
+    await wait_until(lambda: runs == 1, timeout=5, message="the factory never started")
+    callers[0].cancel()
+    release.set()
+    results = await asyncio.gather(*callers[1:])
+
+    assert results == ["value"] * 9
+    assert callers[0].cancelled()
+    assert runs == 1
+    # The run's result was stored even though its first caller went away.
+    assert await cache.get("k", type_=str) == "value"
+
+
+async def test_callers_after_the_fill_hit_the_cache_without_a_new_run(cache: HybridCache) -> None:
+    factory = CountingFactory("v", delay=0)
+    await cache.get_or_create("k", factory, ttl=60, type_=str)
+
+    results = await asyncio.gather(*(cache.get_or_create("k", factory, ttl=60, type_=str) for _ in range(100)))
+
+    assert results == ["v"] * 100
+    assert factory.runs == 1
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+
+
+async def _instances(
+    stack: AsyncExitStack, namespace: str, server: RedisServer, count: int, **overrides: Any
+) -> list[HybridCache]:
+    caches = []
+    for _ in range(count):
+        cache = await stack.enter_async_context(HybridCache.from_settings(_settings(namespace, server, **overrides)))
+        assert await cache.wait_until_connected(5), "the invalidation channel never confirmed"
+        caches.append(cache)
+    return caches
+
+
+async def _stampede(caches: list[HybridCache], key: str, factory: Callable[[], Awaitable[str]]) -> list[str]:
+    per_instance = CALLERS // len(caches)
+    return await asyncio.gather(
+        *(cache.get_or_create(key, factory, ttl=60, type_=str) for cache in caches for _ in range(per_instance))
+    )
+
+
+async def test_with_the_distributed_lock_four_instances_run_the_factory_once_in_total(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    lock = DistributedLockSettings(enabled=True)
+    async with AsyncExitStack() as stack:
+        caches = await _instances(stack, namespace, redis_server, INSTANCES, distributed_lock=lock)
+        runs_per_trial = []
+        for trial in range(TRIALS):
+            factory = CountingFactory(f"value-{trial}")
+            results = await _stampede(caches, f"Dealership:{trial}", factory)
+            assert results == [f"value-{trial}"] * CALLERS
+            runs_per_trial.append(factory.runs)
+
+        assert runs_per_trial == [1] * TRIALS
+        assert sum(c.counters.handler_runs for c in caches) == TRIALS
+        assert all(len(c._flights) == 0 and c._dlock is not None and len(c._dlock) == 0 for c in caches)
+
+
+async def test_waiters_are_woken_by_the_fill_notice_not_by_polling(redis_server: RedisServer, namespace: str) -> None:
+    """Three instances wait while the fourth computes for 0.5 s; they must return right after it, having sent
+    only a handful of GETs (a poller at any useful interval would send dozens)."""
+    lock = DistributedLockSettings(enabled=True, wait_timeout_milliseconds=10_000)
+    async with AsyncExitStack() as stack:
+        holder, *waiters = await _instances(stack, namespace, redis_server, INSTANCES, distributed_lock=lock)
+        started = asyncio.Event()
+        runs = 0
+
+        async def slow() -> str:
+            nonlocal runs
+            runs += 1
+            started.set()
+            await asyncio.sleep(0.5)
+            return "filled"
+
+        with redis_server.sync_client(socket_timeout=5) as admin:
+            admin.config_resetstat()
+            first = asyncio.create_task(holder.get_or_create("k", slow, ttl=60, type_=str))
+            await asyncio.wait_for(started.wait(), 5)
+            began = time.monotonic()
+            results = await asyncio.gather(*(w.get_or_create("k", slow, ttl=60, type_=str) for w in waiters))
+            waited = time.monotonic() - began
+            assert await first == "filled"
+            gets = int(admin.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+        assert results == ["filled"] * len(waiters)
+        assert runs == 1
+        assert waited < 2.0, f"waiters took {waited:.2f}s: they were not woken by the fill notice"
+        # Per waiting instance: one GET before the lock, one after registering, one after the notice; plus the
+        # holder's first read and at most a couple of heartbeat reads of the sequence counter per backplane.
+        assert gets <= 3 * len(waiters) + 1 + 2 * INSTANCES, f"{gets} GETs while waiting: waiters are polling"
+
+
+async def test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A holder that hangs (or died) must not block others for longer than the wait timeout."""
+    lock = DistributedLockSettings(enabled=True, lease_milliseconds=10_000, wait_timeout_milliseconds=300)
+    async with AsyncExitStack() as stack:
+        holder, waiter = await _instances(stack, namespace, redis_server, 2, distributed_lock=lock)
+        hung = asyncio.Event()
+
+        async def hangs() -> str:
+            hung.set()
+            await asyncio.Event().wait()  # never returns; cancelled at teardown
+            return "never"
+
+        stuck = asyncio.create_task(holder.get_or_create("k", hangs, ttl=60, type_=str))
+        try:
+            await asyncio.wait_for(hung.wait(), 5)
+            began = time.monotonic()
+            result = await waiter.get_or_create("k", CountingFactory("fallback", delay=0), ttl=60, type_=str)
+            waited = time.monotonic() - began
+        finally:
+            stuck.cancel()
+            for flight in list(holder._flights._flights.values()):
+                flight.cancel()
+
+        assert result == "fallback"
+        assert 0.25 <= waited < 2.0, f"fallback after {waited:.2f}s, expected about the 0.3 s wait timeout"
