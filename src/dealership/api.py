@@ -63,6 +63,9 @@ SearchTerm = Annotated[
 _DEALERSHIP = TypeAdapter(DealershipDto)
 _DEALERSHIPS = TypeAdapter(tuple[DealershipDto, ...])
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "No dealership has this id"}}
+_UNREADABLE_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body could not be read (not UTF-8, or not parseable)"}
+}
 
 
 def _header(description: str, type_: str) -> dict[str, Any]:
@@ -118,9 +121,7 @@ async def get_dealership(mediator: MediatorDep, id: DealershipId) -> Response:
     status_code=201,
     response_model=DealershipDto,
     summary="Create a dealership",
-    responses={
-        201: {"headers": {"Location": {"description": "URL of the new dealership", "schema": {"type": "string"}}}}
-    },
+    responses={201: {"headers": {"Location": _header("Path of the new dealership", "string")}}, **_UNREADABLE_BODY},
 )
 async def create_dealership(mediator: MediatorDep, body: CreateDealershipRequest) -> Response:
     """Creates the dealership (422 naming ``businessZipCodeId`` if that zip code does not exist) and
@@ -139,7 +140,9 @@ async def create_dealership(mediator: MediatorDep, body: CreateDealershipRequest
     )
 
 
-@dealership_router.put("/{id}", status_code=204, responses=_NOT_FOUND, summary="Update a dealership")
+@dealership_router.put(
+    "/{id}", status_code=204, responses={**_NOT_FOUND, **_UNREADABLE_BODY}, summary="Update a dealership"
+)
 async def update_dealership(mediator: MediatorDep, id: DealershipId, body: UpdateDealershipRequest) -> Response:
     """Sets name and address; invalidates ``Dealership:{id}`` and every cached list and search."""
     if not await mediator.send(UpdateDealership(id, body.name, body.business_address)):

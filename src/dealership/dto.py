@@ -10,8 +10,9 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "MAX_ID",
@@ -34,7 +35,17 @@ TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
 
 DealershipName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
 BusinessAddress = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=TEXT_PATTERN)]
-ZipCodeId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+def _json_number(value: Any) -> Any:
+    # A JSON true/false or "42" is not an integer (System.Text.Json rejects both); pydantic's lax mode would
+    # coerce them. Integral floats such as 42.0 stay accepted: JSON Schema's "integer" includes them.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+ZipCodeId = Annotated[int, BeforeValidator(_json_number), Field(ge=1, le=MAX_ID)]
 
 
 class ApiModel(BaseModel):
