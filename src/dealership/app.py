@@ -13,7 +13,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from dealership.api import dealership_router, operations_router
 from dealership.bootstrap import ServiceConfig, Services, bootstrap
@@ -42,9 +43,15 @@ async def _validation_failed(_request: Request, exc: Exception) -> Response:
     return AsciiJSONResponse(status_code=422, content={"detail": jsonable_encoder(exc.errors())})
 
 
-async def _database_unavailable(_request: Request, exc: Exception) -> Response:
-    logger.error("Database operation failed: %s", exc)
-    return JSONResponse(status_code=503, content={"detail": "The database is unavailable; try again shortly"})
+async def _database_failed(_request: Request, exc: Exception) -> Response:
+    # Connection-level failures (server down, database gone, pool exhausted) are the database being unavailable:
+    # 503, worth retrying. Anything else the driver reports is a bug here: 500, with the traceback logged.
+    unavailable = isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError) or type(exc) is DBAPIError
+    if unavailable:
+        logger.error("Database unavailable: %s", exc)
+        return JSONResponse(status_code=503, content={"detail": "The database is unavailable; try again shortly"})
+    logger.error("Database operation failed", exc_info=exc)
+    return JSONResponse(status_code=500, content={"detail": "Internal Server Error"})
 
 
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
@@ -73,7 +80,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     registry.register(CacheStatsCollector(lambda: live["services"].cache.stats() if live else None))
     app.add_middleware(PrometheusMiddleware, metrics=HttpMetrics(registry))
     app.add_exception_handler(RequestValidationError, _validation_failed)
-    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(DBAPIError, _database_failed)
+    app.add_exception_handler(PoolTimeoutError, _database_failed)
     app.include_router(dealership_router)
     app.include_router(operations_router)
     return app

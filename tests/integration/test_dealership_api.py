@@ -9,15 +9,18 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 
 from dealership.app import create_app
 from dealership.bootstrap import ServiceConfig
 from dealership.seed import generate
 from hybridcache import CacheSettings
 from tests.support import find_free_port, wait_until
+from tests.support.postgres import PG_HOST, PG_PORT, PG_USER
 
 SEED_COUNT = 60
 SEED = generate(SEED_COUNT)
@@ -374,3 +377,27 @@ async def test_serves_from_l1_and_the_database_without_redis(start_instance: Sta
         assert put.status_code == 204
         assert (await instance.get("/api/dealership/5")).json()["name"] == f"No Redis {state}"
         assert (await instance.stats())["l1Hits"] >= 1
+
+
+@pytest.mark.postgres
+async def test_a_lost_database_is_a_503_with_json_while_cached_reads_still_answer(
+    postgres_url: str, redis_url: str, namespace: str
+) -> None:
+    settings = CacheSettings(configuration=redis_url, service_name=namespace)
+    app = create_app(ServiceConfig(database_url=postgres_url, seed_count=SEED_COUNT, cache_settings=settings))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        cached = await client.get("/api/dealership/1")
+        admin = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+        try:
+            await admin.execute(f'DROP DATABASE "{make_url(postgres_url).database}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+        assert (await client.get("/api/dealership/1")).json() == cached.json()
+        for response in (
+            await client.get("/api/dealership/2"),
+            await client.put("/api/dealership/1", json={"name": "x", "businessAddress": "y"}),
+        ):
+            assert response.status_code == 503
+            assert response.json() == {"detail": "The database is unavailable; try again shortly"}
