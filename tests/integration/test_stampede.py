@@ -227,3 +227,24 @@ async def test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills(
 
         assert result == "fallback"
         assert 0.25 <= waited < 2.0, f"fallback after {waited:.2f}s, expected about the 0.3 s wait timeout"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: redis-py's default pool (100 connections) raises MaxConnectionsError at once when a burst "
+    "of distinct misses needs more; the cache counts it as a Redis failure and opens the breaker on a healthy Redis",
+)
+async def test_a_burst_of_distinct_cold_keys_keeps_the_breaker_closed_on_a_healthy_redis(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    async with HybridCache.from_settings(_settings(namespace, redis_server)) as cache:
+        assert await cache.wait_until_connected(5)
+        keys = [f"Dealership:{n}" for n in range(CALLERS)]
+
+        results = await asyncio.gather(
+            *(cache.get_or_create(key, CountingFactory(key, delay=0), ttl=60, type_=str) for key in keys)
+        )
+
+        assert results == keys
+        assert cache.breaker.transitions["open"] == 0, "the breaker opened although Redis never failed"
+        assert cache.health() == {"redis": "up", "circuit": "closed"}

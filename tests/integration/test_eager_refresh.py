@@ -1,0 +1,199 @@
+"""Eager refresh and TTL jitter, against a real redis-server where L2 is involved.
+
+Eager refresh: under a steady stream of hits across several expiry periods no caller waits for the factory
+(the refresh runs in the background); a control run without it shows that the same measurement does catch a
+caller waiting. Jitter: entries written together get different Redis TTLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from hybridcache import CacheSettings, HybridCache
+from hybridcache.settings import MemoryCacheSettings
+from tests.support.redis_server import RedisServer
+
+TTL = 0.4
+FACTORY_SECONDS = 0.05
+STREAM_SECONDS = 2.0  # five expiry periods
+GAP = 0.002  # between hits: a steady stream, ~1,000 hits in all
+
+
+def settings_for(topology: str, namespace: str, server: RedisServer | None, **overrides: Any) -> CacheSettings:
+    return CacheSettings(
+        service_name=namespace,
+        configuration=None if server is None else server.url,
+        memory_cache=MemoryCacheSettings(enabled=topology != "l2-only"),
+        **overrides,
+    )
+
+
+@pytest.fixture(params=["l1-only", "l1+l2", "l2-only"])
+def topology(request: pytest.FixtureRequest) -> str:
+    param: str = request.param
+    return param
+
+
+@pytest.fixture
+def server(topology: str, request: pytest.FixtureRequest) -> RedisServer | None:
+    if topology == "l1-only":
+        return None
+    redis_server: RedisServer = request.getfixturevalue("redis_server")
+    return redis_server
+
+
+class Versions:
+    """A slow factory whose every run produces a new version, remembering when each was produced."""
+
+    def __init__(self) -> None:
+        self.produced: dict[int, float] = {}
+        self._next = itertools.count(1)
+
+    @property
+    def runs(self) -> int:
+        return len(self.produced)
+
+    async def __call__(self) -> int:
+        await asyncio.sleep(FACTORY_SECONDS)
+        version = next(self._next)
+        self.produced[version] = time.monotonic()
+        return version
+
+
+async def _stream(cache: HybridCache, factory: Versions, eager: float | None) -> list[tuple[float, float, int]]:
+    """(start, latency, version) of every hit in a steady stream lasting STREAM_SECONDS, after one cold miss."""
+    await cache.get_or_create("k", factory, ttl=TTL, type_=int, eager_refresh=eager)
+    hits = []
+    end = time.monotonic() + STREAM_SECONDS
+    for _ in range(5_000):
+        began = time.monotonic()
+        if began >= end:
+            break
+        version = await cache.get_or_create("k", factory, ttl=TTL, type_=int, eager_refresh=eager)
+        hits.append((began, time.monotonic() - began, version))
+        await asyncio.sleep(GAP)
+    return hits
+
+
+async def test_under_eager_refresh_no_caller_waits_for_the_factory(
+    topology: str, namespace: str, server: RedisServer | None
+) -> None:
+    factory = Versions()
+    async with HybridCache.from_settings(settings_for(topology, namespace, server)) as cache:
+        assert await cache.wait_until_connected(5)
+        hits = await _stream(cache, factory, eager=0.5)
+        refreshes = cache.counters.eager_refreshes
+
+    worst = max(latency for _, latency, _ in hits)
+    assert len(hits) > 100
+    assert worst < FACTORY_SECONDS / 2, f"a hit waited {worst * 1000:.1f} ms (the factory takes 50 ms)"
+    # The entry was renewed in the background, once per period or so, and callers saw the new versions.
+    periods = STREAM_SECONDS / TTL
+    assert refreshes >= periods - 1, f"only {refreshes} eager refreshes over {periods:.0f} TTL periods"
+    assert factory.runs >= periods
+    assert len({version for _, _, version in hits}) >= periods
+    # And no hit was served a value older than its TTL: the refresh landed before expiry every time.
+    for began, _, version in hits:
+        assert began - factory.produced[version] < TTL, f"version {version} served past its TTL"
+
+
+async def test_without_eager_refresh_the_same_stream_does_wait_for_the_factory(
+    topology: str, namespace: str, server: RedisServer | None
+) -> None:
+    """The control: proves the measurement above would catch a caller that waited."""
+    factory = Versions()
+    async with HybridCache.from_settings(settings_for(topology, namespace, server)) as cache:
+        assert await cache.wait_until_connected(5)
+        hits = await _stream(cache, factory, eager=None)
+
+    assert max(latency for _, latency, _ in hits) >= FACTORY_SECONDS * 0.9
+    assert cache.counters.eager_refreshes == 0
+
+
+async def test_eager_refresh_threshold_from_settings_applies_when_the_call_does_not_say(namespace: str) -> None:
+    factory = Versions()
+    settings = CacheSettings(service_name=namespace, eager_refresh_threshold=0.5)
+    async with HybridCache.from_settings(settings) as cache:
+        hits = await _stream(cache, factory, eager=None)
+        refreshes = cache.counters.eager_refreshes
+
+    assert refreshes > 0
+    assert max(latency for _, latency, _ in hits) < FACTORY_SECONDS / 2
+
+
+async def test_a_failing_eager_refresh_keeps_serving_the_current_value(namespace: str) -> None:
+    runs = 0
+
+    async def fails_after_first() -> str:
+        nonlocal runs
+        runs += 1
+        if runs > 1:
+            raise RuntimeError("backend down")
+        return "first"
+
+    async with HybridCache.from_settings(CacheSettings(service_name=namespace)) as cache:
+        assert await cache.get_or_create("k", fails_after_first, ttl=TTL, type_=str, eager_refresh=0.1) == "first"
+        values = []
+        end = time.monotonic() + TTL * 0.8
+        for _ in range(1_000):
+            if time.monotonic() >= end:
+                break
+            values.append(await cache.get_or_create("k", fails_after_first, ttl=TTL, type_=str, eager_refresh=0.1))
+            await asyncio.sleep(GAP)
+
+    assert set(values) == {"first"}
+    assert runs == 2, "exactly one background refresh was attempted (and failed quietly)"
+
+
+# ---------------------------------------------------------------------------------------------- jitter
+
+
+@pytest.fixture
+async def jittered(redis_server: RedisServer, namespace: str) -> AsyncIterator[HybridCache]:
+    settings = CacheSettings(service_name=namespace, configuration=redis_server.url, jitter_max_duration_seconds=5)
+    async with HybridCache.from_settings(settings) as cache:
+        yield cache
+
+
+async def _pttls(server: RedisServer, namespace: str, keys: list[str]) -> list[int]:
+    with server.sync_client(socket_timeout=5) as client:
+        return [int(client.pttl(f"{namespace}:v1:{key}")) for key in keys]
+
+
+async def _constant(value: str = "v") -> str:
+    return value
+
+
+async def test_entries_created_together_get_different_ttls_with_jitter(
+    jittered: HybridCache, redis_server: RedisServer, namespace: str
+) -> None:
+    keys = [f"Dealership:{n}" for n in range(20)]
+    await asyncio.gather(*(jittered.get_or_create(key, _constant, ttl=60, type_=str) for key in keys))
+
+    pttls = await _pttls(redis_server, namespace, keys)
+
+    assert all(55_000 < pttl <= 65_000 for pttl in pttls), pttls
+    assert len(set(pttls)) == len(pttls), f"identical TTLs despite jitter: {sorted(pttls)}"
+    # Twenty uniform draws over 5 s: a spread under one second is a one-in-a-million event.
+    assert max(pttls) - min(pttls) > 1_000, sorted(pttls)
+
+
+async def test_without_jitter_entries_created_together_expire_together(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The control for the test above: without jitter the spread is only the time it took to write them."""
+    settings = CacheSettings(service_name=namespace, configuration=redis_server.url)
+    keys = [f"Dealership:{n}" for n in range(20)]
+    async with HybridCache.from_settings(settings) as cache:
+        await asyncio.gather(*(cache.get_or_create(key, _constant, ttl=60, type_=str) for key in keys))
+
+    pttls = await _pttls(redis_server, namespace, keys)
+
+    assert all(55_000 < pttl <= 60_000 for pttl in pttls), pttls
+    assert max(pttls) - min(pttls) < 1_000, sorted(pttls)

@@ -1,0 +1,99 @@
+"""Per-key state never leaks: after a million distinct keys through ``get_or_create`` the process holds no
+single-flight future, lock waiter or background task, and memory is bounded by the L1 size limit.
+
+The million-key run uses an L1-only cache (the per-key machinery is the same, and it is fast enough to stay well
+under a minute); a smaller run with Redis and the distributed lock checks the lock's waiter table as well.
+``tracemalloc`` slows every allocation several-fold, so it traces only the last tenth of the run: whatever a key
+leaked would show there as growth proportional to the keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import tracemalloc
+
+import pytest
+
+from hybridcache import CacheSettings, HybridCache
+from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
+from tests.support.redis_server import RedisServer
+
+KEYS = 1_000_000
+TRACED = 100_000
+SIZE_LIMIT = 256
+# The L1 holds at most SIZE_LIMIT entries (~0.5 KB each traced); a leak of even 4 bytes per key would add 400 KB.
+STEADY_STATE_SLACK = 64 * 1024
+
+
+async def _one() -> int:
+    return 1
+
+
+def _no_per_key_state(cache: HybridCache) -> None:
+    assert len(cache._flights) == 0, f"{len(cache._flights)} single-flight entries left behind"
+    assert not cache._background, f"{len(cache._background)} background tasks left behind"
+    if cache._dlock is not None:
+        assert len(cache._dlock) == 0, f"{len(cache._dlock)} lock waiter lists left behind"
+
+
+@pytest.mark.slow
+async def test_a_million_distinct_keys_leave_no_per_key_state(namespace: str) -> None:
+    settings = CacheSettings(service_name=namespace, memory_cache=MemoryCacheSettings(size_limit=SIZE_LIMIT))
+    async with HybridCache.from_settings(settings) as cache:
+        untraced = KEYS - TRACED
+        gc.collect()
+        objects_before = len(gc.get_objects())
+        for n in range(untraced):
+            await cache.get_or_create(f"Dealership:{n}", _one, ttl=60, type_=int)
+        gc.collect()
+        objects_after = len(gc.get_objects())
+
+        tracemalloc.start()
+        try:
+            # Let the traced region reach steady state: the L1 is refilled with entries allocated under tracing.
+            for n in range(untraced, untraced + 2 * SIZE_LIMIT):
+                await cache.get_or_create(f"Dealership:{n}", _one, ttl=60, type_=int)
+            gc.collect()
+            steady, _ = tracemalloc.get_traced_memory()
+            for n in range(untraced + 2 * SIZE_LIMIT, KEYS):
+                await cache.get_or_create(f"Dealership:{n}", _one, ttl=60, type_=int)
+            gc.collect()
+            final, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+
+        assert cache.counters.handler_runs == KEYS
+        _no_per_key_state(cache)
+        assert cache._l1 is not None
+        assert len(cache._l1) == SIZE_LIMIT
+        growth = final - steady
+        per_key = growth / (TRACED - 2 * SIZE_LIMIT)
+        assert growth < STEADY_STATE_SLACK, f"memory grew by {growth} bytes ({per_key:.2f} B/key) at steady state"
+        # Tracked objects: at most the L1's entries (and their dicts) more than before the first key.
+        assert objects_after - objects_before < 4 * SIZE_LIMIT, (objects_before, objects_after)
+
+
+async def test_distinct_keys_with_redis_and_the_distributed_lock_leave_no_per_key_state(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    settings = CacheSettings(
+        service_name=namespace,
+        configuration=redis_server.url,
+        memory_cache=MemoryCacheSettings(size_limit=SIZE_LIMIT),
+        distributed_lock=DistributedLockSettings(enabled=True),
+    )
+    async with HybridCache.from_settings(settings) as first, HybridCache.from_settings(settings) as second:
+        assert await first.wait_until_connected(5)
+        assert await second.wait_until_connected(5)
+        # Bursts stay below redis-py's 100-connection pool (see test_stampede's burst test for what happens above).
+        for batch in range(50):
+            keys = [f"Dealership:{batch}:{n}" for n in range(40)]
+            # Both instances, concurrently, so some calls hold the lease and others wait for its fill notice.
+            await asyncio.gather(
+                *(cache.get_or_create(key, _one, ttl=60, type_=int) for key in keys for cache in (first, second))
+            )
+
+        for cache in (first, second):
+            _no_per_key_state(cache)
+        assert first.counters.handler_runs + second.counters.handler_runs == 2_000
