@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,7 +78,6 @@ class Services:
     session_factory: async_sessionmaker[AsyncSession]
     cache: HybridCache
     mediator: Mediator[None]
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def build_mediator(cache: HybridCache, session_factory: Callable[[], AsyncSession]) -> Mediator[None]:
