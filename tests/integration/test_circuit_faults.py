@@ -10,10 +10,12 @@ a loaded machine cannot make them flake, yet a socket wait (>= the 50 ms operati
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import socket
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -230,3 +232,47 @@ async def test_a_restart_under_steady_traffic_never_returns_a_wrong_value(
 
     assert await cache.get_or_create(warm[0], recount, ttl=60, type_=str) == expected(warm[0])
     assert calls == 1
+
+
+@contextlib.contextmanager
+def blackhole() -> Iterator[int]:
+    """A loopback port whose connects hang, like a host dropping packets: a listener that never accepts, its
+    one-slot backlog already full, so further SYNs are dropped by the kernel."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port: int = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(3):
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: a connection opened in the request path waits ConnectTimeoutMilliseconds (default 1000 ms), "
+    "not OperationTimeoutMilliseconds; before the breaker opens one miss waited 2 s on a Redis whose connects hang",
+)
+async def test_a_redis_whose_connects_hang_costs_a_caller_no_more_than_its_operation_timeouts(namespace: str) -> None:
+    with blackhole() as port:
+        settings = CacheSettings(
+            service_name=namespace,
+            configuration=f"127.0.0.1:{port},abortConnect=false",
+            operation_timeout_milliseconds=int(OPERATION_TIMEOUT * 1000),
+            circuit_breaker=CircuitBreakerSettings(failure_threshold=THRESHOLD, break_duration_seconds=60),
+        )
+        async with HybridCache.from_settings(settings) as cache:
+            traffic = Traffic(cache, "blackhole")
+            durations = [await traffic.miss() for _ in range(THRESHOLD + 2)]
+
+    assert cache.breaker.state is CircuitState.OPEN
+    # A miss makes at most three L2 calls (read, capture, store), each bounded by the operation timeout.
+    assert max(durations) < 3 * OPERATION_TIMEOUT + 0.2, [round(d, 3) for d in durations]

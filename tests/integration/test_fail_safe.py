@@ -19,7 +19,8 @@ import pytest
 
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.cache import FactoryTimeoutError
-from hybridcache.settings import FailSafeSettings, MemoryCacheSettings
+from hybridcache.resilience import CircuitState
+from hybridcache.settings import CircuitBreakerSettings, FailSafeSettings, MemoryCacheSettings
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
@@ -301,3 +302,81 @@ async def test_an_invalidation_from_another_instance_also_removes_the_fallback(
         with pytest.raises(PricingDown) as raised:
             await reader.get_or_create(KEY, Raising(failure), ttl=TTL, type_=str, tags=("dealerships",), fail_safe=True)
         assert raised.value is failure
+
+
+# ---------------------------------------------------------------------------------------------- Redis outage
+
+_UNPUBLISHED = (
+    "core bug: an invalidation that could not be published (Redis unreachable) only drops this L1 and is queued; "
+    "L2 still holds the entry with unchanged generations, so once Redis answers the invalidated value is served "
+    "again (fresh, or as a fail-safe fallback) until the queue is retried"
+)
+BREAK = 0.3
+
+
+@pytest.fixture
+async def short_timeouts(redis_server: RedisServer, namespace: str) -> AsyncIterator[HybridCache]:
+    settings = CacheSettings(
+        service_name=namespace,
+        configuration=redis_server.url,
+        operation_timeout_milliseconds=50,
+        circuit_breaker=CircuitBreakerSettings(failure_threshold=1, break_duration_seconds=BREAK),
+    )
+    async with HybridCache.from_settings(settings) as cache:
+        assert await cache.wait_until_connected(5)
+        yield cache
+
+
+async def _remove_during_an_outage(cache: HybridCache, server: RedisServer) -> None:
+    """Remove KEY while the breaker is open, so the command certainly never reaches Redis; then recover."""
+    server.pause()
+    try:
+        await cache.get("Other:1")  # times out: the breaker opens
+        assert cache.breaker.state is CircuitState.OPEN
+        await cache.remove(KEY)  # refused by the open breaker, queued for retry, and must still hold
+    finally:
+        server.resume()
+    assert cache.counters.invalidation_failures == 1
+
+    async def closed() -> bool:
+        await cache.get("Other:1")  # carries the half-open probe
+        return cache.breaker.state is CircuitState.CLOSED
+
+    await wait_until(closed, timeout=BREAK + 2, message="breaker did not close after the outage")
+
+
+@pytest.mark.xfail(strict=True, reason=_UNPUBLISHED)
+@pytest.mark.parametrize("expired", [False, True], ids=["fresh", "stale"])
+async def test_an_invalidation_made_during_an_outage_is_not_undone_when_redis_answers(
+    short_timeouts: HybridCache, redis_server: RedisServer, expired: bool
+) -> None:
+    cache = short_timeouts
+    if expired:
+        await make_stale(cache)
+    else:
+        await cache.get_or_create(KEY, returns("old"), ttl=60, type_=str, fail_safe=True)
+    await _remove_during_an_outage(cache, redis_server)
+    failure = PricingDown("down")
+
+    with pytest.raises(PricingDown) as raised:
+        await cache.get_or_create(KEY, Raising(failure), ttl=60, type_=str, fail_safe=True)
+    assert raised.value is failure
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core bug: queued invalidations are retried only when the backplane resubscribes; an outage shorter "
+    "than Backplane.HeartbeatTimeoutSeconds never drops the subscription, so the queue is never retried",
+)
+async def test_an_invalidation_queued_during_a_short_outage_is_published_once_redis_answers(
+    short_timeouts: HybridCache, redis_server: RedisServer
+) -> None:
+    cache = short_timeouts
+    await cache.get_or_create(KEY, returns("old"), ttl=60, type_=str)
+    await _remove_during_an_outage(cache, redis_server)
+
+    await wait_until(
+        lambda: cache.stats().pending_invalidations == 0, timeout=5, message="the queued invalidation was never sent"
+    )
+    with redis_server.sync_client(socket_timeout=5) as client:
+        assert client.exists(f"{cache.settings.service_name}:v1:{KEY}") == 0
