@@ -20,9 +20,9 @@ from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
 from tests.support.redis_server import RedisServer
 
 KEYS = 1_000_000
-TRACED = 100_000
+TRACED = 50_000
 SIZE_LIMIT = 256
-# The L1 holds at most SIZE_LIMIT entries (~0.5 KB each traced); a leak of even 4 bytes per key would add 400 KB.
+# The L1 holds at most SIZE_LIMIT entries (~0.5 KB each traced); a leak of even 4 bytes per key would add 200 KB.
 STEADY_STATE_SLACK = 64 * 1024
 
 
