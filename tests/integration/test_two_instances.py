@@ -38,12 +38,13 @@ FORD = DealershipDto(id=42, name="Ford", unique_key=uuid.UUID(int=42), zip_code=
 async def pair(
     request: pytest.FixtureRequest, cache_env: CacheEnv, start_cache: StartCache, raw_redis: redis.asyncio.Redis
 ) -> list[HybridCache]:
-    settings = cache_env.settings(protocol=request.param)
+    # A client name singles out the caches' connections on a server that other tests' clients may share.
+    name = f"pair-{cache_env.service_name}"
+    settings = cache_env.settings(protocol=request.param, configuration=f"{cache_env.redis_url}?client_name={name}")
     first, second = await start_cache(settings), await start_cache(settings)
     assert first.instance_id != second.instance_id
-    # Every connection but our own inspecting one (running CLIENT LIST) belongs to the two caches.
-    theirs = [c for c in await raw_redis.client_list() if c.get("cmd") != "client|list"]
-    assert len(theirs) >= 2
+    theirs = [c for c in await raw_redis.client_list() if c.get("name") == name]
+    assert len(theirs) >= 4, "each cache has a pool connection and a subscriber connection"
     assert {c.get("resp") for c in theirs} == {str(request.param)}, "the caches speak another protocol"
     return [first, second]
 
