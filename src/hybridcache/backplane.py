@@ -100,7 +100,7 @@ class Backplane:
         backoff = 0.05
         outage_logged = False
         while True:
-            pubsub = self._l2.client.pubsub()
+            pubsub = self._l2.background.pubsub()
             try:
                 await self._listen(pubsub)
             except asyncio.CancelledError:

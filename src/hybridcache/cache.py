@@ -31,14 +31,14 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from hybridcache.backplane import Backplane
 from hybridcache.errors import HybridCacheError
 from hybridcache.generations import GenerationTable, InvalidationLog, fields_for, new_epoch, prefix_field, tag_field
-from hybridcache.keys import namespace, normalize_prefix, validate_key
+from hybridcache.keys import SEPARATOR, namespace, normalize_prefix, validate_key
 from hybridcache.locking import DistributedSingleFlight
 from hybridcache.memory import L1Entry, MemoryStore
 from hybridcache.metrics import CacheStats, Counters
@@ -51,6 +51,8 @@ T = TypeVar("T")
 logger = logging.getLogger("hybridcache")
 
 _NEVER: Final = float("inf")
+# Concurrent request-path calls to Redis, and so the size of its connection pool (see RedisL2's slots).
+_REQUEST_POOL_SIZE: Final = 64
 TtlLike = timedelta | float | int
 
 
@@ -106,6 +108,13 @@ class _Capture:
     fields: tuple[str, ...]
 
 
+def _covers(full_prefix: str, full_key: str) -> bool:
+    """Whether ``full_prefix`` covers ``full_key`` at ``:`` boundaries (the namespace itself ends with ``:``)."""
+    if full_prefix.endswith(SEPARATOR):
+        return full_key.startswith(full_prefix)
+    return full_key == full_prefix or full_key.startswith(full_prefix + SEPARATOR)
+
+
 def _seconds(ttl: TtlLike) -> float:
     return ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
 
@@ -155,6 +164,7 @@ class HybridCache:
             name="redis",
         )
         self._client = redis
+        self._background_client: Redis | None = None
         self._owns_client = False
         self._l2: RedisL2 | None = None
         self._backplane: Backplane | None = None
@@ -165,6 +175,7 @@ class HybridCache:
         self._flights: SingleFlight[str, Any] = SingleFlight()
         self._pending: deque[tuple[list[str], list[str]]] = deque()
         self._retry_task: asyncio.Task[None] | None = None
+        self._flush_lock = asyncio.Lock()
         self._background: set[asyncio.Future[Any]] = set()
         self._dlock: DistributedSingleFlight | None = None
         self._jitter = float(settings.jitter_max_duration_seconds)
@@ -200,17 +211,29 @@ class HybridCache:
         endpoint = self.settings.redis_endpoint
         if self._client is None and endpoint is not None:
             kwargs = endpoint.to_redis_kwargs()
-            kwargs.setdefault("socket_timeout", self.settings.operation_timeout_milliseconds / 1000)
-            kwargs.setdefault("socket_connect_timeout", self.settings.connect_timeout_milliseconds / 1000)
+            operation_timeout = kwargs.get("socket_timeout") or self.settings.operation_timeout_milliseconds / 1000
+            kwargs["socket_timeout"] = operation_timeout
+            # Connections are opened lazily on the request path, where nothing may wait longer than an operation.
+            kwargs["socket_connect_timeout"] = min(
+                kwargs.get("socket_connect_timeout") or operation_timeout, operation_timeout
+            )
             if self.settings.protocol is not None:
                 kwargs.setdefault("protocol", self.settings.protocol)
             # Our own breaker and timeouts decide about retrying; driver retries would multiply every wait.
             kwargs["retry"] = Retry(NoBackoff(), 0)
+            kwargs["max_connections"] = _REQUEST_POOL_SIZE + 16  # headroom for lock calls outside the slots
             self._client = Redis(**kwargs)
             self._owns_client = True
         if self._client is not None:
+            self._background_client = self._background_client_for(self._client)
             self._l2 = RedisL2(
-                self._client, instance_name=self.settings.instance_name, namespace=self._namespace, breaker=self.breaker
+                self._client,
+                instance_name=self.settings.instance_name,
+                namespace=self._namespace,
+                breaker=self.breaker,
+                background_client=self._background_client,
+                max_concurrency=_REQUEST_POOL_SIZE,
+                queue_timeout=self.settings.operation_timeout_milliseconds / 1000,
             )
             await self._check_reachable(abort=endpoint.abort_connect if endpoint is not None else False)
             lock = self.settings.distributed_lock
@@ -236,6 +259,14 @@ class HybridCache:
                 await self._backplane.start()
                 await self._backplane.wait_trusted(timeout=self.settings.connect_timeout_milliseconds / 1000)
         self._started = True
+
+    def _background_client_for(self, client: Redis) -> Redis:
+        """A client with its own small pool, same server and options, for the backplane."""
+        pool = client.connection_pool
+        options = dict(pool.connection_kwargs)
+        options["socket_connect_timeout"] = self.settings.connect_timeout_milliseconds / 1000
+        background_pool = ConnectionPool(connection_class=pool.connection_class, max_connections=8, **options)
+        return Redis(connection_pool=background_pool)
 
     async def _check_reachable(self, *, abort: bool) -> None:
         assert self._l2 is not None
@@ -269,6 +300,10 @@ class HybridCache:
             await asyncio.wait(list(self._background), timeout=self.settings.operation_timeout_milliseconds / 1000)
             for task in list(self._background):
                 task.cancel()
+        if self._background_client is not None:
+            await self._background_client.aclose()
+            await self._background_client.connection_pool.disconnect()
+            self._background_client = None
         if self._owns_client and self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -547,6 +582,9 @@ class HybridCache:
     async def _read_l2(self, full_key: str, codec: ValueCodec, plan: _Plan | None) -> _Found | None:
         """What L2 holds for ``full_key`` if it is current (fresh or, past its TTL, a fail-safe candidate)."""
         assert self._l2 is not None
+        if self._pending and not await self._flush_pending():
+            self.counters.l2_errors += 1
+            return None
         mark = self._log.sequence
         try:
             raw = await self._l2.get(full_key)
@@ -781,20 +819,32 @@ class HybridCache:
                 "Invalidation event not published (%s); queued for retry (%d pending)", exc, len(self._pending)
             )
             self._drop_l1_by_fields(fields)
+            self._schedule_retry()
             return False
-        if message["e"] == self._table.epoch:
-            self._table.advance(message["g"])
-        else:
-            self._drop_l1_by_fields(fields)
-        self.counters.invalidations_published += 1
+        self._after_publish(full_keys, fields, message)
         logger.info("Published invalidation event #%s", message["s"])
         return True
 
     def _apply_locally(self, full_keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]) -> None:
-        self._log.record(full_keys, [self._namespace + p for p in prefixes], tags)
+        """Stop serving what an invalidation covers, here and now.
+
+        Besides dropping L1 entries and recording the invalidation (so in-flight factories do not store their
+        results), it detaches in-flight loads of covered keys: a caller arriving after the invalidation must start
+        a fresh load rather than share one that began before it.
+        """
+        full_prefixes = [self._namespace + p for p in prefixes]
+        self._log.record(full_keys, full_prefixes, tags)
         if self._l1 is not None:
             for full_key in full_keys:
                 self._l1.remove(full_key)
+        flights = self._flights
+        if len(flights):
+            for full_key in full_keys:
+                flights.forget(full_key)
+            if tags:
+                flights.forget_where(lambda _: True)  # in-flight loads do not say their tags: be conservative
+            elif full_prefixes:
+                flights.forget_where(lambda key: any(_covers(prefix, key) for prefix in full_prefixes))
 
     def _drop_l1_by_fields(self, fields: Sequence[str]) -> None:
         """Remove L1 entries under the given prefix/tag fields by scanning (only when generations can't help)."""
@@ -826,22 +876,51 @@ class HybridCache:
         if self._l1 is not None:
             self._l1.clear()
         logger.info("Invalidation channel subscribed%s; L1 cleared", " (new generation epoch)" if epoch_changed else "")
+        self._schedule_retry()
+
+    def _schedule_retry(self) -> None:
         if self._pending and (self._retry_task is None or self._retry_task.done()):
             self._retry_task = asyncio.create_task(self._retry_pending(), name="hybridcache-invalidation-retry")
 
     async def _retry_pending(self) -> None:
+        """Publish queued invalidations, backing off while Redis stays unavailable, until none is left."""
+        delay = 0.05
         while self._pending:
-            full_keys, fields = self._pending[0]
-            try:
-                assert self._l2 is not None
-                message = await self._l2.invalidate(full_keys, fields, sender=self.instance_id)
-            except L2UnavailableError:
-                return  # still down; the next resync tries again
-            self._pending.popleft()
-            self.counters.invalidations_published += 1
-            if message["e"] == self._table.epoch:
-                self._table.advance(message["g"])
-            logger.info("Published queued invalidation event #%s", message["s"])
+            if await self._flush_pending():
+                return
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 1.0)
+
+    async def _flush_pending(self) -> bool:
+        """Publish queued invalidations in order; True when the queue is empty afterwards.
+
+        L2 reads call this first while anything is queued: an entry that was invalidated during an outage must
+        not be served (or used as a fail-safe fallback) just because Redis answers again before the retry ran.
+        """
+        async with self._flush_lock:
+            while self._pending:
+                full_keys, fields = self._pending[0]
+                try:
+                    assert self._l2 is not None
+                    message = await self._l2.invalidate(full_keys, fields, sender=self.instance_id)
+                except L2UnavailableError:
+                    return False
+                self._pending.popleft()
+                self._after_publish(full_keys, fields, message)
+                logger.info("Published queued invalidation event #%s", message["s"])
+        return True
+
+    def _after_publish(self, full_keys: list[str], fields: list[str], message: dict[str, Any]) -> None:
+        self.counters.invalidations_published += 1
+        # Again, now that Redis has applied it: a read that began between our first local drop and the script's
+        # execution may have fetched the old value and put it in L1 or in a shared load.
+        self._apply_locally(
+            full_keys, [f[2:] for f in fields if f.startswith("p:")], [f[2:] for f in fields if f.startswith("t:")]
+        )
+        if message["e"] == self._table.epoch:
+            self._table.advance(message["g"])
+        else:
+            self._drop_l1_by_fields(fields)
 
     # ------------------------------------------------------------------ observation
 

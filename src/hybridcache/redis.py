@@ -15,6 +15,7 @@ is raised at once. Driver errors are wrapped in that exception as well (``from``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import MaxConnectionsError, RedisError
 from redis.typing import EncodableT
 
 from hybridcache.errors import HybridCacheError
@@ -109,9 +110,19 @@ class RedisL2:
         instance_name: str,
         namespace: str,
         breaker: CircuitBreaker,
+        background_client: Redis | None = None,
         meta_ttl_ms: int = 7 * 24 * 3600 * 1000,
+        max_concurrency: int = 64,
+        queue_timeout: float = 0.25,
     ) -> None:
+        """``client`` serves the request path; ``background_client`` (its own small pool) serves the backplane —
+        subscription, heartbeat, resync — so a burst of requests can never starve the invalidation channel."""
         self.client = client
+        self.background = background_client or client
+        # At most this many request-path calls at once: a burst of misses then queues here (cheaply) instead of
+        # opening hundreds of connections whose socket timeouts would fire on event-loop congestion, not on Redis.
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._queue_timeout = queue_timeout
         self.breaker = breaker
         self._instance_name = instance_name
         self._namespace_length = len(namespace)
@@ -124,7 +135,7 @@ class RedisL2:
         self._capture = client.register_script(_CAPTURE)
         self._set_if_current = client.register_script(_SET_IF_CURRENT)
         self._invalidate = client.register_script(_INVALIDATE)
-        self._sync = client.register_script(_SYNC)
+        self._sync = self.background.register_script(_SYNC)
 
     def redis_key(self, full_key: str) -> str:
         return self._instance_name + full_key
@@ -146,14 +157,30 @@ class RedisL2:
         breaker = self.breaker
         if not breaker.allow_request():
             raise L2UnavailableError("Redis circuit is open")
+        slots = self._slots
+        if slots.locked():
+            try:
+                async with asyncio.timeout(self._queue_timeout):
+                    await slots.acquire()
+            except TimeoutError as exc:
+                breaker.release_probe()  # a local queue, not a Redis failure
+                raise L2UnavailableError("too many concurrent Redis calls; waited for a slot") from exc
+        else:
+            await slots.acquire()
         try:
             result = await operation()
+        except MaxConnectionsError as exc:
+            # Our own pool is exhausted: Redis is fine, so this is no reason to open the breaker.
+            breaker.release_probe()
+            raise L2UnavailableError("Redis connection pool exhausted") from exc
         except (RedisError, OSError, TimeoutError) as exc:
             breaker.record_failure()
             raise L2UnavailableError(f"Redis call failed: {exc.__class__.__name__}: {exc}") from exc
         except BaseException:
             breaker.release_probe()
             raise
+        finally:
+            slots.release()
         breaker.record_success()
         return result
 
@@ -213,7 +240,7 @@ class RedisL2:
         return GenerationState(int(sequence), epoch, {f: int(g) for f, g in table.items()})
 
     async def sequence(self, *, guarded: bool = True) -> int:
-        raw = await self._call(lambda: self.client.get(self.sequence_key), guarded=guarded)
+        raw = await self._call(lambda: self.background.get(self.sequence_key), guarded=guarded)
         return int(raw or 0)
 
     async def current_generations(self, fields: Sequence[str]) -> tuple[str | None, dict[str, int]]:

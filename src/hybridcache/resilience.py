@@ -238,6 +238,21 @@ class SingleFlight(Generic[K, V]):
             flight.add_done_callback(partial(self._finished, key))
         return await asyncio.shield(flight)
 
+    def forget(self, key: K) -> None:
+        """Let the next caller of ``key`` start a new run; callers already waiting keep the current one.
+
+        Used when the run's result may be outdated (an invalidation overtook it): a caller arriving afterwards
+        must not receive a value computed before the invalidation.
+        """
+        self._flights.pop(key, None)
+
+    def forget_where(self, predicate: Callable[[K], bool]) -> int:
+        """:meth:`forget` every key in flight for which ``predicate`` is true; returns how many."""
+        doomed = [key for key in self._flights if predicate(key)]
+        for key in doomed:
+            del self._flights[key]
+        return len(doomed)
+
     def _finished(self, key: K, flight: asyncio.Future[V]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]

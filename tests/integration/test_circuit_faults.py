@@ -256,11 +256,6 @@ def blackhole() -> Iterator[int]:
                 filler.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a connection opened in the request path waits ConnectTimeoutMilliseconds (default 1000 ms), "
-    "not OperationTimeoutMilliseconds; before the breaker opens one miss waited 2 s on a Redis whose connects hang",
-)
 async def test_a_redis_whose_connects_hang_costs_a_caller_no_more_than_its_operation_timeouts(namespace: str) -> None:
     with blackhole() as port:
         settings = CacheSettings(

@@ -345,7 +345,6 @@ async def _remove_during_an_outage(cache: HybridCache, server: RedisServer) -> N
     await wait_until(closed, timeout=BREAK + 2, message="breaker did not close after the outage")
 
 
-@pytest.mark.xfail(strict=True, reason=_UNPUBLISHED)
 @pytest.mark.parametrize("expired", [False, True], ids=["fresh", "stale"])
 async def test_an_invalidation_made_during_an_outage_is_not_undone_when_redis_answers(
     short_timeouts: HybridCache, redis_server: RedisServer, expired: bool
@@ -363,11 +362,6 @@ async def test_an_invalidation_made_during_an_outage_is_not_undone_when_redis_an
     assert raised.value is failure
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: queued invalidations are retried only when the backplane resubscribes; an outage shorter "
-    "than Backplane.HeartbeatTimeoutSeconds never drops the subscription, so the queue is never retried",
-)
 async def test_an_invalidation_queued_during_a_short_outage_is_published_once_redis_answers(
     short_timeouts: HybridCache, redis_server: RedisServer
 ) -> None:

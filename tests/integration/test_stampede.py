@@ -229,11 +229,6 @@ async def test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills(
         assert 0.25 <= waited < 2.0, f"fallback after {waited:.2f}s, expected about the 0.3 s wait timeout"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: redis-py's default pool (100 connections) raises MaxConnectionsError at once when a burst "
-    "of distinct misses needs more; the cache counts it as a Redis failure and opens the breaker on a healthy Redis",
-)
 async def test_a_burst_of_distinct_cold_keys_keeps_the_breaker_closed_on_a_healthy_redis(
     redis_server: RedisServer, namespace: str
 ) -> None:
