@@ -4,7 +4,9 @@ Timing method: an operation is timed in *batches* — a loop of ``ops`` repetiti
 with ``time.perf_counter_ns`` around the whole loop — so the clock's own cost is amortised; the figure for a batch
 is its elapsed time divided by ``ops`` (loop overhead included, nothing subtracted). Several variants are run
 round-robin, one batch each per round, so that a machine whose speed drifts (turbo, a noisy neighbour) affects all
-of them alike; the reported figure is the median over rounds. Garbage collection is paused while a batch runs,
+of them alike; the reported figure is the median over rounds. This process's CPU time per operation
+(``time.process_time_ns``) is recorded beside the wall time: it leaves out waiting for Redis and being preempted,
+so it shows what the code itself costs even on a busy machine. Garbage collection is paused while a batch runs,
 as ``timeit`` does. Every loop is bounded by a count and by a time budget.
 """
 
@@ -57,9 +59,10 @@ class Timing:
     batches: int
     ops: int
     samples: tuple[float, ...] = ()  # per-op ns of each batch, in round order
+    cpu_median_ns: float = 0.0  # this process's CPU time per op: what the code costs, minus waiting and preemption
 
     @classmethod
-    def of(cls, name: str, per_op_ns: Sequence[float], ops: int) -> Timing:
+    def of(cls, name: str, per_op_ns: Sequence[float], ops: int, cpu_per_op_ns: Sequence[float] = ()) -> Timing:
         deciles = statistics.quantiles(per_op_ns, n=10) if len(per_op_ns) > 1 else [per_op_ns[0]] * 9
         return cls(
             name=name,
@@ -70,6 +73,7 @@ class Timing:
             batches=len(per_op_ns),
             ops=ops,
             samples=tuple(per_op_ns),
+            cpu_median_ns=statistics.median(cpu_per_op_ns) if cpu_per_op_ns else 0.0,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -78,6 +82,7 @@ class Timing:
             "p10_ns": round(self.p10_ns, 1),
             "p90_ns": round(self.p90_ns, 1),
             "min_ns": round(self.min_ns, 1),
+            "cpu_median_ns": round(self.cpu_median_ns, 1),
             "batches": self.batches,
             "ops_per_batch": self.ops,
         }
@@ -103,15 +108,17 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-async def _time_batch(variant: Variant) -> float:
-    """Nanoseconds per operation for one batch of ``variant``."""
+async def _time_batch(variant: Variant) -> tuple[float, float]:
+    """Wall-clock and CPU nanoseconds per operation for one batch of ``variant``."""
     with _gc_paused():
+        cpu_start = time.process_time_ns()
         start = time.perf_counter_ns()
         result = variant.run(variant.ops)
         if inspect.isawaitable(result):
             await result
         elapsed = time.perf_counter_ns() - start
-    return elapsed / variant.ops
+        cpu = time.process_time_ns() - cpu_start
+    return elapsed / variant.ops, cpu / variant.ops
 
 
 async def measure(
@@ -128,13 +135,16 @@ async def measure(
             await _time_batch(variant)
     gc.collect()
     samples: dict[str, list[float]] = {v.name: [] for v in variants}
+    cpu: dict[str, list[float]] = {v.name: [] for v in variants}
     deadline = time.monotonic() + max_seconds
     for _ in range(rounds):
         for variant in variants:
-            samples[variant.name].append(await _time_batch(variant))
+            wall_ns, cpu_ns = await _time_batch(variant)
+            samples[variant.name].append(wall_ns)
+            cpu[variant.name].append(cpu_ns)
         if time.monotonic() >= deadline:
             break
-    return {v.name: Timing.of(v.name, samples[v.name], v.ops) for v in variants}
+    return {v.name: Timing.of(v.name, samples[v.name], v.ops, cpu[v.name]) for v in variants}
 
 
 def measure_sync(
