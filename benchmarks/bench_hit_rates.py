@@ -1,0 +1,326 @@
+"""Hit rates under a Zipf workload with the seed's settings, three instances on one private Redis.
+
+The seed claims 95-99% hits for entities by id, 80-90% for searches and 85-95% for lists. This replays a
+read-mostly workload through three ``HybridCache`` instances (a round-robin load balancer in front of three
+service instances) configured as the seed's ``appsettings.json`` (``MemoryCache.SizeLimit`` 1024,
+``MemoryCache.DefaultExpirationSeconds`` 30) with the seed's query durations (entity 30 min, list 10 min,
+search 5 min) and keys (``Dealership:{id}``, ``Dealership:List:{page}:{size}``,
+``Dealership:Search:{term}:{size}``). Writes are the seed's ``UpdateDealershipCommand``: they change the row
+in the "database" and then invalidate ``Dealership:{id}`` plus the prefixes ``Dealership:Search`` and
+``Dealership:List``.
+
+The "database" is an in-process dict of 10,000 dealerships with a query counter per kind. Time is simulated
+(both clocks the cache reads advance by ``1/rate`` per request), so TTLs expire as they would at that request
+rate however fast the benchmark runs; Redis's own key TTLs run in real time, which only keeps logically
+expired entries in Redis longer (they are never served: the cache checks each entry's logical expiry).
+
+Reported per query kind and scenario: L1, L2 and overall hit rate, database queries per 1,000 requests, over
+the whole run and over its second half (the steady state, after warm-up); and entity reads that returned a
+value the database had already changed (invalidation is asynchronous across instances).
+
+Run: ``.venv/bin/python -m benchmarks.bench_hit_rates`` (``--requests``, ``--rate``, ``--quick``). Writes
+``benchmarks/results/hit_rates.json``. Target reported, not asserted: entity-by-id hit rate >= 95%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import itertools
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from benchmarks._common import format_table, write_results
+from benchmarks._peers_common import dealership_dto, load_average, private_redis
+from dealership.dto import DealershipDto, DealershipPage
+from hybridcache import CacheSettings, HybridCache
+from hybridcache.keys import CacheKey
+from hybridcache.settings import MemoryCacheSettings
+
+ENTITY_TTL = timedelta(minutes=30)
+SEARCH_TTL = timedelta(minutes=5)
+LIST_TTL = timedelta(minutes=10)
+ENTITIES = 10_000
+SEARCH_TERMS = 300
+LIST_PAGES = 50
+PAGE_SIZE = 10
+INSTANCES = 3
+KINDS = ("entity", "search", "list")
+TARGET_ENTITY_HIT_RATE = 0.95
+
+
+class Zipf:
+    """Ranks 0..n-1 drawn with probability proportional to ``1 / (rank + 1) ** alpha`` (inverse CDF)."""
+
+    def __init__(self, n: int, alpha: float, rng: random.Random) -> None:
+        self._cdf = list(itertools.accumulate(1.0 / (k**alpha) for k in range(1, n + 1)))
+        self._total = self._cdf[-1]
+        self._rng = rng
+
+    def __call__(self) -> int:
+        return bisect.bisect_left(self._cdf, self._rng.random() * self._total)
+
+
+class SimulatedTime:
+    """The cache's monotonic and wall clocks, advanced by the workload, not by the benchmark's speed."""
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+        self._wall0 = time.time()
+
+    def monotonic(self) -> float:
+        return 1_000.0 + self.elapsed
+
+    def wall(self) -> float:
+        return self._wall0 + self.elapsed
+
+
+class Database:
+    """10,000 dealerships in a dict; every read counts as one query of its kind."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rows: dict[int, DealershipDto] = {i: dealership_dto(i) for i in range(1, ENTITIES + 1)}
+        self.ids = sorted(self.rows)
+        self.by_name = sorted(self.rows.values(), key=lambda d: (d.name.lower(), d.id))
+        self.terms = _search_terms(self.by_name, rng)
+        # Updates change addresses, never names, so each term's matches (ordered by name, id) stay valid.
+        names = [(d.name.lower(), d.id) for d in self.by_name]
+        self._matches = {t: [i for name, i in names if t.lower() in name][:PAGE_SIZE] for t in self.terms}
+        self.queries = dict.fromkeys(KINDS, 0)
+        self.writes = 0
+
+    async def get(self, dealership_id: int) -> DealershipDto | None:
+        self.queries["entity"] += 1
+        return self.rows.get(dealership_id)
+
+    async def search(self, term: str) -> tuple[DealershipDto, ...]:
+        self.queries["search"] += 1
+        return tuple(self.rows[i] for i in self._matches[term])
+
+    async def page(self, page: int) -> DealershipPage:
+        self.queries["list"] += 1
+        ids = self.ids[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
+        return DealershipPage(items=tuple(self.rows[i] for i in ids), total=len(self.rows))
+
+    def update(self, dealership_id: int, address: str) -> None:
+        self.writes += 1
+        self.rows[dealership_id] = self.rows[dealership_id].model_copy(update={"business_address": address})
+
+
+def _search_terms(rows: Sequence[DealershipDto], rng: random.Random) -> list[str]:
+    words = sorted({w for d in rows for w in d.name.split() if len(w) > 2 and w != "of"})
+    pairs = sorted({" ".join(p) for d in rows for p in itertools.pairwise(d.name.split())})
+    rng.shuffle(pairs)
+    terms = (words + pairs)[:SEARCH_TERMS]
+    rng.shuffle(terms)
+    return terms
+
+
+@dataclass
+class Tally:
+    """Outcomes of one query kind in one window of the run."""
+
+    requests: int = 0
+    l1: int = 0
+    l2: int = 0
+    db: int = 0
+    stale: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        n = self.requests or 1
+        return {
+            "requests": self.requests,
+            "l1_hit_rate": round(self.l1 / n, 4),
+            "l2_hit_rate": round(self.l2 / n, 4),
+            "hit_rate": round((self.l1 + self.l2) / n, 4),
+            "db_queries_per_1000": round(1000 * self.db / n, 1),
+            "stale_reads": self.stale,
+        }
+
+
+@dataclass
+class Scenario:
+    name: str
+    requests: int
+    write_ratio: float
+    rate: float  # requests per second across all instances (simulated)
+    mix: dict[str, float] = field(default_factory=lambda: {"entity": 0.8, "search": 0.1, "list": 0.1})
+    alpha: float = 1.0
+
+
+async def run_scenario(scenario: Scenario, redis_url: str, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    db = Database(rng)
+    sim = SimulatedTime()
+    settings = CacheSettings(
+        service_name=f"hit-rates-{scenario.name}",
+        instance_name="Bench:",
+        configuration=redis_url,
+        memory_cache=MemoryCacheSettings(size_limit=1024, default_expiration_seconds=30),
+    )
+    caches = [HybridCache(settings, clock=sim.monotonic, wall_clock=sim.wall) for _ in range(INSTANCES)]
+    entity_ids = list(range(1, ENTITIES + 1))
+    rng.shuffle(entity_ids)  # popularity does not follow id order
+    pick_entity = Zipf(ENTITIES, scenario.alpha, rng)
+    pick_term = Zipf(len(db.terms), scenario.alpha, rng)
+    pick_page = Zipf(LIST_PAGES, scenario.alpha, rng)
+    kinds, weights = list(scenario.mix), list(scenario.mix.values())
+    windows = {"all": {k: Tally() for k in KINDS}, "second_half": {k: Tally() for k in KINDS}}
+    step = 1.0 / scenario.rate
+    half = scenario.requests // 2
+    started = time.perf_counter()
+    for cache in caches:
+        await cache.start()
+        if not await cache.wait_until_connected(5.0):
+            raise RuntimeError("invalidation subscription not confirmed within 5 s")
+    try:
+        for n in range(scenario.requests):
+            sim.elapsed += step
+            cache = caches[n % INSTANCES]
+            if rng.random() < scenario.write_ratio:
+                target = rng.randint(1, ENTITIES)
+                db.update(target, f"{rng.randint(1, 9999)} Updated St")
+                await cache.invalidate(keys=[f"Dealership:{target}"], prefixes=["Dealership:Search", "Dealership:List"])
+                continue
+            kind = rng.choices(kinds, weights)[0]
+            counters = cache.counters
+            l1, l2, queries = counters.l1_hits, counters.l2_hits, db.queries[kind]
+            stale = False
+            if kind == "entity":
+                dealership_id = entity_ids[pick_entity()]
+                value = await cache.get_or_create(
+                    f"Dealership:{dealership_id}",
+                    lambda i=dealership_id: db.get(i),  # type: ignore[misc]
+                    ttl=ENTITY_TTL,
+                    type_=DealershipDto | None,
+                )
+                stale = value != db.rows[dealership_id]
+            elif kind == "search":
+                term = db.terms[pick_term()]
+                await cache.get_or_create(
+                    f"Dealership:Search:{CacheKey.sanitize(term)}:{PAGE_SIZE}",
+                    lambda t=term: db.search(t),  # type: ignore[misc]
+                    ttl=SEARCH_TTL,
+                    type_=tuple[DealershipDto, ...],
+                )
+            else:
+                page = pick_page() + 1
+                await cache.get_or_create(
+                    f"Dealership:List:{page}:{PAGE_SIZE}",
+                    lambda p=page: db.page(p),  # type: ignore[misc]
+                    ttl=LIST_TTL,
+                    type_=DealershipPage,
+                )
+            for window in ("all", "second_half") if n >= half else ("all",):
+                tally = windows[window][kind]
+                tally.requests += 1
+                tally.l1 += counters.l1_hits - l1
+                tally.l2 += counters.l2_hits - l2
+                tally.db += db.queries[kind] - queries
+                tally.stale += stale
+    finally:
+        for cache in caches:
+            await cache.close()
+    return {
+        "scenario": {
+            "name": scenario.name,
+            "requests": scenario.requests,
+            "write_ratio": scenario.write_ratio,
+            "rate_per_second": scenario.rate,
+            "simulated_seconds": round(sim.elapsed, 1),
+            "mix": scenario.mix,
+            "zipf_alpha": scenario.alpha,
+            "instances": INSTANCES,
+            "entities": ENTITIES,
+            "search_terms": len(db.terms),
+            "list_pages": LIST_PAGES,
+            "random_seed": seed,
+        },
+        "writes": db.writes,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "results": {w: {k: t.as_dict() for k, t in kinds_.items()} for w, kinds_ in windows.items()},
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    scenarios = [
+        Scenario("writes-1pct", args.requests, 0.01, args.rate),
+        Scenario("writes-0.1pct", args.requests, 0.001, args.rate),
+    ]
+    outcomes = []
+    load_before = load_average()
+    with private_redis() as server:
+        for index, scenario in enumerate(scenarios):
+            print(f"scenario {scenario.name}: {scenario.requests:,} requests at {scenario.rate:g}/s ...", flush=True)
+            outcomes.append(await run_scenario(scenario, server.url_for_db(index), args.seed))
+    main_run = outcomes[0]["results"]
+    entity = main_run["second_half"]["entity"]["hit_rate"]
+    return {
+        "load_average_at_start": load_before,
+        "settings": {
+            "MemoryCache.SizeLimit": 1024,
+            "MemoryCache.DefaultExpirationSeconds": 30,
+            "entity_ttl_minutes": 30,
+            "search_ttl_minutes": 5,
+            "list_ttl_minutes": 10,
+        },
+        "scenarios": outcomes,
+        "acceptance": {
+            "entity_hit_rate_steady_state": {
+                "scenario": outcomes[0]["scenario"]["name"],
+                "value": entity,
+                "whole_run": main_run["all"]["entity"]["hit_rate"],
+                "target": TARGET_ENTITY_HIT_RATE,
+                "met": entity >= TARGET_ENTITY_HIT_RATE,
+            }
+        },
+    }
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    for outcome in result["scenarios"]:
+        s = outcome["scenario"]
+        print(
+            f"\n{s['name']}: {s['requests']:,} requests, {outcome['writes']:,} writes, {s['rate_per_second']:g}/s "
+            f"({s['simulated_seconds']:,.0f} s simulated, {outcome['wall_seconds']} s wall)"
+        )
+        rows = []
+        for window, kinds in outcome["results"].items():
+            for kind, r in kinds.items():
+                rows.append(
+                    [
+                        f"{kind} ({window})",
+                        f"{r['requests']:,}",
+                        f"{r['l1_hit_rate']:.1%}",
+                        f"{r['l2_hit_rate']:.1%}",
+                        f"{r['hit_rate']:.1%}",
+                        f"{r['db_queries_per_1000']:.1f}",
+                        r["stale_reads"],
+                    ]
+                )
+        print(format_table(["query kind", "requests", "L1 hit", "L2 hit", "hit", "DB q / 1000", "stale"], rows))
+    print(f"\nacceptance: {result['acceptance']}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=200_000, help="requests per scenario")
+    parser.add_argument("--rate", type=float, default=300.0, help="simulated requests per second, all instances")
+    parser.add_argument("--seed", type=int, default=7, help="random seed of the workload")
+    parser.add_argument("--quick", action="store_true", help="a smoke run (20k requests); does not write JSON")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests = 20_000
+    result = asyncio.run(run(args))
+    print_tables(result)
+    if not args.quick:
+        print(f"wrote {write_results('hit_rates', result)}")
+
+
+if __name__ == "__main__":
+    main()
