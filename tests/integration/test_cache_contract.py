@@ -220,18 +220,41 @@ async def test_a_factory_exception_propagates_and_caches_nothing(
 
 async def test_concurrent_callers_all_see_the_factory_exception(cache: HybridCache) -> None:
     release = asyncio.Event()
+    runs = 0
 
     async def failing() -> str:
+        nonlocal runs
+        runs += 1
         await release.wait()
         raise Boom("shared failure")
 
     readers = [asyncio.create_task(cache.get_or_create("k", failing)) for _ in range(10)]
-    await asyncio.sleep(0)
+    await wait_until(lambda: runs == 1, timeout=5, message="the factory never started")
     release.set()
     outcomes = await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True), timeout=10)
     assert all(isinstance(o, Boom) for o in outcomes), outcomes
+    assert runs == 1, "callers that arrived before the factory ran must share its failure, not retry it"
     assert cache.stats().factory_errors == 1
     assert await cache.get("k", default=MISSING) is MISSING
+
+
+async def test_callers_overlapping_a_fast_failing_run_share_it(cache: HybridCache) -> None:
+    """No gate this time: the factory fails at once. Every caller that called before the run ended must get
+    that run's exception; none may start a run of its own (a failing database would get N calls, not one)."""
+    for trial in range(20):
+        runs = 0
+
+        async def failing() -> str:
+            nonlocal runs
+            runs += 1
+            raise Boom("fails fast")
+
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(cache.get_or_create(f"fast:{trial}", failing) for _ in range(20)), return_exceptions=True),
+            timeout=10,
+        )
+        assert all(isinstance(o, Boom) for o in outcomes), outcomes
+        assert runs == 1, f"trial {trial}: {runs} factory runs for 20 callers started together"
 
 
 # ---------------------------------------------------------------------------------------------- invalidation
