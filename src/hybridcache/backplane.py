@@ -27,10 +27,11 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from hybridcache.generations import GenerationTable
@@ -41,6 +42,7 @@ logger = logging.getLogger("hybridcache.backplane")
 MessageHandler = Callable[[dict[str, Any]], None]
 ResyncHandler = Callable[[bool], None]
 FillHandler = Callable[[str], None]
+SubscriberFactory = Callable[[], Awaitable[Redis]]
 
 
 class HeartbeatTimeoutError(Exception):
@@ -60,8 +62,11 @@ class Backplane:
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 2.0,
         on_fill: FillHandler | None = None,
+        subscriber: SubscriberFactory | None = None,
     ) -> None:
+        """``subscriber`` opens a fresh client on the server carrying the channel (default: the background client)."""
         self._l2 = l2
+        self._subscriber = subscriber
         self._on_fill = on_fill
         self._table = table
         self._on_message = on_message
@@ -100,8 +105,11 @@ class Backplane:
         backoff = 0.05
         outage_logged = False
         while True:
-            pubsub = self._l2.background.pubsub()
+            connection: Redis | None = None
+            pubsub: PubSub | None = None
             try:
+                connection = await self._open()
+                pubsub = connection.pubsub()
                 await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
@@ -119,16 +127,29 @@ class Backplane:
                 self._lose_trust()
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(self._heartbeat_timeout):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                        if pubsub is not None:
+                            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                        if connection is not None and self._subscriber is not None:
+                            await connection.aclose()
             if self.connected:  # we had a working subscription: retry quickly
                 backoff = 0.05
             self.connected = False
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 2.0)
 
+    async def _open(self) -> Redis:
+        if self._subscriber is not None:
+            return await self._subscriber()
+        background = self._l2.background
+        assert isinstance(background, Redis), "a cluster needs a subscriber factory"
+        return background
+
     async def _listen(self, pubsub: PubSub) -> None:
         async with asyncio.timeout(self._heartbeat_timeout):
-            await pubsub.subscribe(self._l2.channel)
+            if self._l2.cluster:
+                await pubsub.ssubscribe(self._l2.channel)  # sharded: the channel lives in the meta keys' slot
+            else:
+                await pubsub.subscribe(self._l2.channel)
         subscribe_deadline = time.monotonic() + self._heartbeat_timeout
         next_heartbeat = time.monotonic() + self._heartbeat_interval
         pending: tuple[bytes, int, float] | None = None  # nonce, sequence read before the ping, deadline
@@ -154,7 +175,7 @@ class Backplane:
         self, message: dict[str, Any], pending: tuple[bytes, int, float] | None
     ) -> tuple[bytes, int, float] | None:
         kind = message["type"]
-        if kind == "message":
+        if kind in ("message", "smessage"):
             if message["data"][:5] == b'{"f":':
                 # A distributed-lock fill notice (see locking.py): not numbered, never part of gap detection.
                 if self._on_fill is not None:
@@ -177,7 +198,7 @@ class Backplane:
             else:
                 self.last_sequence = max(self.last_sequence, sequence)
             self._on_message(payload)
-        elif kind == "subscribe":
+        elif kind in ("subscribe", "ssubscribe"):
             await self._resync()
         elif kind == "pong" and pending is not None and message["data"] == pending[0]:
             if self.last_sequence < pending[1]:

@@ -32,10 +32,10 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from redis.asyncio.cluster import RedisCluster
 
 from hybridcache.backplane import Backplane
+from hybridcache.clients import RedisClients, connect
 from hybridcache.errors import HybridCacheError
 from hybridcache.generations import GenerationTable, InvalidationLog, fields_for, new_epoch, prefix_field, tag_field
 from hybridcache.keys import SEPARATOR, namespace, normalize_prefix, validate_key
@@ -131,7 +131,7 @@ class HybridCache:
         self,
         settings: CacheSettings,
         *,
-        redis: Redis | None = None,
+        redis: Redis | RedisCluster | None = None,
         instance_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -163,9 +163,8 @@ class HybridCache:
             enabled=breaker.enabled,
             name="redis",
         )
-        self._client = redis
-        self._background_client: Redis | None = None
-        self._owns_client = False
+        self._client: Redis | RedisCluster | None = redis
+        self._clients: RedisClients | None = None
         self._l2: RedisL2 | None = None
         self._backplane: Backplane | None = None
         remote = redis is not None or settings.redis_endpoint is not None
@@ -173,6 +172,10 @@ class HybridCache:
         self._table = GenerationTable(epoch=None if remote else new_epoch(), trusted=not remote)
         self._log = InvalidationLog()
         self._flights: SingleFlight[str, Any] = SingleFlight()
+        # Callers reading L2 before they would join a flight, per key, and the outcome of a run that ended while
+        # they read (kept only while someone of that key is still reading): see get_or_create.
+        self._reading: dict[str, int] = {}
+        self._ended: dict[str, tuple[float, Any, Exception | None, int]] = {}
         self._pending: deque[tuple[list[str], list[str]]] = deque()
         self._retry_task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
@@ -186,7 +189,7 @@ class HybridCache:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def from_settings(cls, settings: CacheSettings, *, redis: Redis | None = None) -> Self:
+    def from_settings(cls, settings: CacheSettings, *, redis: Redis | RedisCluster | None = None) -> Self:
         """A cache configured by ``settings``; nothing connects until :meth:`start` (or ``async with``)."""
         return cls(settings, redis=redis)
 
@@ -210,31 +213,29 @@ class HybridCache:
             return
         endpoint = self.settings.redis_endpoint
         if self._client is None and endpoint is not None:
-            kwargs = endpoint.to_redis_kwargs()
-            operation_timeout = kwargs.get("socket_timeout") or self.settings.operation_timeout_milliseconds / 1000
-            kwargs["socket_timeout"] = operation_timeout
-            # Connections are opened lazily on the request path, where nothing may wait longer than an operation.
-            kwargs["socket_connect_timeout"] = min(
-                kwargs.get("socket_connect_timeout") or operation_timeout, operation_timeout
+            self._clients = await connect(
+                endpoint,
+                operation_timeout=endpoint.operation_timeout or self.settings.operation_timeout_milliseconds / 1000,
+                connect_timeout=endpoint.connect_timeout or self.settings.connect_timeout_milliseconds / 1000,
+                request_pool_size=_REQUEST_POOL_SIZE + 16,  # headroom for lock calls outside the L2 slots
+                protocol=self.settings.protocol,
             )
-            if self.settings.protocol is not None:
-                kwargs.setdefault("protocol", self.settings.protocol)
-            # Our own breaker and timeouts decide about retrying; driver retries would multiply every wait.
-            kwargs["retry"] = Retry(NoBackoff(), 0)
-            kwargs["max_connections"] = _REQUEST_POOL_SIZE + 16  # headroom for lock calls outside the slots
-            self._client = Redis(**kwargs)
-            self._owns_client = True
-        if self._client is not None:
-            self._background_client = self._background_client_for(self._client)
+            self._client = self._clients.request
+        elif self._client is not None:
+            self._clients = self._clients_for(self._client)
+        if self._clients is not None and self._client is not None:
+            clients = self._clients
             self._l2 = RedisL2(
                 self._client,
                 instance_name=self.settings.instance_name,
                 namespace=self._namespace,
                 breaker=self.breaker,
-                background_client=self._background_client,
+                background_client=clients.background,
                 max_concurrency=_REQUEST_POOL_SIZE,
                 queue_timeout=self.settings.operation_timeout_milliseconds / 1000,
+                cluster=clients.is_cluster,
             )
+            logger.info("Redis %s (%s) as L2 for %s", endpoint or "client", clients.topology, self._namespace)
             await self._check_reachable(abort=endpoint.abort_connect if endpoint is not None else False)
             lock = self.settings.distributed_lock
             if lock.enabled:
@@ -255,18 +256,29 @@ class HybridCache:
                     heartbeat_interval=float(backplane.heartbeat_interval_seconds),
                     heartbeat_timeout=float(backplane.heartbeat_timeout_seconds),
                     on_fill=self._on_fill,
+                    subscriber=self._open_subscriber,
                 )
                 await self._backplane.start()
                 await self._backplane.wait_trusted(timeout=self.settings.connect_timeout_milliseconds / 1000)
         self._started = True
 
-    def _background_client_for(self, client: Redis) -> Redis:
-        """A client with its own small pool, same server and options, for the backplane."""
+    def _clients_for(self, client: Redis | RedisCluster) -> RedisClients:
+        """Clients around an injected one: it serves requests; the backplane gets its own small pool."""
+        if isinstance(client, RedisCluster):
+            options = dict(client.nodes_manager.connection_kwargs)
+            return RedisClients(client, client, "cluster", options, owned=False)
         pool = client.connection_pool
         options = dict(pool.connection_kwargs)
         options["socket_connect_timeout"] = self.settings.connect_timeout_milliseconds / 1000
-        background_pool = ConnectionPool(connection_class=pool.connection_class, max_connections=8, **options)
-        return Redis(connection_pool=background_pool)
+        background = Redis(
+            connection_pool=ConnectionPool(connection_class=pool.connection_class, max_connections=8, **options)
+        )
+        return RedisClients(client, background, "standalone", options, owned=False)
+
+    async def _open_subscriber(self) -> Redis:
+        assert self._clients is not None
+        assert self._l2 is not None
+        return await self._clients.subscriber(self._l2.channel)
 
     async def _check_reachable(self, *, abort: bool) -> None:
         assert self._l2 is not None
@@ -300,13 +312,11 @@ class HybridCache:
             await asyncio.wait(list(self._background), timeout=self.settings.operation_timeout_milliseconds / 1000)
             for task in list(self._background):
                 task.cancel()
-        if self._background_client is not None:
-            await self._background_client.aclose()
-            await self._background_client.connection_pool.disconnect()
-            self._background_client = None
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._clients is not None:
+            await self._clients.aclose()
+            if self._clients.owned:
+                self._client = None
+            self._clients = None
         self._started = False
 
     async def wait_until_connected(self, timeout: float = 5.0) -> bool:
@@ -375,10 +385,47 @@ class HybridCache:
                 value: T = entry.value
                 return value
         validate_key(key)
-        plan = self._plan(
-            key, full_key, factory, ttl, type_, tags, fail_safe, soft_timeout, hard_timeout, eager_refresh
-        )
-        result: T = await self._flights.run(full_key, lambda: self._load(plan))
+
+        def plan() -> _Plan:
+            return self._plan(
+                key, full_key, factory, ttl, type_, tags, fail_safe, soft_timeout, hard_timeout, eager_refresh
+            )
+
+        stale: _Found | None = None
+        if self._l2 is not None:
+            # L2 is read outside the single flight: a hit then costs one GET and no task; concurrent misses of one
+            # key each pay a GET, but only one of them runs the factory. The plan is built only when needed.
+            eager = eager_refresh if eager_refresh is not None else self.settings.eager_refresh_threshold
+            reading = self._reading
+            reading[full_key] = reading.get(full_key, 0) + 1
+            started = self._clock()
+            try:
+                found = await self._read_l2(full_key, codec_for(type_), eager, plan)
+                if found is not None and found.fresh:
+                    self.counters.l2_hits += 1
+                    hit: T = found.value
+                    return hit
+                stale = found
+                ended = self._ended.get(full_key)
+                if (
+                    ended is not None
+                    and ended[0] >= started
+                    and not self._log.covers_since(ended[3], full_key, self._namespace_length, tuple(tags))
+                ):
+                    # A run for this key ended while we were reading: share its outcome instead of starting another.
+                    if ended[2] is not None:
+                        raise ended[2]
+                    shared: T = ended[1]
+                    return shared
+            finally:
+                left = reading[full_key] - 1
+                if left:
+                    reading[full_key] = left
+                else:
+                    del reading[full_key]
+                    self._ended.pop(full_key, None)
+        planned = plan()
+        result: T = await self._flights.run(full_key, lambda: self._load(planned, stale))
         return result
 
     def _plan(
@@ -423,7 +470,7 @@ class HybridCache:
                 self.counters.l1_hits += 1
                 return entry.value
         if self._l2 is not None:
-            found = await self._read_l2(full_key, codec_for(type_), None)
+            found = await self._read_l2(full_key, codec_for(type_))
             if found is not None and found.fresh:
                 self.counters.l2_hits += 1
                 return found.value
@@ -453,15 +500,20 @@ class HybridCache:
         self._l1.remove(entry.key)
         return False
 
-    async def _load(self, plan: _Plan) -> Any:
-        stale: _Found | None = None
-        if self._l2 is not None:
-            found = await self._read_l2(plan.full_key, plan.codec, plan)
-            if found is not None:
-                if found.fresh:
-                    self.counters.l2_hits += 1
-                    return found.value
-                stale = found
+    async def _load(self, plan: _Plan, stale: _Found | None) -> Any:
+        """The miss path, run once per key however many callers share it (L2 was already read by the caller)."""
+        mark = self._log.sequence  # an outcome is shared only if no invalidation of the key came after this
+        try:
+            value = await self._load_missing(plan, stale)
+        except Exception as exc:
+            if plan.full_key in self._reading:
+                self._ended[plan.full_key] = (self._clock(), None, exc, mark)
+            raise
+        if plan.full_key in self._reading:
+            self._ended[plan.full_key] = (self._clock(), value, None, mark)
+        return value
+
+    async def _load_missing(self, plan: _Plan, stale: _Found | None) -> Any:
         if stale is None and plan.fail_safe:
             stale = self._stale_from_l1(plan.full_key)
         self.counters.misses += 1
@@ -483,7 +535,7 @@ class HybridCache:
         notice = self._dlock.register(plan.full_key)
         try:
             for attempt in range(2):  # once right after registering (it may be filled already), once after notice
-                found = await self._read_l2(plan.full_key, plan.codec, plan)
+                found = await self._read_l2(plan.full_key, plan.codec, plan.eager_refresh, lambda: plan)
                 if found is not None and found.fresh:
                     self.counters.l2_hits += 1
                     self.counters.misses -= 1  # it was not a miss after all: someone else computed it
@@ -579,7 +631,13 @@ class HybridCache:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _read_l2(self, full_key: str, codec: ValueCodec, plan: _Plan | None) -> _Found | None:
+    async def _read_l2(
+        self,
+        full_key: str,
+        codec: ValueCodec,
+        eager_refresh: float | None = None,
+        plan: Callable[[], _Plan] | None = None,
+    ) -> _Found | None:
         """What L2 holds for ``full_key`` if it is current (fresh or, past its TTL, a fail-safe candidate)."""
         assert self._l2 is not None
         if self._pending and not await self._flush_pending():
@@ -596,7 +654,13 @@ class HybridCache:
         try:
             header, body = decode_entry(raw)
             fields = fields_for(full_key, self._namespace_length, header.tags)
-            if not await self._is_current(header, fields):
+            table = self._table
+            current = (
+                table.is_current(header.epoch, header.generations, fields)
+                if table.trusted
+                else await self._is_current_remotely(header, fields)
+            )
+            if not current:
                 self.counters.stale_reads_rejected += 1
                 return None
             value = None if body is None else codec.decode(body)
@@ -610,10 +674,10 @@ class HybridCache:
             retain = header.retain - wall
             return _Found(value, False, header.epoch, generations, fields, retain) if retain > 0 else None
         refresh_in = _NEVER
-        if plan is not None and plan.eager_refresh is not None:
-            refresh_in = header.created + plan.eager_refresh * (header.expires - header.created) - wall
+        if plan is not None and eager_refresh is not None:
+            refresh_in = header.created + eager_refresh * (header.expires - header.created) - wall
             if refresh_in <= 0:
-                self._refresh_later(plan)
+                self._refresh_later(plan())
                 refresh_in = _NEVER
         if self._l1 is not None and not self._log.covers_since(mark, full_key, self._namespace_length, header.tags):
             self._put_l1(
@@ -628,10 +692,8 @@ class HybridCache:
             )
         return _Found(value, True, header.epoch, generations, fields, header.retain - wall)
 
-    async def _is_current(self, header: EntryHeader, fields: tuple[str, ...]) -> bool:
-        table = self._table
-        if table.trusted:
-            return table.is_current(header.epoch, header.generations, fields)
+    async def _is_current_remotely(self, header: EntryHeader, fields: tuple[str, ...]) -> bool:
+        """Check an entry's stamp against Redis itself (while the local mirror is not trusted)."""
         assert self._l2 is not None
         try:
             epoch, counters = await self._l2.current_generations(fields)
@@ -656,8 +718,10 @@ class HybridCache:
         snapshot = self._table.snapshot(fields)
         remote = None
         if self._l2 is not None:
+            table = self._table
+            mirror = (table.epoch, snapshot) if self._l2.cluster and table.trusted and table.epoch else None
             try:
-                remote = await self._l2.capture(plan.full_key, fields)
+                remote = await self._l2.capture(plan.full_key, fields, mirror)
             except L2UnavailableError:
                 self.counters.l2_errors += 1
         return _Capture(remote, snapshot, mark, fields)
@@ -837,14 +901,18 @@ class HybridCache:
         if self._l1 is not None:
             for full_key in full_keys:
                 self._l1.remove(full_key)
-        flights = self._flights
-        if len(flights):
+        flights, ended = self._flights, self._ended
+        if len(flights) or ended:
             for full_key in full_keys:
                 flights.forget(full_key)
-            if tags:
-                flights.forget_where(lambda _: True)  # in-flight loads do not say their tags: be conservative
+                ended.pop(full_key, None)
+            if tags:  # in-flight loads do not say their tags: be conservative
+                flights.forget_where(lambda _: True)
+                ended.clear()
             elif full_prefixes:
                 flights.forget_where(lambda key: any(_covers(prefix, key) for prefix in full_prefixes))
+                for key in [k for k in ended if any(_covers(prefix, k) for prefix in full_prefixes)]:
+                    del ended[key]
 
     def _drop_l1_by_fields(self, fields: Sequence[str]) -> None:
         """Remove L1 entries under the given prefix/tag fields by scanning (only when generations can't help)."""

@@ -46,8 +46,8 @@ _URL_OPTIONS = {
 class RedisEndpointConfig:
     """A parsed connection string. Timeouts are in seconds; ``None`` means "not given in the string".
 
-    ``hosts`` always has at least one entry, each with an explicit port. Several hosts (Cluster) and
-    ``service_name`` (Sentinel) are parsed but only the single-node case converts to redis-py kwargs for now.
+    ``hosts`` always has at least one entry, each with an explicit port. Several hosts without a
+    ``service_name`` mean Redis Cluster seed nodes; with one, they are Sentinels (see ``hybridcache.clients``).
     ``options`` keeps the recognised StackExchange options that have no redis-py equivalent, as given.
     """
 
@@ -64,6 +64,7 @@ class RedisEndpointConfig:
     service_name: str | None = None
     protocol: int | None = None
     options: tuple[tuple[str, str], ...] = ()
+    cluster: bool = False  # a ``redis+cluster://`` URL; several endpoints without serviceName also mean Cluster
 
     def __repr__(self) -> str:
         parts = []
@@ -79,7 +80,7 @@ class RedisEndpointConfig:
         hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.hosts)
         return f"{'rediss' if self.ssl else 'redis'}://{user}{hosts}/{self.db}"
 
-    def to_redis_kwargs(self) -> dict[str, Any]:
+    def to_redis_kwargs(self, *, single_host: bool = True) -> dict[str, Any]:
         """Keyword arguments for ``redis.asyncio.Redis(...)`` (single node only).
 
         Timeouts left unset in the string are omitted (redis-py's defaults apply);
@@ -92,15 +93,12 @@ class RedisEndpointConfig:
         from redis.asyncio.retry import Retry  # here so that parsing settings never imports the driver
         from redis.backoff import NoBackoff
 
-        if len(self.hosts) != 1 or self.service_name is not None:
+        if single_host and (len(self.hosts) != 1 or self.service_name is not None or self.cluster):
             raise CacheConfigurationError(
-                f"{self}: {len(self.hosts)} endpoint(s), serviceName={self.service_name!r}: only a single "
-                "Redis node is supported so far (Cluster and Sentinel are parsed but not connected)"
+                f"{self}: {len(self.hosts)} endpoint(s), serviceName={self.service_name!r}: not a single node; "
+                "use hybridcache.clients.connect for Cluster and Sentinel"
             )
-        ((host, port),) = self.hosts
         kwargs: dict[str, Any] = {
-            "host": host,
-            "port": port,
             "db": self.db,
             "username": self.username,
             "password": self.password,
@@ -109,6 +107,8 @@ class RedisEndpointConfig:
             "health_check_interval": 0,
             "retry": Retry(NoBackoff(), 0),
         }
+        if single_host:
+            ((kwargs["host"], kwargs["port"]),) = self.hosts
         if self.operation_timeout is not None:
             kwargs["socket_timeout"] = self.operation_timeout
         if self.connect_timeout is not None:
@@ -269,9 +269,54 @@ def _seconds(name: str, value: str, key: str) -> float:
     return seconds
 
 
+_MULTI_SCHEMES = ("redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
+
+
+def _parse_multi_url(text: str, key: str) -> RedisEndpointConfig:
+    """``redis+cluster://[user:pass@]h1:p1,h2:p2[/0]`` or ``redis+sentinel://[user:pass@]s1:p1,s2:p2/service[/db]``."""
+    scheme, _, rest = text.partition("://")
+    scheme = scheme.lower()
+    rest, _, query = rest.partition("?")
+    if query:
+        raise _fail(key, f"{scheme} URLs take no query options; put timeouts in the section's keys")
+    netloc, _, path = rest.partition("/")
+    credentials, _, hosts_text = netloc.rpartition("@")
+    username = password = None
+    if credentials:
+        user_text, _, password_text = credentials.partition(":")
+        username, password = unquote(user_text) or None, unquote(password_text) or None
+    sentinel = scheme.endswith("+sentinel")
+    default_port = 26379 if sentinel else 6379
+    hosts = []
+    for segment in hosts_text.split(","):
+        host, port = _endpoint(segment.strip(), key)
+        hosts.append((host, default_port if port is None else port))
+    segments = [s for s in path.split("/") if s]
+    service_name = None
+    if sentinel:
+        if not segments:
+            raise _fail(
+                key, "a redis+sentinel URL needs the service name as its path: redis+sentinel://host:26379/mymaster"
+            )
+        service_name = segments.pop(0)
+    if len(segments) > 1 or (segments and not segments[0].isdigit()):
+        raise _fail(key, f"URL path must end in a database number, got '/{path}'")
+    return RedisEndpointConfig(
+        hosts=tuple(hosts),
+        username=username,
+        password=password,
+        ssl=scheme.startswith("rediss"),
+        db=int(segments[0]) if segments else 0,
+        service_name=service_name,
+        cluster=not sentinel,
+    )
+
+
 def _parse_url(text: str, key: str) -> RedisEndpointConfig:
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
+    if scheme in _MULTI_SCHEMES:
+        return _parse_multi_url(text, key)
     if scheme not in ("redis", "rediss"):
         raise _fail(key, f"unsupported URL scheme '{parts.scheme}'")
     try:

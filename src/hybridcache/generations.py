@@ -15,6 +15,7 @@ an invalidation of its key (exact, prefix or tag) must not put its result into L
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -32,8 +33,12 @@ def tag_field(tag: str) -> str:
     return f"t:{tag}"
 
 
-def fields_for(full_key: str, namespace_length: int, tags: Iterable[str] = ()) -> tuple[str, ...]:
-    """The generation fields an entry under ``full_key`` depends on: every ancestor prefix, then its tags."""
+@functools.lru_cache(maxsize=8192)
+def fields_for(full_key: str, namespace_length: int, tags: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The generation fields an entry under ``full_key`` depends on: every ancestor prefix, then its tags.
+
+    Memoized (bounded): it is computed on every L2 hit and store, and keys repeat.
+    """
     logical = full_key[namespace_length:]
     return tuple(prefix_field(p) for p in ancestors(logical)) + tuple(tag_field(t) for t in tags)
 

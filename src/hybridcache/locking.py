@@ -16,37 +16,37 @@ import secrets
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from hybridcache.redis import L2UnavailableError, RedisL2
 
-_RELEASE_AND_NOTIFY = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-return 1
+# The fill notice is published separately: on a cluster the lock and the channel live in different slots.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 
 class DistributedSingleFlight:
     """Lease locks per cache key and the local waiters for their fill notices."""
 
-    def __init__(self, l2: RedisL2, client: Redis, *, instance_id: str, lease_ms: int, wait_timeout: float) -> None:
+    def __init__(
+        self, l2: RedisL2, client: Redis | RedisCluster, *, instance_id: str, lease_ms: int, wait_timeout: float
+    ) -> None:
         self._l2 = l2
         self._client = client
         self._instance_id = instance_id
         self._lease_ms = lease_ms
         self.wait_timeout = wait_timeout
-        self._release = client.register_script(_RELEASE_AND_NOTIFY)
+        self._release = client.register_script(_RELEASE)
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-
-    def _lock_key(self, full_key: str) -> str:
-        return self._l2.key_generation_key(full_key).replace(":kgen:", ":lock:", 1)
 
     async def try_acquire(self, full_key: str) -> str | None:
         """A token when this instance now holds the lease, None when another does. Raises L2UnavailableError."""
         token = secrets.token_hex(8)
         try:
-            acquired = await self._client.set(self._lock_key(full_key), token, nx=True, px=self._lease_ms)
+            acquired = await self._client.set(self._l2.lock_key(full_key), token, nx=True, px=self._lease_ms)
         except (RedisError, OSError, TimeoutError) as exc:
             raise L2UnavailableError(f"lock not taken: {exc.__class__.__name__}") from exc
         return token if acquired else None
@@ -56,7 +56,9 @@ class DistributedSingleFlight:
         notice = orjson.dumps({"f": full_key, "i": self._instance_id})
         # On failure the lease expires by itself and waiters fall back after their timeout.
         with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await self._release(keys=[self._lock_key(full_key)], args=[token, self._l2.channel, notice])
+            await self._release(keys=[self._l2.lock_key(full_key)], args=[token])
+        with contextlib.suppress(L2UnavailableError):
+            await self._l2.publish(notice)
         self.notify(full_key)
 
     def register(self, full_key: str) -> asyncio.Future[None]:

@@ -1,16 +1,25 @@
 """L2: the one place that talks to Redis for values, generation counters and invalidations.
 
-Layout in Redis (``I`` = InstanceName, ``N`` = ``{ServiceName}:{CacheVersion}:``):
-  ``I N <key>``                        the entry (envelope bytes), always with a TTL
-  ``I hybridcache:N gens``             hash: ``__epoch__`` and the prefix/tag generation counters
-  ``I hybridcache:N kgen:<key>``       generation of one exact key (bumped when the key is removed)
-  ``I hybridcache:N seq``              number of the last invalidation message
-  ``I hybridcache:N invalidation``     the pub/sub channel of invalidation messages
-Every check-and-act (capture generations, set only if they have not moved, invalidate-and-publish) is one Lua
-script, so it is atomic against every other instance. Meta keys carry a long TTL refreshed on use.
+Layout in Redis (``I`` = InstanceName, ``N`` = ``{ServiceName}:{CacheVersion}:``, ``K`` = ``I N <key>``):
+  ``K``                                the entry (envelope bytes), always with a TTL
+  ``{K}:hc-kgen``                      generation of that exact key (bumped when the key is removed)
+  ``{K}:hc-lock``                      the distributed single-flight lease for that key
+  ``{I hybridcache:N}gens``            hash: ``__epoch__``, ``__server__`` and the prefix/tag generation counters
+  ``{I hybridcache:N}seq``             number of the last invalidation message
+  ``{I hybridcache:N}invalidation``    the pub/sub channel of invalidation messages (``…:db<n>`` off database 0)
+The braces are Redis Cluster hash tags: an entry, its generation and its lock share one slot (so a conditional
+set is one single-slot script, and entries spread over the cluster like the keys themselves); the meta keys and
+the channel share another, so invalidate-and-publish is one script too. (A key that itself contains a ``{…}``
+tag keeps it: its companions take the same tag.) On a standalone server or Sentinel the braces are just
+characters, and every check-and-act is a single atomic script; on a cluster the conditional set checks the
+exact key's generation atomically and prefix/tag generations are enforced by the stamps every reader verifies.
 
-Each call goes through the circuit breaker: while it is open no socket is touched and :class:`L2UnavailableError`
-is raised at once. Driver errors are wrapped in that exception as well (``from`` the original).
+The generation hash remembers the ``run_id`` of the server that wrote its epoch. A resync that finds another
+server (a restart with persistence, a failover to a replica that may lag) draws a new epoch, so counters that
+went backwards can never make an old stamp current again.
+
+Each request-path call goes through the circuit breaker: while it is open no socket is touched and
+:class:`L2UnavailableError` is raised at once. Driver errors are wrapped in that exception (``from`` the original).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from typing import Any, TypeVar
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MaxConnectionsError, RedisError
 from redis.typing import EncodableT
 
@@ -32,50 +42,94 @@ from hybridcache.resilience import CircuitBreaker
 
 T = TypeVar("T")
 logger = logging.getLogger("hybridcache.redis")
+SERVER_FIELD = "__server__"
 
-_CAPTURE = """
-local epoch = redis.call('HGET', KEYS[1], ARGV[1])
-if not epoch then epoch = ARGV[2]; redis.call('HSET', KEYS[1], ARGV[1], epoch) end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-local result = {epoch, redis.call('GET', KEYS[2]) or '0'}
-for i = 4, #ARGV do result[#result + 1] = redis.call('HGET', KEYS[1], ARGV[i]) or '0' end
-return result
+# Shared by the scripts that may be the first to touch the generation hash: create the epoch, remember the server.
+_EPOCH = """
+local function current_epoch(gens, candidate, ttl)
+  local epoch = redis.call('HGET', gens, '__epoch__')
+  if not epoch then
+    epoch = candidate
+    local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+    redis.call('HSET', gens, '__epoch__', epoch, '__server__', server)
+  end
+  redis.call('PEXPIRE', gens, ttl)
+  return epoch
+end
 """
 
+# KEYS: gens, key generation. ARGV: candidate epoch, meta TTL, fields...
+_CAPTURE = (
+    _EPOCH
+    + """
+local result = {current_epoch(KEYS[1], ARGV[1], ARGV[2]), redis.call('GET', KEYS[2]) or '0'}
+for i = 3, #ARGV do result[#result + 1] = redis.call('HGET', KEYS[1], ARGV[i]) or '0' end
+return result
+"""
+)
+
+# KEYS: entry, key generation[, gens]. ARGV: payload, TTL ms, captured key generation[, epoch, field, gen, ...].
+# Without the gens key (cluster) only the exact key's generation is checked here; stamps cover the rest.
 _SET_IF_CURRENT = """
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
-if redis.call('HGET', KEYS[3], ARGV[4]) ~= ARGV[5] then return 0 end
-for i = 6, #ARGV, 2 do
-  if tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0') > tonumber(ARGV[i + 1]) then return 0 end
+if KEYS[3] then
+  if redis.call('HGET', KEYS[3], '__epoch__') ~= ARGV[4] then return 0 end
+  for i = 5, #ARGV, 2 do
+    if tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0') > tonumber(ARGV[i + 1]) then return 0 end
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-# KEYS: gens, seq, then (value key, key generation) per removed key. ARGV: epoch field, candidate epoch, meta TTL,
-# channel, sender, JSON list of full keys, then the fields to bump.
-_INVALIDATE = """
-local epoch = redis.call('HGET', KEYS[1], ARGV[1])
-if not epoch then epoch = ARGV[2]; redis.call('HSET', KEYS[1], ARGV[1], epoch) end
+# KEYS: entry, key generation. ARGV: meta TTL.
+_REMOVE_KEY = """
+redis.call('DEL', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: gens, seq, then (entry, key generation) per removed key (standalone only). ARGV: candidate epoch, meta TTL,
+# publish command, channel, sender, JSON list of full keys, then the fields to bump.
+_INVALIDATE = (
+    _EPOCH
+    + """
+local epoch = current_epoch(KEYS[1], ARGV[1], ARGV[2])
 for i = 3, #KEYS, 2 do
   redis.call('DEL', KEYS[i])
   redis.call('INCR', KEYS[i + 1])
-  redis.call('PEXPIRE', KEYS[i + 1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[i + 1], ARGV[2])
 end
 local gens = {}
 for i = 7, #ARGV do gens[ARGV[i]] = redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
 local seq = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 local message = cjson.encode({i = ARGV[5], s = seq, e = epoch, k = cjson.decode(ARGV[6]), g = gens})
-redis.call('PUBLISH', ARGV[4], message)
+redis.call(ARGV[3], ARGV[4], message)
 return message
 """
+)
 
+# KEYS: gens, seq. ARGV: candidate epoch, meta TTL. A different server than the one that wrote the epoch: new epoch.
 _SYNC = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+if redis.call('HGET', KEYS[1], '__server__') ~= server then
+  redis.call('HSET', KEYS[1], '__epoch__', ARGV[1], '__server__', server)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
 """
+
+
+def hash_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes: the first non-empty ``{…}``, or the whole key."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
 
 
 class L2UnavailableError(HybridCacheError):
@@ -101,19 +155,20 @@ class GenerationState:
 
 
 class RedisL2:
-    """Entries, generations and invalidations in one Redis (standalone) for one cache namespace."""
+    """Entries, generations and invalidations for one cache namespace, on a server, Sentinel or a cluster."""
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RedisCluster,
         *,
         instance_name: str,
         namespace: str,
         breaker: CircuitBreaker,
-        background_client: Redis | None = None,
+        background_client: Redis | RedisCluster | None = None,
         meta_ttl_ms: int = 7 * 24 * 3600 * 1000,
         max_concurrency: int = 64,
         queue_timeout: float = 0.25,
+        cluster: bool | None = None,
     ) -> None:
         """``client`` serves the request path; ``background_client`` (its own small pool) serves the backplane —
         subscription, heartbeat, resync — so a burst of requests can never starve the invalidation channel."""
@@ -126,22 +181,45 @@ class RedisL2:
         self.breaker = breaker
         self._instance_name = instance_name
         self._namespace_length = len(namespace)
-        meta = f"{instance_name}hybridcache:{namespace}"
-        self._meta = meta
+        self.cluster = isinstance(client, RedisCluster) if cluster is None else cluster
+        meta = f"{{{instance_name}hybridcache:{namespace}}}"
         self.generations_key = f"{meta}gens"
         self.sequence_key = f"{meta}seq"
-        self.channel = f"{meta}invalidation"
+        # Pub/sub ignores database numbers while keys do not: caches of one name on two databases of one server
+        # must not hear each other's invalidations (their message numbers are per database).
+        database = (
+            0 if isinstance(client, RedisCluster) else int(client.connection_pool.connection_kwargs.get("db") or 0)
+        )
+        self.channel = f"{meta}invalidation" if database == 0 else f"{meta}invalidation:db{database}"
+        self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
         self._meta_ttl_ms = meta_ttl_ms
         self._capture = client.register_script(_CAPTURE)
         self._set_if_current = client.register_script(_SET_IF_CURRENT)
+        self._remove_key = client.register_script(_REMOVE_KEY)
         self._invalidate = client.register_script(_INVALIDATE)
         self._sync = self.background.register_script(_SYNC)
 
     def redis_key(self, full_key: str) -> str:
         return self._instance_name + full_key
 
+    def _companion(self, full_key: str, suffix: str) -> str:
+        redis_key = self._instance_name + full_key
+        tag = hash_tag(redis_key)
+        if tag != redis_key:
+            return f"{{{tag}}}:{suffix}:{redis_key}"
+        if "}" in redis_key and self.cluster:
+            raise ValueError(
+                f"cache key {full_key!r} has an unmatched '}}': it cannot be placed on a Redis Cluster slot"
+            )
+        return f"{{{redis_key}}}:{suffix}"
+
     def key_generation_key(self, full_key: str) -> str:
-        return f"{self._meta}kgen:{full_key[self._namespace_length :]}"
+        """Where the exact key's generation lives: always in the entry's own slot."""
+        return self._companion(full_key, "hc-kgen")
+
+    def lock_key(self, full_key: str) -> str:
+        """The distributed single-flight lease of the key, in the entry's own slot."""
+        return self._companion(full_key, "hc-lock")
 
     async def _call(self, operation: Callable[[], Awaitable[T]], *, guarded: bool = True) -> T:
         """Run one Redis operation, wrapping driver errors.
@@ -194,33 +272,60 @@ class RedisL2:
     async def set(self, full_key: str, payload: bytes, ttl_ms: int) -> None:
         await self._call(lambda: self.client.set(self.redis_key(full_key), payload, px=ttl_ms))
 
-    async def capture(self, full_key: str, fields: Sequence[str]) -> Capture:
-        """Read the generations ``full_key`` depends on, creating the epoch if Redis has none."""
-        keys = [self.generations_key, self.key_generation_key(full_key)]
-        args: list[EncodableT] = [EPOCH_FIELD, new_epoch(), self._meta_ttl_ms, *fields]
-        reply = await self._call(lambda: self._capture(keys=keys, args=args))
-        epoch, key_generation, *counters = (_text(item) for item in reply)
-        generations = {f: int(g) for f, g in zip(fields, counters, strict=True) if g != "0"}
-        return Capture(epoch=epoch, key_generation=key_generation, generations=generations)
+    async def capture(
+        self, full_key: str, fields: Sequence[str], mirror: tuple[str, dict[str, int]] | None = None
+    ) -> Capture:
+        """Read the generations ``full_key`` depends on, creating the epoch if Redis has none.
+
+        On a cluster the exact key's generation is read from the entry's slot, and the prefix/tag generations are
+        taken from ``mirror`` (the trusted local table: epoch and snapshot) when given, so a miss never touches
+        the meta slot; a lagging mirror only makes the stamp older (an extra miss), never newer.
+        """
+        if not self.cluster:
+            keys = [self.generations_key, self.key_generation_key(full_key)]
+            args: list[EncodableT] = [new_epoch(), self._meta_ttl_ms, *fields]
+            reply = await self._call(lambda: self._capture(keys=keys, args=args))
+            epoch, key_generation, *counters = (_text(item) for item in reply)
+            generations = {f: int(g) for f, g in zip(fields, counters, strict=True) if g != "0"}
+            return Capture(epoch=epoch, key_generation=key_generation, generations=generations)
+        if mirror is None:
+            keys = [self.generations_key, self.generations_key]  # both arguments in the meta slot
+            reply = await self._call(lambda: self._capture(keys=keys, args=[new_epoch(), self._meta_ttl_ms, *fields]))
+            epoch, _, *counters = (_text(item) for item in reply)
+            mirror = epoch, {f: int(g) for f, g in zip(fields, counters, strict=True) if g != "0"}
+        raw = await self._call(lambda: self.client.get(self.key_generation_key(full_key)))
+        return Capture(epoch=mirror[0], key_generation=_text(raw) if raw is not None else "0", generations=mirror[1])
 
     async def set_if_current(self, full_key: str, payload: bytes, ttl_ms: int, capture: Capture) -> bool:
         """Store the entry only if no generation it depends on moved since ``capture`` (atomically)."""
-        keys = [self.redis_key(full_key), self.key_generation_key(full_key), self.generations_key]
-        args: list[EncodableT] = [payload, ttl_ms, capture.key_generation, EPOCH_FIELD, capture.epoch]
-        for field, generation in capture.generations.items():
-            args += (field, generation)
+        keys = [self.redis_key(full_key), self.key_generation_key(full_key)]
+        args: list[EncodableT] = [payload, ttl_ms, capture.key_generation]
+        if not self.cluster:
+            keys.append(self.generations_key)
+            args.append(capture.epoch)
+            for field, generation in capture.generations.items():
+                args += (field, generation)
         stored = await self._call(lambda: self._set_if_current(keys=keys, args=args))
         return bool(stored)
 
     async def invalidate(self, full_keys: Sequence[str], fields: Sequence[str], *, sender: str) -> dict[str, Any]:
-        """Remove exact keys, bump prefix/tag generations and publish one message; returns that message."""
+        """Remove exact keys, bump prefix/tag generations and publish one message; returns that message.
+
+        Standalone: one atomic script. Cluster: each key is removed in its own slot first, then the generations
+        are bumped and the message published (``SPUBLISH``) in the meta slot — so when the message arrives, the
+        keys are already gone.
+        """
         keys = [self.generations_key, self.sequence_key]
-        for full_key in full_keys:
-            keys += (self.redis_key(full_key), self.key_generation_key(full_key))
+        if self.cluster:
+            for full_key in full_keys:
+                await self._call(self._removal(full_key))
+        else:
+            for full_key in full_keys:
+                keys += (self.redis_key(full_key), self.key_generation_key(full_key))
         args: list[EncodableT] = [
-            EPOCH_FIELD,
             new_epoch(),
             self._meta_ttl_ms,
+            self.publish_command,
             self.channel,
             sender,
             orjson.dumps(list(full_keys)),
@@ -229,14 +334,26 @@ class RedisL2:
         reply = await self._call(lambda: self._invalidate(keys=keys, args=args))
         return parse_message(reply)
 
+    def _removal(self, full_key: str) -> Callable[[], Awaitable[Any]]:
+        keys = [self.redis_key(full_key), self.key_generation_key(full_key)]
+        return lambda: self._remove_key(keys=keys, args=[self._meta_ttl_ms])
+
+    async def publish(self, payload: bytes) -> None:
+        """Publish a notice on the invalidation channel (not numbered: not an invalidation)."""
+        if self.cluster:
+            await self._call(lambda: self.client.spublish(self.channel, payload))
+        else:
+            await self._call(lambda: self.client.publish(self.channel, payload))
+
     async def generation_state(self, *, guarded: bool = True) -> GenerationState:
-        """The whole generation table and the last message number, read atomically."""
+        """The whole generation table and the last message number, read atomically (new epoch on a new server)."""
         keys = [self.generations_key, self.sequence_key]
-        args: list[EncodableT] = [EPOCH_FIELD, new_epoch(), self._meta_ttl_ms]
+        args: list[EncodableT] = [new_epoch(), self._meta_ttl_ms]
         sequence, flat = await self._call(lambda: self._sync(keys=keys, args=args), guarded=guarded)
         pairs = [_text(item) for item in flat] if isinstance(flat, list) else _flatten(flat)
         table = dict(zip(pairs[::2], pairs[1::2], strict=True))
         epoch = table.pop(EPOCH_FIELD)
+        table.pop(SERVER_FIELD, None)
         return GenerationState(int(sequence), epoch, {f: int(g) for f, g in table.items()})
 
     async def sequence(self, *, guarded: bool = True) -> int:

@@ -12,7 +12,6 @@ never sees ``null``).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import Any, Final
@@ -31,21 +30,37 @@ class CorruptEntryError(HybridCacheError):
     """Bytes under a cache key that are not a valid entry of the expected type (a miss, never shown to callers)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class EntryHeader:
-    """What an entry says about itself, besides its value."""
+    """What an entry says about itself, besides its value (read-only by convention; built on every L2 hit)."""
 
-    created: float
-    expires: float
-    epoch: str
-    generations: Mapping[str, int]
-    tags: tuple[str, ...]
-    is_none: bool
-    retain: float = 0.0  # until when (Unix seconds) it may serve as a fail-safe fallback; 0 = until ``expires``
+    __slots__ = ("created", "epoch", "expires", "generations", "is_none", "retain", "tags")
 
-    def __post_init__(self) -> None:
-        if self.retain < self.expires:
-            object.__setattr__(self, "retain", self.expires)
+    def __init__(
+        self,
+        created: float,
+        expires: float,
+        epoch: str,
+        generations: Mapping[str, int],
+        tags: tuple[str, ...],
+        is_none: bool,
+        retain: float = 0.0,
+    ) -> None:
+        self.created = created
+        self.expires = expires  # logical expiry (Unix seconds)
+        self.epoch = epoch
+        self.generations = generations
+        self.tags = tags
+        self.is_none = is_none
+        # Until when it may serve as a fail-safe fallback; never before ``expires``.
+        self.retain = retain if retain > expires else expires
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EntryHeader):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        return "EntryHeader(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__) + ")"
 
 
 class ValueCodec:
@@ -124,17 +139,20 @@ def decode_entry(raw: bytes) -> tuple[EntryHeader, bytes | None]:
         fields = orjson.loads(raw[len(_MAGIC) : cut])
         if fields["v"] != FORMAT_VERSION:
             raise CorruptEntryError(f"entry format version {fields['v']!r} is not {FORMAT_VERSION}")
-        generations = fields.get("g") or {}
-        if not isinstance(generations, dict) or not all(type(g) is int for g in generations.values()):
+        generations = fields.get("g")
+        if generations is None:
+            generations = {}
+        elif not isinstance(generations, dict) or not all(type(g) is int for g in generations.values()):
             raise CorruptEntryError("entry generations are malformed")
+        tags = fields.get("t")
         header = EntryHeader(
-            created=float(fields["c"]),
-            expires=float(fields["x"]),
-            epoch=str(fields["e"]),
-            generations=generations,
-            tags=tuple(str(t) for t in fields.get("t") or ()),
-            is_none="n" in fields,
-            retain=float(fields.get("r", 0.0)),
+            float(fields["c"]),
+            float(fields["x"]),
+            str(fields["e"]),
+            generations,
+            tuple(map(str, tags)) if tags else (),
+            "n" in fields,
+            float(fields.get("r", 0.0)),
         )
     except CorruptEntryError:
         raise

@@ -52,7 +52,7 @@ class CacheEnv:
 
     @property
     def generations_key(self) -> str:
-        return f"{INSTANCE_NAME}hybridcache:{self.service_name}:{CACHE_VERSION}:gens"
+        return f"{{{INSTANCE_NAME}hybridcache:{self.service_name}:{CACHE_VERSION}:}}gens"
 
 
 class StartCache(Protocol):

@@ -19,10 +19,6 @@ def _settings(server: RedisServer, db: int, service: str) -> CacheSettings:
     return CacheSettings(service_name=service, instance_name="Iso:", configuration=server.url_for_db(db))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the invalidation channel name does not include the Redis database number (reported to the lead)",
-)
 async def test_invalidations_on_another_database_leave_this_l1_alone(redis_server: RedisServer, namespace: str) -> None:
     other_db = HybridCache(_settings(redis_server, 1, namespace))
     this_db = HybridCache(_settings(redis_server, 2, namespace))

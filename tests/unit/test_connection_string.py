@@ -240,10 +240,43 @@ async def test_the_kwargs_are_accepted_by_redis_py() -> None:
         await client.aclose()
 
 
-@pytest.mark.parametrize("text", ["h1,h2", "h,serviceName=mymaster"])
-def test_to_redis_kwargs_refuses_cluster_and_sentinel_for_now(text: str) -> None:
-    with pytest.raises(CacheConfigurationError, match="only a single Redis node is supported"):
-        parse_redis_configuration(text + ",password=s3cret").to_redis_kwargs()
+@pytest.mark.parametrize("text", ["h1,h2", "h,serviceName=mymaster", "redis+cluster://h1:7000"])
+def test_single_node_kwargs_refuse_cluster_and_sentinel(text: str) -> None:
+    suffix = "" if "://" in text else ",password=s3cret"
+    with pytest.raises(CacheConfigurationError, match="not a single node") as raised:
+        parse_redis_configuration(text + suffix).to_redis_kwargs()
+    assert "s3cret" not in str(raised.value)
+
+
+def test_node_kwargs_leave_the_hosts_to_the_cluster_or_sentinel_client() -> None:
+    kwargs = parse_redis_configuration("h1:7000,h2:7001,password=s3cret").to_redis_kwargs(single_host=False)
+    assert "host" not in kwargs
+    assert "port" not in kwargs
+    assert kwargs["password"] == "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("text", "hosts", "service", "cluster", "db"),
+    [
+        ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", (("127.0.0.1", 7000), ("127.0.0.1", 7001)), None, True, 0),
+        ("redis+sentinel://:pw@s1,s2:26380/mymaster/2", (("s1", 26379), ("s2", 26380)), "mymaster", False, 2),
+        ("s1:26379,s2:26379,serviceName=mymaster", (("s1", 26379), ("s2", 26379)), "mymaster", False, 0),
+    ],
+)
+def test_cluster_and_sentinel_forms(
+    text: str, hosts: tuple[tuple[str, int], ...], service: str | None, cluster: bool, db: int
+) -> None:
+    config = parse_redis_configuration(text)
+    assert config.hosts == hosts
+    assert config.service_name == service
+    assert config.cluster is cluster
+    assert config.db == db
+
+
+@pytest.mark.parametrize("text", ["redis+sentinel://s1:26379", "redis+cluster://h1:7000/x", "redis+cluster://h:1?a=b"])
+def test_malformed_cluster_and_sentinel_urls_name_the_key(text: str) -> None:
+    with pytest.raises(CacheConfigurationError, match="TheTechLoopCache:Configuration"):
+        parse_redis_configuration(text)
 
 
 # -- properties ---------------------------------------------------------------------------------------------

@@ -206,7 +206,8 @@ def test_envelope_round_trip() -> None:
 
 
 def test_a_cached_none_has_no_body_so_a_non_optional_type_never_sees_null() -> None:
-    raw = encode_entry(None, dataclasses.replace(HEADER, is_none=True))
+    header = EntryHeader(HEADER.created, HEADER.expires, HEADER.epoch, HEADER.generations, HEADER.tags, True)
+    raw = encode_entry(None, header)
     header, body = decode_entry(raw)
     assert header.is_none
     assert body is None

@@ -1,0 +1,156 @@
+"""Building the Redis clients a cache needs, for a standalone server, Sentinel or Redis Cluster.
+
+A cache uses two clients with separate pools: the *request* client (short timeouts; its pool is sized to the
+number of concurrent request-path calls) and the *background* client (the backplane's resync and heartbeat), so a
+burst of requests can never starve the invalidation channel. The backplane's subscription needs one more
+connection, to the server that carries the channel: :meth:`RedisClients.subscriber` makes it, anew after every
+failure, so a failover or a slot move is followed.
+
+Topology is taken from the configuration: a ``serviceName`` means Sentinel; several endpoints (or a
+``redis+cluster://`` URL) mean Cluster; a single endpoint is probed with ``INFO cluster`` and treated as a cluster
+seed when the server says ``cluster_enabled:1`` (as StackExchange.Redis discovers it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisError
+
+from hybridcache.connection import RedisEndpointConfig
+
+logger = logging.getLogger("hybridcache.redis")
+
+Topology = Literal["standalone", "sentinel", "cluster"]
+AnyRedis = Redis | RedisCluster
+_BACKGROUND_POOL = 8
+
+
+@dataclasses.dataclass
+class RedisClients:
+    """The clients of one cache and how to reach the server carrying its invalidation channel."""
+
+    request: AnyRedis
+    background: AnyRedis
+    topology: Topology
+    node_options: dict[str, Any]  # connection options for one plain node connection (the subscriber)
+    owned: bool = True
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.topology == "cluster"
+
+    async def subscriber(self, channel: str) -> Redis:
+        """A plain client (its own pool) on the server that carries ``channel``.
+
+        Standalone and Sentinel: the background client's server (Sentinel resolves the current master on each
+        connect). Cluster: the master owning the channel's slot, looked up in a refreshed slot map.
+        """
+        if isinstance(self.background, RedisCluster):
+            with contextlib.suppress(RedisError, OSError):
+                await self.background.initialize()
+            node = self.background.get_node_from_key(channel)
+            if node is None:
+                raise RedisError(f"no cluster node serves the slot of {channel!r}")
+            return Redis(host=node.host, port=int(node.port), **self.node_options)
+        pool = self.background.connection_pool
+        return Redis(connection_pool=pool.__class__(**_pool_arguments(pool)))
+
+    async def aclose(self) -> None:
+        await self.background.aclose()
+        if self.owned:
+            await self.request.aclose()
+
+
+def _pool_arguments(pool: Any) -> dict[str, Any]:
+    arguments = dict(pool.connection_kwargs)
+    arguments["connection_class"] = pool.connection_class
+    arguments["max_connections"] = 2
+    for name in ("service_name", "sentinel_manager", "is_master", "check_connection"):
+        if hasattr(pool, name):  # a SentinelConnectionPool must be rebuilt with its own arguments
+            arguments[name] = getattr(pool, name)
+    return arguments
+
+
+def _node_options(endpoint: RedisEndpointConfig, operation_timeout: float, connect_timeout: float) -> dict[str, Any]:
+    options = endpoint.to_redis_kwargs(single_host=False)
+    for name in ("host", "port"):
+        options.pop(name, None)
+    options["socket_timeout"] = operation_timeout
+    options["socket_connect_timeout"] = connect_timeout
+    return options
+
+
+async def connect(
+    endpoint: RedisEndpointConfig,
+    *,
+    operation_timeout: float,
+    connect_timeout: float,
+    request_pool_size: int,
+    protocol: int | None = None,
+) -> RedisClients:
+    """Build the clients for ``endpoint``; connects only to probe a single endpoint for cluster mode."""
+    node = _node_options(endpoint, operation_timeout, connect_timeout)
+    if protocol is not None and endpoint.protocol is None:
+        node["protocol"] = protocol
+    # Connections are opened lazily on the request path, where nothing may wait longer than an operation.
+    request_options = {**node, "socket_connect_timeout": min(connect_timeout, operation_timeout)}
+    background_options = dict(node)
+
+    if endpoint.service_name is not None:
+        sentinel_options = {k: v for k, v in node.items() if k in ("socket_timeout", "socket_connect_timeout", "ssl")}
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves the constructor unannotated
+            list(endpoint.hosts), sentinel_kwargs=sentinel_options, **request_options
+        )
+        request = sentinel.master_for(endpoint.service_name, max_connections=request_pool_size, **request_options)
+        background = sentinel.master_for(endpoint.service_name, max_connections=_BACKGROUND_POOL, **background_options)
+        return RedisClients(request, background, "sentinel", node)
+
+    if endpoint.cluster or len(endpoint.hosts) > 1 or await _is_cluster_node(endpoint, background_options):
+        return _cluster_clients(endpoint, request_options, background_options, request_pool_size, node)
+
+    ((host, port),) = endpoint.hosts
+    request = Redis(host=host, port=port, max_connections=request_pool_size, **request_options)
+    background = Redis(host=host, port=port, max_connections=_BACKGROUND_POOL, **background_options)
+    return RedisClients(request, background, "standalone", {**node, "host": host, "port": port})
+
+
+def _cluster_clients(
+    endpoint: RedisEndpointConfig,
+    request_options: dict[str, Any],
+    background_options: dict[str, Any],
+    request_pool_size: int,
+    node: dict[str, Any],
+) -> RedisClients:
+    cluster_unsupported = ("db", "health_check_interval", "client_name")
+    nodes = [ClusterNode(host, port) for host, port in endpoint.hosts]
+
+    def build(options: dict[str, Any], pool: int) -> RedisCluster:
+        kept = {k: v for k, v in options.items() if k not in cluster_unsupported}
+        return RedisCluster(startup_nodes=nodes, max_connections=pool, **kept)
+
+    if endpoint.db:
+        raise ValueError(f"{endpoint}: Redis Cluster has only database 0 (defaultDatabase={endpoint.db})")
+    request = build(request_options, request_pool_size)
+    background = build(background_options, _BACKGROUND_POOL)
+    plain = {k: v for k, v in node.items() if k != "db"}
+    return RedisClients(request, background, "cluster", plain)
+
+
+async def _is_cluster_node(endpoint: RedisEndpointConfig, options: dict[str, Any]) -> bool:
+    ((host, port),) = endpoint.hosts
+    probe = Redis(host=host, port=port, **options)
+    try:
+        info = await probe.info("cluster")
+    except (RedisError, OSError) as exc:
+        logger.debug("Could not probe %s for cluster mode: %s", endpoint, exc)
+        return False
+    finally:
+        await probe.aclose()
+    return bool(int(info.get("cluster_enabled", 0)))
