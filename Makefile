@@ -46,9 +46,12 @@ test-fast: $(STAMP) redis-server
 run: $(RUNTIME)
 	$(BIN)/python -m dealership
 
+## Every benchmark (tables on stdout, JSON under benchmarks/results/), then docs/performance.md and its plots.
 bench: $(STAMP) redis-server
 	$(BIN)/python -m pip install --quiet -e . --group bench
+	command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.make_report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
