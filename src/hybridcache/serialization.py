@@ -78,7 +78,10 @@ class ValueCodec:
     def encode(self, value: Any) -> bytes:
         if self._adapter is not None:
             return self._adapter.dump_json(value)
-        return orjson.dumps(value, default=_json_default)
+        try:
+            return orjson.dumps(value, default=_json_default)
+        except orjson.JSONEncodeError as exc:  # orjson hides our hint in __cause__; say it where it is read
+            raise TypeError(f"{exc}: values that are not JSON-native need type_= (their declared type)") from exc
 
     def decode(self, body: bytes) -> Any:
         try:
