@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from tests.support.postgres import PostgresUnavailableError, check_postgres_sync, postgres_database
+from tests.support.redis_cluster import ClusterError, RedisClusterProcess
+from tests.support.redis_sentinel import RedisSentinelSetup, SentinelError
 from tests.support.redis_server import RedisServer, RedisServerError
 
 # Databases on the shared server: each test gets its own db number, so FLUSHDB-style tests cannot collide.
@@ -126,3 +128,34 @@ def postgres_url(_postgres_reachable: str | None) -> Iterator[str]:
         pytest.skip(_postgres_reachable)
     with postgres_database() as url:
         yield url
+
+
+# ---------------------------------------------------------------------------------- Redis Cluster and Sentinel
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterProcess]:
+    """One private Redis Cluster (3 masters, 3 replicas) for the whole run. Tests share it, so isolate by
+    ``namespace``; never fail it over or kill a node: start a private ``RedisClusterProcess`` for that."""
+    try:
+        cluster = RedisClusterProcess().start()
+    except (ClusterError, RedisServerError) as exc:
+        pytest.fail(f"could not start a Redis Cluster: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinelSetup]:
+    """One private Sentinel setup (master, replica, 3 sentinels) for the whole run; shared like
+    ``redis_cluster``: start a private ``RedisSentinelSetup`` to fail it over."""
+    try:
+        setup = RedisSentinelSetup().start()
+    except (SentinelError, RedisServerError) as exc:
+        pytest.fail(f"could not start a Sentinel setup: {exc}", pytrace=False)
+    try:
+        yield setup
+    finally:
+        setup.close()
