@@ -33,7 +33,7 @@ def tag_field(tag: str) -> str:
     return f"t:{tag}"
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=1024)
 def fields_for(full_key: str, namespace_length: int, tags: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The generation fields an entry under ``full_key`` depends on: every ancestor prefix, then its tags.
 
