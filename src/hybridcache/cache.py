@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -38,6 +38,7 @@ from hybridcache.backplane import Backplane
 from hybridcache.clients import RedisClients, connect
 from hybridcache.errors import HybridCacheError
 from hybridcache.generations import GenerationTable, InvalidationLog, fields_for, new_epoch, prefix_field, tag_field
+from hybridcache.instances import InstanceKeys, InstanceRegistry
 from hybridcache.keys import SEPARATOR, namespace, normalize_prefix, validate_key
 from hybridcache.locking import DistributedSingleFlight
 from hybridcache.memory import L1Entry, MemoryStore
@@ -46,6 +47,9 @@ from hybridcache.redis import Capture, L2UnavailableError, RedisL2
 from hybridcache.resilience import CircuitBreaker, SingleFlight
 from hybridcache.serialization import CorruptEntryError, EntryHeader, ValueCodec, codec_for, decode_entry, encode_entry
 from hybridcache.settings import CacheSettings
+
+if TYPE_CHECKING:
+    from hybridcache.telemetry import CacheTracer
 
 T = TypeVar("T")
 logger = logging.getLogger("hybridcache")
@@ -136,8 +140,12 @@ class HybridCache:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         stale_set_protection: bool = True,
+        register_instance: bool = True,
     ) -> None:
         """Prefer :meth:`from_settings`. ``redis`` injects a client (not closed by the cache).
+
+        With Redis, the cache reports its counters there every few seconds (``hybridcache.instances``) so
+        ``hybridcache stats`` lists it; ``register_instance=False`` turns that off (the CLI's own short-lived cache).
 
         ``stale_set_protection=False`` turns off the generation checks on store (plain ``SET``, no L1 check): it
         exists only so tests and benchmarks can show what the protection prevents. Never use it in a service.
@@ -185,6 +193,10 @@ class HybridCache:
         self._fail_safe_duration = settings.fail_safe.max_duration_minutes * 60.0
         self.counters = Counters()
         self._started = False
+        self._register_instance = register_instance
+        self.instance_registry: InstanceRegistry | None = None  # set by start() when reporting to Redis
+        # Tracing hooks on the slow paths (L2 reads, factory runs, invalidations), set by hybridcache.telemetry.
+        self.tracer: CacheTracer | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -260,6 +272,12 @@ class HybridCache:
                 )
                 await self._backplane.start()
                 await self._backplane.wait_trusted(timeout=self.settings.connect_timeout_milliseconds / 1000)
+            if self._register_instance:
+                keys = InstanceKeys(self.settings.instance_name, self._namespace)
+                self.instance_registry = InstanceRegistry(
+                    clients.background, keys=keys, instance_id=self.instance_id, stats=self.stats
+                )
+                self.instance_registry.start()
         self._started = True
 
     def _clients_for(self, client: Redis | RedisCluster) -> RedisClients:
@@ -301,6 +319,9 @@ class HybridCache:
 
     async def close(self) -> None:
         """Stop the backplane and close the Redis connections this cache opened."""
+        if self.instance_registry is not None:
+            await self.instance_registry.close(timeout=self.settings.operation_timeout_milliseconds / 1000)
+            self.instance_registry = None
         if self._backplane is not None:
             await self._backplane.close()
             self._backplane = None
@@ -551,7 +572,11 @@ class HybridCache:
         capture = await self._capture(plan)
         self.counters.handler_runs += 1
         try:
-            value = await self._run_factory(plan, capture, stale is not None)
+            if self.tracer is None:
+                value = await self._run_factory(plan, capture, stale is not None)
+            else:
+                with self.tracer.factory(plan.full_key[self._namespace_length :]):
+                    value = await self._run_factory(plan, capture, stale is not None)
         except Exception as exc:
             if isinstance(exc, FactoryTimeoutError):
                 self.counters.factory_timeouts += 1
@@ -631,14 +656,41 @@ class HybridCache:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _read_l2(
+    def _read_l2(
         self,
         full_key: str,
         codec: ValueCodec,
         eager_refresh: float | None = None,
         plan: Callable[[], _Plan] | None = None,
+    ) -> Awaitable[_Found | None]:
+        """What L2 holds for ``full_key`` if it is current (fresh or, past its TTL, a fail-safe candidate).
+
+        Traced when ``tracer`` is set; without one this adds no coroutine to the L2 path.
+        """
+        if self.tracer is None:
+            return self._read_l2_untraced(full_key, codec, eager_refresh, plan)
+        return self._read_l2_traced(self.tracer, full_key, codec, eager_refresh, plan)
+
+    async def _read_l2_traced(
+        self,
+        tracer: CacheTracer,
+        full_key: str,
+        codec: ValueCodec,
+        eager_refresh: float | None,
+        plan: Callable[[], _Plan] | None,
     ) -> _Found | None:
-        """What L2 holds for ``full_key`` if it is current (fresh or, past its TTL, a fail-safe candidate)."""
+        with tracer.l2_read(full_key[self._namespace_length :]) as span:
+            found = await self._read_l2_untraced(full_key, codec, eager_refresh, plan)
+            span.set_hit(found is not None and found.fresh)
+            return found
+
+    async def _read_l2_untraced(
+        self,
+        full_key: str,
+        codec: ValueCodec,
+        eager_refresh: float | None,
+        plan: Callable[[], _Plan] | None,
+    ) -> _Found | None:
         assert self._l2 is not None
         if self._pending and not await self._flush_pending():
             self.counters.l2_errors += 1
@@ -860,6 +912,16 @@ class HybridCache:
         if not (full_keys or prefix_list or tag_list):
             return
         fields = [prefix_field(p) for p in prefix_list] + [tag_field(t) for t in tag_list]
+        if self.tracer is None:
+            await self._invalidate(full_keys, prefix_list, tag_list, fields)
+        else:
+            logical = [k[self._namespace_length :] for k in full_keys]
+            with self.tracer.invalidation(logical, prefix_list, tag_list):
+                await self._invalidate(full_keys, prefix_list, tag_list, fields)
+
+    async def _invalidate(
+        self, full_keys: list[str], prefix_list: list[str], tag_list: list[str], fields: list[str]
+    ) -> None:
         self._apply_locally(full_keys, prefix_list, tag_list)
         for full_key in full_keys:
             logger.info("Removed key: %s", full_key)
