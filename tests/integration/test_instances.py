@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio
 
 from hybridcache import CacheSettings, HybridCache
+from hybridcache.cli import main
 from hybridcache.instances import InstanceKeys, InstanceRegistry, live_instances
 from hybridcache.redis import hash_tag
 from tests.support import RedisServer, wait_until
@@ -200,3 +203,214 @@ _IDLE = HybridCache.from_settings(CacheSettings())
 
 def _empty_stats() -> Any:
     return _IDLE.stats()
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+class Cli:
+    """Runs ``hybridcache`` in-process (``main`` in a worker thread, with its own event loop) on a config file."""
+
+    def __init__(self, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.config = config
+        self._capsys = capsys
+
+    def write(self, configuration: str, **section: Any) -> None:
+        document = {
+            "TheTechLoopCache": {
+                "Configuration": configuration,
+                "InstanceName": INSTANCE_NAME,
+                "ServiceName": SERVICE,
+                **section,
+            }
+        }
+        self.config.write_text(json.dumps(document), encoding="utf-8")
+
+    async def __call__(self, *args: str) -> tuple[int, str, str]:
+        self._capsys.readouterr()
+        code = await asyncio.to_thread(main, ["--config", str(self.config), *args])
+        captured = self._capsys.readouterr()
+        return code, captured.out, captured.err
+
+    async def json(self, *args: str) -> Any:
+        code, out, err = await self(*args, "--json")
+        assert code == 0, err
+        return json.loads(out)
+
+
+@pytest.fixture
+def cli(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Cli:
+    for name in list(os.environ):
+        if name.lower().startswith("thetechloopcache__"):
+            monkeypatch.delenv(name)
+    runner = Cli(tmp_path / "appsettings.json", capsys)
+    runner.write(f"127.0.0.1:{redis_server.port},abortConnect=false")
+    return runner
+
+
+async def wait_received(cache: HybridCache, count: int) -> None:
+    """Wait until ``cache`` applied ``count`` invalidation messages from others."""
+    await wait_until(
+        lambda: cache.stats().invalidations_received >= count, timeout=5.0, message="invalidation not received"
+    )
+
+
+def counting(value: Any) -> Callable[[], Awaitable[Any]]:
+    async def load() -> Any:
+        load.runs += 1  # type: ignore[attr-defined]
+        return value
+
+    load.runs = 0  # type: ignore[attr-defined]
+    return load
+
+
+async def test_cli_stats_lists_the_running_instances(cli: Cli, start_cache: StartCache) -> None:
+    a = await start_cache()
+    b = await start_cache()
+    await a.get_or_create("Thing:1", counting("v"))
+    assert a.instance_registry is not None
+    await a.instance_registry.report()
+
+    document = await cli.json("stats")
+    assert document["namespace"] == f"{SERVICE}:v1:"
+    by_id = {instance["instanceId"]: instance for instance in document["instances"]}
+    assert set(by_id) == {a.instance_id, b.instance_id}
+    assert by_id[a.instance_id]["stats"]["handlerRuns"] == 1
+    assert by_id[a.instance_id]["pid"] == os.getpid()
+
+    code, out, _ = await cli("stats")
+    assert code == 0
+    assert out.startswith(f"2 running instance(s) of {SERVICE}:v1:")
+    header, *rows = out.splitlines()[1:]
+    assert header.split()[:3] == ["INSTANCE", "HOST", "PID"]
+    assert {row.split()[0] for row in rows} == {a.instance_id, b.instance_id, "total"}
+
+
+async def test_cli_stats_with_no_instance_says_so(cli: Cli) -> None:
+    code, out, _ = await cli("stats")
+    assert (code, out.strip()) == (0, f"no running instance of {SERVICE}:v1: has reported in the last 15 s")
+    assert (await cli.json("stats"))["instances"] == []
+
+
+async def test_cli_get_shows_the_entry_and_whether_it_is_current(cli: Cli, start_cache: StartCache) -> None:
+    cache = await start_cache()
+    await cache.get_or_create("Thing:Big:1", counting({"name": "Ford", "n": 1}), ttl=600, tags=("things",))
+
+    code, out, _ = await cli("get", "Thing:Big:1")
+    assert code == 0
+    assert f"redis key:    {INSTANCE_NAME}{SERVICE}:v1:Thing:Big:1" in out
+    assert "status:       current" in out
+    assert "tags:         things" in out
+    assert '"name": "Ford"' in out
+
+    entry = await cli.json("get", "Thing:Big:1")
+    assert (entry["status"], entry["current"], entry["reasons"]) == ("current", True, [])
+    assert entry["value"] == {"name": "Ford", "n": 1}
+    assert 0 < entry["ttlMilliseconds"] <= 600_000
+    assert entry["expires"] - entry["created"] == pytest.approx(600)
+
+    await cache.remove_by_prefix("Thing:Big")  # bumps the prefix's generation; the entry stays until its TTL
+    entry = await cli.json("get", "Thing:Big:1")
+    assert (entry["status"], entry["current"]) == ("stale", False)
+    assert entry["reasons"] == ["prefix 'Thing:Big' invalidated since (generation 0 → 1)"]
+
+    await cache.remove_by_tag("things")
+    entry = await cli.json("get", "Thing:Big:1")
+    assert "tag 'things' invalidated since (generation 0 → 1)" in entry["reasons"]
+
+
+async def test_cli_get_of_a_missing_or_foreign_entry_fails(
+    cli: Cli, start_cache: StartCache, client: redis.asyncio.Redis
+) -> None:
+    code, _, err = await cli("get", "Thing:404")
+    assert code == 1
+    assert f"no entry for 'Thing:404' (Redis key '{INSTANCE_NAME}{SERVICE}:v1:Thing:404')" in err
+
+    await client.set(f"{INSTANCE_NAME}{SERVICE}:v1:Thing:junk", b"not an entry")
+    code, _, err = await cli("get", "Thing:junk")
+    assert code == 1
+    assert "is not a hybridcache entry" in err
+
+
+async def test_cli_invalidate_reaches_every_running_instance(
+    cli: Cli, start_cache: StartCache, client: redis.asyncio.Redis
+) -> None:
+    a = await start_cache()
+    b = await start_cache()
+    loads = {key: counting(key) for key in ("Thing:Search:a", "Thing:Search:b", "Thing:7", "Other:1")}
+    for cache in (a, b):
+        for key, load in loads.items():
+            await cache.get_or_create(key, load, tags=("tagged",) if key == "Other:1" else ())
+    assert {key: load.runs for key, load in loads.items()} == dict.fromkeys(loads, 1)  # type: ignore[attr-defined]
+
+    code, out, err = await cli("invalidate", "--prefix", "Thing:Search")
+    assert code == 0, err
+    assert out.strip() == f"invalidated prefix 'Thing:Search' in {SERVICE}:v1: on every running instance"
+    for cache in (a, b):
+        await wait_received(cache, 1)
+        for key, load in loads.items():
+            await cache.get_or_create(key, load)
+    # A recomputed each search (its L1 copy dropped, the L2 entry stale); B then read A's fresh L2 entry.
+    runs = {key: load.runs for key, load in loads.items()}  # type: ignore[attr-defined]
+    assert runs == {"Thing:Search:a": 2, "Thing:Search:b": 2, "Thing:7": 1, "Other:1": 1}
+    assert (a.stats().l1_hits, b.stats().l1_hits) == (2, 2), "only the keys outside the prefix hit L1"
+
+    code, _, err = await cli("invalidate", "Thing:7", "--tag", "tagged")
+    assert code == 0, err
+    await wait_received(b, 2)
+    await b.get_or_create("Thing:7", loads["Thing:7"])
+    await b.get_or_create("Other:1", loads["Other:1"])
+    assert (loads["Thing:7"].runs, loads["Other:1"].runs) == (2, 2)  # type: ignore[attr-defined]
+    assert await ids_of(client) == {a.instance_id, b.instance_id}, "the CLI must not register itself"
+
+
+async def test_cli_clear_invalidates_the_whole_namespace(cli: Cli, start_cache: StartCache) -> None:
+    cache = await start_cache()
+    load = counting("v")
+    await cache.get_or_create("Thing:1", load)
+    code, out, err = await cli("clear")
+    assert code == 0, err
+    assert out.strip() == f"invalidated everything in {SERVICE}:v1: on every running instance"
+    await wait_received(cache, 1)
+    await cache.get_or_create("Thing:1", load)
+    assert load.runs == 2  # type: ignore[attr-defined]
+
+
+async def test_cli_fails_with_exit_1_when_redis_is_unreachable(cli: Cli, redis_server: RedisServer) -> None:
+    redis_server.kill()
+    for command in (["stats"], ["get", "Thing:1"], ["invalidate", "Thing:1"], ["clear"]):
+        code, out, err = await cli(*command)
+        assert code == 1, (command, out, err)
+        assert err.startswith(f"hybridcache: failed: cannot reach Redis at redis://127.0.0.1:{redis_server.port}/0")
+    code, out, err = await cli("config", "check", "--connect")
+    assert code == 1
+    assert "configuration is valid" in out
+
+
+async def test_cli_never_prints_the_password(cli: Cli, redis_server: RedisServer, client: redis.asyncio.Redis) -> None:
+    secret = "s3cr3t-Pa55"
+    await client.config_set("requirepass", secret)
+    cli.write(f"127.0.0.1:{redis_server.port},password={secret}")
+    outputs = []
+    for command in (
+        ["config", "check", "--connect"],
+        ["config", "check", "--json"],
+        ["stats"],
+        ["get", "Thing:1"],
+        ["invalidate", "Thing:1"],
+        ["-vv", "clear"],
+    ):
+        code, out, err = await cli(*command)
+        assert code in (0, 1), (command, err)
+        outputs.append(out + err)
+    assert "redis answers (standalone)" in outputs[0]
+    assert "password=***" in outputs[0]
+
+    cli.write(f"127.0.0.1:{redis_server.port},password=wrong-{secret}")
+    code, out, err = await cli("stats")
+    assert code == 1
+    assert "AuthenticationError" in err
+    outputs.append(out + err)
+    assert not [text for text in outputs if secret in text]
