@@ -610,8 +610,11 @@ DOC_NOTES = """## Reading these figures
 
 - **The machine.** 2 CPU cores, shared by the benchmark (or `wrk`), the service process, redis-server and
   PostgreSQL, and by whatever else runs at the time (the load averages above say how busy it was). Contention
-  shows most in the tails: wrk's p99 is dominated by scheduling stalls, not by the code. Compare the columns of
-  one run rather than runs with each other.
+  shows most in the tails: wrk's p99 is several times its p50 in every row, cache on or off, and these runs do
+  not separate waiting for a CPU from pauses inside the process (such as garbage collection), so read p99 as an
+  upper bound. Compare the columns of one run rather than runs with each other; the medians of the uncached
+  rows, which need three processes (client, service, database) to get a CPU in turn, move the most between
+  runs.
 - **The simulated round trip** is an `await asyncio.sleep(delay)` before every SQL statement the service sends
   (a SQLAlchemy `before_cursor_execute` listener; it suspends only the request that runs the statement). A by-id
   read and a search send one statement, a list page two (the page and the count). BEGIN, ROLLBACK and the pool's

@@ -321,7 +321,8 @@ def markdown_table(document: dict[str, Any]) -> str:
         "| route | database | cache | req/s | p50 | p99 | cache on / off (req/s) | errors |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for row in sorted(document["rows"], key=lambda r: (r["route"] != "by-id", r["route"], r["database"], r["cache"])):
+    order = {"by-id": 0, "list": 1, "search": 2, "sqlite": 0, "postgresql": 1, "on": 0, "off": 1}
+    for row in sorted(document["rows"], key=lambda r: (order[r["route"]], order[r["database"]], order[r["cache"]])):
         ratio = ratio_of.get((row["route"], row["database"])) if row["cache"] == "on" else None
         lines.append(
             f"| {document['settings']['routes'][row['route']]} | {row['database']} | {row['cache']} "
