@@ -12,7 +12,7 @@ import importlib.metadata
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -414,3 +414,36 @@ async def test_cli_never_prints_the_password(cli: Cli, redis_server: RedisServer
     assert "AuthenticationError" in err
     outputs.append(out + err)
     assert not [text for text in outputs if secret in text]
+
+
+# ------------------------------------------------------------------------------------------------ on a cluster
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """Three masters, no replicas: enough to spread the meta slot and the entries over different nodes."""
+    support = pytest.importorskip("tests.support.redis_cluster", reason="the Redis Cluster harness is not here")
+    with support.RedisClusterProcess(masters=3, replicas=0) as process:
+        yield process
+
+
+async def test_registry_and_cli_work_on_a_cluster(cluster: Any, cli: Cli) -> None:
+    settings = CacheSettings(configuration=cluster.configuration, instance_name=INSTANCE_NAME, service_name=SERVICE)
+    cli.write(cluster.configuration)
+    async with HybridCache.from_settings(settings) as a, HybridCache.from_settings(settings) as b:
+        assert await a.wait_until_connected(5.0)
+        assert await b.wait_until_connected(5.0)
+        load = counting({"v": 1})
+        await a.get_or_create("Thing:Search:x", load)
+        await b.get_or_create("Thing:Search:x", load)  # an L2 hit, then cached in B's L1 too
+        document = await cli.json("stats")
+        assert {instance["instanceId"] for instance in document["instances"]} == {a.instance_id, b.instance_id}
+
+        code, _, err = await cli("invalidate", "--prefix", "Thing:Search")
+        assert code == 0, err
+        await wait_received(a, 1)
+        await wait_received(b, 1)
+        entry = await cli.json("get", "Thing:Search:x")
+        assert entry["status"] == "stale"
+        await b.get_or_create("Thing:Search:x", load)
+        assert load.runs == 2  # type: ignore[attr-defined]
