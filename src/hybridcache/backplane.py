@@ -49,6 +49,10 @@ class HeartbeatTimeoutError(Exception):
     """The subscriber connection did not answer a PING in time."""
 
 
+class SubscriptionDroppedError(Exception):
+    """The server ended our subscription while keeping the connection open."""
+
+
 class Backplane:
     """Receives invalidation messages for one namespace and keeps the generation table in step with Redis."""
 
@@ -200,6 +204,11 @@ class Backplane:
             self._on_message(payload)
         elif kind in ("subscribe", "ssubscribe"):
             await self._resync()
+        elif kind in ("unsubscribe", "sunsubscribe"):
+            # We never unsubscribe, so the server did: on a cluster a node that loses the channel's slot (a
+            # failover, a slot migration) drops its shard subscribers but keeps the connection, and redis-py
+            # reports it as a mere message. Reconnect to whichever node owns the slot now.
+            raise SubscriptionDroppedError(f"the server ended the subscription to {self._l2.channel}")
         elif kind == "pong" and pending is not None and message["data"] == pending[0]:
             if self.last_sequence < pending[1]:
                 self.gaps_detected += 1

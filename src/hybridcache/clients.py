@@ -58,9 +58,34 @@ class RedisClients:
             node = self.background.get_node_from_key(channel)
             if node is None:
                 raise RedisError(f"no cluster node serves the slot of {channel!r}")
-            return Redis(host=node.host, port=int(node.port), **self.node_options)
+            return await self._cluster_master(node.host, int(node.port))
         pool = self.background.connection_pool
         return Redis(connection_pool=pool.__class__(**_pool_arguments(pool)))
+
+    async def _cluster_master(self, host: str, port: int) -> Redis:
+        """A client on the master at (host, port), or on the master that node replicates.
+
+        Right after a failover the slot map can still name the old master, now a replica. A replica accepts
+        ``SSUBSCRIBE`` for its master's slots, but gets the messages late over the cluster bus (or not at all while
+        the new master does not list it yet), which breaks the heartbeat's ordering argument: subscribe on the
+        master only. ``ROLE`` on the stale node names its new master, so there is no need to wait for gossip.
+        """
+        for _hop in range(2):
+            client = Redis(host=host, port=port, **self.node_options)
+            try:
+                role = await client.role()
+            except BaseException:
+                await client.aclose()
+                raise
+            kind = role[0].decode() if isinstance(role[0], bytes) else str(role[0])
+            if kind == "master":
+                return client
+            await client.aclose()
+            if kind != "slave":
+                break
+            host = role[1].decode() if isinstance(role[1], bytes) else str(role[1])
+            port = int(role[2])
+        raise RedisError(f"no master found for the invalidation channel (last tried {host}:{port})")
 
     async def aclose(self) -> None:
         await self.background.aclose()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ from hybridcache.resilience import CircuitBreaker
 T = TypeVar("T")
 logger = logging.getLogger("hybridcache.redis")
 SERVER_FIELD = "__server__"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 # Shared by the scripts that may be the first to touch the generation hash: create the epoch, remember the server.
 _EPOCH = """
@@ -230,7 +232,9 @@ class RedisL2:
         if not guarded:
             try:
                 return await operation()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                if not is_redis_failure(exc):
+                    raise
                 raise L2UnavailableError(f"Redis call failed: {exc.__class__.__name__}: {exc}") from exc
         breaker = self.breaker
         if not breaker.allow_request():
@@ -251,7 +255,10 @@ class RedisL2:
             # Our own pool is exhausted: Redis is fine, so this is no reason to open the breaker.
             breaker.release_probe()
             raise L2UnavailableError("Redis connection pool exhausted") from exc
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:
+            if not is_redis_failure(exc):
+                breaker.release_probe()
+                raise
             breaker.record_failure()
             raise L2UnavailableError(f"Redis call failed: {exc.__class__.__name__}: {exc}") from exc
         except BaseException:
@@ -369,6 +376,26 @@ class RedisL2:
 
     async def ping(self) -> bool:
         return bool(await self._call(self.client.ping))
+
+
+def is_redis_failure(exc: BaseException) -> bool:
+    """True for a failed Redis call: a driver or socket error, or a driver-internal AttributeError/TypeError.
+
+    The latter happen in redis-py's asyncio clients around a failover: the cluster client can tear down a pooled
+    connection while another task is still connecting or writing on it (seen in tests/integration/test_cluster.py
+    as ``'NoneType' object has no attribute 'writelines'``; the error handler disconnects the free connections
+    without taking them out of the free list), and a write on a connection the peer reset can leak transport
+    internals on some Python versions (redis/redis-py#4287). Raised in our own code (the innermost frame is in
+    this package) they are bugs and are not counted as Redis failures.
+    """
+    if isinstance(exc, RedisError | OSError | TimeoutError):
+        return True
+    if not isinstance(exc, AttributeError | TypeError):
+        return False
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame is not None and not frame.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR)
 
 
 def parse_message(raw: bytes | str) -> dict[str, Any]:
