@@ -1,0 +1,395 @@
+"""Issue 8, acceptance 1 on Redis Cluster: the cache's suites on a real 6-node local cluster, its key layout, and
+the consistency checker across a failover.
+
+* The contract suite (tests/integration/test_cache_contract.py) and the invalidation suite
+  (tests/integration/test_invalidation.py) run here unchanged: their test functions are imported, and the fixtures
+  they ask for are overridden to point at the session's cluster — ``cache_env``/``raw_redis`` (contract; L2-only
+  and L1+L2, the modes with a Redis) and ``redis_server`` (invalidation: those tests only read its ``.url``).
+* The layout: an entry, its ``hc-kgen`` and its ``hc-lock`` share a slot; entries spread over the masters; the meta
+  keys and the channel share one slot that misses and L2 hits never touch; no call ever fails (a CROSSSLOT error
+  would surface as an L2 error or an invalidation failure).
+* The randomized consistency workload (tests/integration/test_consistency.py) on the cluster, then across a
+  ``CLUSTER FAILOVER`` of the master owning the meta slot and across a killed master (private clusters, ``slow``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from hybridcache import CacheSettings, HybridCache
+from tests.integration.conftest import INSTANCE_NAME, L1_L2, L2_ONLY, CacheEnv
+from tests.integration.test_cache_contract import (  # noqa: F401  (collected here, on the cluster's fixtures)
+    cache,
+    reader,
+    test_a_cached_none_is_a_hit_not_a_miss,
+    test_a_factory_exception_propagates_and_caches_nothing,
+    test_an_l2_read_comes_back_as_the_declared_model,
+    test_clear,
+    test_clear_leaves_other_services_alone,
+    test_concurrent_reads_of_a_cold_key_run_the_factory_once,
+    test_entries_expire_after_their_ttl,
+    test_get_and_set,
+    test_invalidate_keys_prefixes_and_tags_at_once,
+    test_miss_then_hit,
+    test_remove,
+    test_remove_by_prefix_is_not_served_through_l2_either,
+    test_remove_by_prefix_matches_whole_segments,
+    test_remove_by_tag,
+    test_the_redis_entry_is_an_envelope_under_the_documented_key,
+    test_typed_round_trip,
+)
+from tests.integration.test_consistency import (
+    HEARTBEAT,
+    SHORT,
+    Fault,
+    Shape,
+    Violation,
+    Workload,
+    find_violations,
+    report,
+    seed_for_run,
+)
+from tests.integration.test_invalidation import (  # noqa: F401  (collected here, on the cluster's fixtures)
+    test_an_instance_skips_its_own_messages,
+    test_invalidation_reaches_every_instance_within_deadline,
+    test_one_invalidate_call_is_one_message,
+    test_prefix_matches_whole_segments_on_other_instances,
+    test_repeated_invalidations_all_propagate,
+)
+from tests.support.redis_cluster import RedisClusterProcess
+from tests.support.waiting import wait_until
+
+# ------------------------------------------------------------------------------------ fixtures for the suites
+
+
+@pytest.fixture(params=[L2_ONLY, L1_L2])
+def cache_mode(request: pytest.FixtureRequest) -> str:
+    mode: str = request.param
+    return mode
+
+
+@pytest.fixture
+def cache_env(namespace: str, redis_cluster: RedisClusterProcess) -> CacheEnv:
+    return CacheEnv(service_name=namespace, redis_url=redis_cluster.url)
+
+
+@pytest.fixture
+async def raw_redis(redis_cluster: RedisClusterProcess) -> AsyncIterator[RedisCluster]:
+    """A plain cluster client: "another client" that inspects entries (it follows redirections)."""
+    host, port = redis_cluster.seeds[0]
+    client = RedisCluster(host=host, port=port)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What the invalidation suite needs of its ``redis_server``: a configuration string in ``url``."""
+
+    url: str
+
+
+@pytest.fixture
+def redis_server(redis_cluster: RedisClusterProcess) -> Endpoint:
+    return Endpoint(redis_cluster.url)
+
+
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def protocol(request: pytest.FixtureRequest) -> int:
+    value: int = request.param
+    return value
+
+
+# ------------------------------------------------------------------------------------ shared helpers
+
+
+@asynccontextmanager
+async def running_caches(
+    configuration: str, service: str, *, count: int = 3, protocol: int = 2, **overrides: Any
+) -> AsyncIterator[list[HybridCache]]:
+    """``count`` started caches on ``configuration`` (any topology), each with a confirmed subscription."""
+    fields: dict[str, Any] = {
+        "service_name": service,
+        "instance_name": INSTANCE_NAME,
+        "configuration": configuration,
+        "protocol": protocol,
+        "backplane": HEARTBEAT,
+        "circuit_breaker": {"break_duration_seconds": 0.2},
+        "operation_timeout_milliseconds": 500,
+    }
+    fields.update(overrides)
+    protection = fields.pop("stale_set_protection", True)
+    settings = CacheSettings(**fields)
+    async with AsyncExitStack() as stack:
+        caches = [
+            await stack.enter_async_context(HybridCache(settings, stale_set_protection=protection))
+            for _ in range(count)
+        ]
+        for cache_ in caches:
+            assert await cache_.wait_until_connected(5.0), "invalidation channel not confirmed"
+        yield caches
+
+
+def errors(caches: list[HybridCache]) -> dict[str, int]:
+    """Failed Redis calls of any kind (a CROSSSLOT error would land here), summed over ``caches``."""
+    return {
+        "l2_errors": sum(c.stats().l2_errors for c in caches),
+        "invalidation_failures": sum(c.stats().invalidation_failures for c in caches),
+        "pending": sum(c.stats().pending_invalidations for c in caches),
+    }
+
+
+def epochs(caches: list[HybridCache]) -> list[str | None]:
+    return [c._table.epoch for c in caches]
+
+
+@dataclass
+class ConsistencyRun:
+    workload: Workload
+    violations: list[Violation]
+    stale_at_rest: list[Violation]
+    line: str
+    errors: dict[str, int]
+
+
+async def run_consistency(
+    caches: list[HybridCache], name: str, *, shape: Shape = SHORT, fault: Fault | None = None
+) -> ConsistencyRun:
+    """The randomized readers/writers workload of test_consistency on ``caches``, checked as it checks it."""
+    seed = seed_for_run()
+    workload = Workload(caches, seed, shape)
+    outcome = await workload.run(fault)
+    violations = find_violations(outcome.reads, outcome.writes, outcome.bound)  # standard bound without a fault
+    stale_at_rest = await workload.final_sweep()
+    line = report(name, seed, workload, violations)
+    return ConsistencyRun(workload, violations, stale_at_rest, line, errors(caches))
+
+
+def details(violations: list[Violation], limit: int = 10) -> str:
+    return "\n".join(str(v) for v in violations[:limit])
+
+
+def assert_consistent(run: ConsistencyRun, shape: Shape = SHORT) -> None:
+    outcome = run.workload.outcome
+    assert len(outcome.reads) >= shape.reads, f"the run was cut short by its time limit: {run.line}"
+    assert len(outcome.writes) >= shape.min_writes, run.line
+    assert not run.violations, f"{run.line}\n{details(run.violations)}"
+    assert not run.stale_at_rest, f"{run.line}\nstale after the run settled:\n{details(run.stale_at_rest)}"
+
+
+# ------------------------------------------------------------------------------------ topology and layout
+
+
+@pytest.mark.parametrize("form", ["stackexchange", "url", "one-seed"])
+async def test_every_configuration_form_reaches_the_cluster(
+    redis_cluster: RedisClusterProcess, namespace: str, form: str
+) -> None:
+    host, port = redis_cluster.seeds[0]
+    configuration = {
+        "stackexchange": redis_cluster.configuration,
+        "url": redis_cluster.url,
+        "one-seed": f"{host}:{port}",  # a single endpoint is probed: cluster_enabled:1 means a cluster seed
+    }[form]
+    async with running_caches(configuration, namespace, count=2) as (writer, other):
+        assert writer._clients is not None
+        assert writer._clients.topology == "cluster"
+        assert await writer.get_or_create("k", _const("v")) == "v"
+        assert await other.get_or_create("k", _const("other")) == "v", "the value must come from the cluster"
+        assert other.stats().l2_hits == 1
+        await writer.remove("k")
+        await wait_until(
+            lambda: other.stats().invalidations_received == 1, timeout=1.0, message="invalidation not received"
+        )
+        assert errors([writer, other]) == {"l2_errors": 0, "invalidation_failures": 0, "pending": 0}
+
+
+def _const(value: Any) -> Any:
+    async def load() -> Any:
+        return value
+
+    return load
+
+
+async def test_an_entry_its_generation_and_its_lock_share_a_slot_and_entries_spread(
+    redis_cluster: RedisClusterProcess, namespace: str
+) -> None:
+    keys = [f"Dealership:{n}" for n in range(60)] + ["Dealership:{42}:search", "Search:{ford}:10"]
+    async with running_caches(redis_cluster.url, namespace, count=1, distributed_lock={"enabled": True}) as (c,):
+        assert c._l2 is not None
+        l2 = c._l2
+        for key in keys:
+            await c.get_or_create(key, _const(key))
+        await c.invalidate(keys=keys)  # creates every key's hc-kgen
+        masters = set()
+        client = redis_cluster.cluster_client()
+        try:
+            for key in keys:
+                full = f"{namespace}:v1:{key}"
+                entry, kgen, lock = l2.redis_key(full), l2.key_generation_key(full), l2.lock_key(full)
+                assert key_slot(entry.encode()) == key_slot(kgen.encode()) == key_slot(lock.encode()), key
+                assert client.exists(kgen) == 1, f"{kgen} is not where the layout says"
+                masters.add(redis_cluster.master_for_key(entry))
+            meta = {l2.generations_key, l2.sequence_key, l2.channel}
+            assert len({key_slot(k.encode()) for k in meta}) == 1, "meta keys and channel must share one slot"
+            assert client.exists(l2.generations_key, l2.sequence_key) == 2
+        finally:
+            client.close()
+        assert len(masters) == 3, f"60 entries all landed on {masters}: keys do not spread over the masters"
+        assert errors([c]) == {"l2_errors": 0, "invalidation_failures": 0, "pending": 0}
+
+
+async def test_misses_and_l2_hits_never_touch_the_meta_slot(redis_cluster: RedisClusterProcess, namespace: str) -> None:
+    """The meta slot sees invalidations, heartbeats and resyncs only: a miss captures prefix/tag generations from
+    the local mirror and checks only its own key's generation (in its own slot), and an L2 hit is one GET."""
+    async with running_caches(redis_cluster.url, namespace, count=2) as (writer, reader_):
+        assert writer._l2 is not None
+        meta_master = redis_cluster.master_for_key(writer._l2.generations_key)
+        keys = [
+            key
+            for key in (f"Dealership:Search:{n}" for n in range(400))
+            if redis_cluster.master_for_key(writer._l2.redis_key(f"{namespace}:v1:{key}")) != meta_master
+        ][:150]
+        await writer.remove_by_prefix("Dealership:Search")  # a generation to capture, so the mirror has a field
+        await wait_until(lambda: reader_.stats().invalidations_received == 1, timeout=1, message="not received")
+        with redis_cluster.client(meta_master) as node:
+            node.config_resetstat()
+            for key in keys:
+                await writer.get_or_create(key, _const(key), tags=("dealerships",))
+            for key in keys:
+                assert await reader_.get_or_create(key, _const("wrong")) == key
+            stats = node.info("commandstats")
+        assert reader_.stats().l2_hits == len(keys)
+        calls = {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+        scripts = calls.get("evalsha", 0) + calls.get("eval", 0)
+        # Only background traffic may remain: the heartbeat's GET of the sequence number (every 100 ms here).
+        assert scripts == 0, f"misses ran scripts on the meta slot's master: {calls}"
+        assert calls.get("hmget", 0) == calls.get("hgetall", 0) == 0, calls
+        assert calls.get("get", 0) < 100, f"{2 * len(keys)} reads sent GETs to the meta master: {calls}"
+
+
+async def test_a_mixed_workload_never_fails_a_call(
+    redis_cluster: RedisClusterProcess, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Multi-key invalidations across slots, tags, prefixes, clear, sets and the distributed lock: no CROSSSLOT."""
+    with caplog.at_level(logging.WARNING, logger="hybridcache"):
+        async with running_caches(redis_cluster.url, namespace, count=2, distributed_lock={"enabled": True}) as caches:
+            first, second = caches
+            keys = [f"Car:{n}" for n in range(30)]
+            for key in keys:
+                await first.get_or_create(key, _const(1), tags=("cars", f"car-{key}"))
+                await second.set(f"Truck:{key}", 2, tags=("trucks",))
+            await asyncio.gather(*(second.get_or_create(f"Cold:{n}", _const(n)) for n in range(20) for _ in range(3)))
+            await first.invalidate(keys=keys[:10], prefixes=["Truck", "Nothing"], tags=["cars", "trucks"])
+            await second.remove_by_tag("car-Car:20")
+            await second.clear()
+            for key in keys:
+                assert await first.get_or_create(key, _const(3)) == 3
+            found = errors(caches)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "CROSSSLOT" in m.upper()], messages
+    assert found == {"l2_errors": 0, "invalidation_failures": 0, "pending": 0}, messages
+
+
+# ------------------------------------------------------------------------------------ consistency
+
+
+async def test_the_consistency_workload_holds_on_the_cluster(
+    redis_cluster: RedisClusterProcess, namespace: str
+) -> None:
+    async with running_caches(redis_cluster.url, namespace) as caches:
+        run = await run_consistency(caches, "cluster")
+        prevented = sum(c.stats().stale_sets_prevented for c in caches)
+    assert prevented > 0, f"the workload never raced a store against a write: {run.line}"
+    assert_consistent(run)
+    assert run.errors == {"l2_errors": 0, "invalidation_failures": 0, "pending": 0}, run.line
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[RedisClusterProcess]:
+    """A cluster of this test's own, to fail over or break."""
+    with RedisClusterProcess() as cluster:
+        yield cluster
+
+
+@pytest.mark.slow
+async def test_consistency_holds_across_a_failover_of_the_meta_slot(
+    private_cluster: RedisClusterProcess, namespace: str
+) -> None:
+    """CLUSTER FAILOVER on the replica of the master that owns ``{…hybridcache:…}`` while readers and writers run:
+    no stale read, every cache keeps answering, and every cache moves to a new generation epoch (the new master
+    has another run_id)."""
+    cluster = private_cluster
+    async with running_caches(cluster.url, namespace) as caches:
+        assert caches[0]._l2 is not None
+        meta_master = cluster.master_for_key(caches[0]._l2.generations_key)
+        replica = cluster.replicas_of(meta_master)[0]
+        before = epochs(caches)
+        assert len(set(before)) == 1
+        assert before[0] is not None
+
+        async def promote(_caches: list[HybridCache]) -> None:
+            await asyncio.to_thread(cluster.failover, replica)
+
+        run = await run_consistency(caches, "cluster failover", fault=promote)
+        after = epochs(caches)
+        assert cluster.master_for_key(caches[0]._l2.generations_key) == replica
+    start, end = run.workload.outcome.fault_windows[0]
+    reads_after = [r for r in run.workload.outcome.reads if r.started > end]
+    print(f"[cluster failover] recovery {1000 * (end - start):.0f} ms, {len(reads_after)} reads after; {run.errors}")
+    assert len(reads_after) > 200, f"too few reads after the failover to judge it: {run.line}"
+    assert_consistent(run)
+    assert len(set(after)) == 1, after
+    assert after[0] not in before, f"epoch {before} -> {after}: not renewed by the failover"
+
+
+@pytest.mark.slow
+async def test_a_killed_master_is_replaced_and_the_caches_keep_answering(
+    private_cluster: RedisClusterProcess, namespace: str
+) -> None:
+    """SIGKILL the master of the meta slot: every call still returns the right value (factory fallback while its
+    slots are down), a replica takes over after the node timeout, L2 and invalidations work again, new epoch."""
+    cluster = private_cluster
+    async with running_caches(cluster.url, namespace, count=2) as (first, second):
+        assert first._l2 is not None
+        meta_master = cluster.master_for_key(first._l2.generations_key)
+        before = epochs([first, second])
+        keys = [f"K:{n}" for n in range(30)]
+        for key in keys:
+            await first.get_or_create(key, _const(key))
+        kill = asyncio.create_task(asyncio.to_thread(cluster.fail_master, meta_master))
+        answered = 0
+        while not kill.done():
+            for key in keys:
+                assert await second.get_or_create(key, _const(key)) == key
+                answered += 1
+            await asyncio.sleep(0.01)
+        new_master = await kill
+        assert new_master != meta_master
+        assert answered > 0
+
+        async def back() -> bool:
+            for cache_ in (first, second):  # traffic drives the breaker's probe: it closes on a successful call
+                assert await cache_.get_or_create(keys[0], _const(keys[0])) == keys[0]
+            return all(c.stats().backplane == "connected" and c.stats().circuit == "closed" for c in (first, second))
+
+        await wait_until(back, timeout=15, interval=0.05, message="the caches did not reconnect after the takeover")
+        assert epochs([first, second]) != before, "the new master has another run_id: a new epoch was expected"
+        await first.set("after", "v1")
+        assert await second.get("after") == "v1"
+        await first.set("after", "v2")
+
+        async def fresh() -> bool:
+            return bool(await second.get("after") == "v2")
+
+        await wait_until(fresh, timeout=0.5, interval=0.005, message="invalidation after the takeover not seen")
