@@ -8,6 +8,7 @@ so a fresh value afterwards can only come from the invalidation reaching them.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -248,3 +249,40 @@ async def test_invalidation_logs_the_seed_lines(
     assert f"Removed key: {namespace}:v1:{KEY}" in lines
     assert f"Removed prefix: {namespace}:v1:{PREFIX}*" in lines
     assert sum(line.startswith("Published invalidation event") for line in lines) == 2
+
+
+@pytest.mark.parametrize("where", ["writer", "other"], ids=["on-the-writer", "on-another-instance"])
+async def test_a_read_starting_after_an_invalidation_does_not_share_an_older_load(
+    redis_server: RedisServer, namespace: str, protocol: int, where: str
+) -> None:
+    """A load that read the database before a write may finish after it; a caller that arrives once the
+    invalidation is known must get a new load, not that one's (stale) result."""
+    db = Database(KEY)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_load() -> int:
+        version = db.versions[KEY]  # read before the write below
+        started.set()
+        await release.wait()
+        return version
+
+    async with running_caches(redis_server, namespace, 2, protocol) as (writer, other):
+        reader = writer if where == "writer" else other
+        early = asyncio.create_task(reader.get_or_create(KEY, slow_load, tags=(TAG,)))
+        await wait_until(started.is_set, timeout=1.0, message="the first load never started")
+
+        db.versions[KEY] = 2
+        await writer.remove(KEY)
+        await wait_until(
+            lambda: reader is writer or reader.stats().invalidations_received == 1,
+            timeout=PROPAGATION_DEADLINE,
+            interval=0.001,
+            message="the invalidation did not arrive",
+        )
+        late = asyncio.create_task(read(reader, db, KEY))
+        await asyncio.sleep(0)  # let the late caller reach the cache while the early load is still in flight
+        release.set()
+
+        assert await early in (1, 2)  # it began before the write: either answer is allowed for it
+        assert await late == 2, "a read that began after the invalidation got the result of an older load"
+        assert await read(reader, db, KEY) == 2
