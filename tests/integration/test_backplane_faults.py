@@ -22,6 +22,7 @@ import pytest
 
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.backplane import Backplane
+from hybridcache.redis import RedisL2
 from hybridcache.settings import BackplaneSettings
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
@@ -57,6 +58,13 @@ async def running_caches(settings: CacheSettings, count: int = 2) -> AsyncIterat
         for cache in caches:
             assert await cache.wait_until_connected(5.0), "backplane subscription not confirmed"
         yield caches
+
+
+def l2_of(cache: HybridCache) -> RedisL2:
+    """The cache's Redis layer, whose attributes name the keys and channel (the layout is its business)."""
+    l2 = cache._l2
+    assert l2 is not None
+    return l2
 
 
 def backplane_of(cache: HybridCache) -> Backplane:
@@ -204,10 +212,10 @@ async def test_a_restart_changes_the_epoch_and_old_stamps_never_become_current(
     """Generations reset to 0 on a restart without persistence: a value stamped with a high old generation would
     look current against the new, lower counters, unless the epoch tells them apart."""
     db = Database(BY_PREFIX)
-    gens_key = f"hybridcache:{namespace}:v1:gens"
     admin = redis_server.client()
     try:
         async with running_caches(settings_for(redis_server, namespace, protocol)) as (writer, reader):
+            gens_key = l2_of(writer).generations_key
             for _ in range(5):
                 await writer.remove_by_prefix(PREFIX)  # the prefix's generation is now 5
             await wait_until(
@@ -246,7 +254,7 @@ async def test_a_restart_changes_the_epoch_and_old_stamps_never_become_current(
             assert await early == 1  # it read the database before the write: allowed for its own caller
 
             # ...but it must not have been stored anywhere.
-            raw = await admin.get(f"{namespace}:v1:{BY_PREFIX}")
+            raw = await admin.get(l2_of(reader).redis_key(f"{namespace}:v1:{BY_PREFIX}"))
             assert raw is None, f"a value captured under the old epoch was stored after the restart: {raw!r}"
             assert reader.stats().stale_sets_prevented >= 1
             await wait_until(
@@ -327,10 +335,9 @@ async def test_a_frozen_redis_is_noticed_and_l1_is_bounded_until_the_resync(
 # ------------------------------------------------------------------------------------- (d) lost messages
 
 
-async def _channel_and_epoch(cache: HybridCache, admin: Any, namespace: str) -> tuple[str, str]:
-    l2 = cache._l2
-    assert l2 is not None
-    epoch = await admin.hget(f"hybridcache:{namespace}:v1:gens", "__epoch__")
+async def _channel_and_epoch(cache: HybridCache, admin: Any) -> tuple[str, str]:
+    l2 = l2_of(cache)
+    epoch = await admin.hget(l2.generations_key, "__epoch__")
     return l2.channel, epoch.decode()
 
 
@@ -344,7 +351,7 @@ async def test_a_jump_in_message_numbers_triggers_a_resync(
             await warm_l1(reader, db, *KEYS)
             backplane = backplane_of(reader)
             gaps, resyncs = backplane.gaps_detected, backplane.resyncs
-            channel, epoch = await _channel_and_epoch(reader, admin, namespace)
+            channel, epoch = await _channel_and_epoch(reader, admin)
             forged_sequence = backplane.last_sequence + 50
             forged = {"i": "intruder", "s": forged_sequence, "e": epoch, "k": [], "g": {}}
             assert await admin.publish(channel, orjson.dumps(forged)) == 2
@@ -383,7 +390,7 @@ async def test_a_message_from_another_epoch_triggers_a_resync(
             await warm_l1(reader, db, *KEYS)
             backplane = backplane_of(reader)
             gaps, resyncs = backplane.gaps_detected, backplane.resyncs
-            channel, _epoch = await _channel_and_epoch(reader, admin, namespace)
+            channel, _epoch = await _channel_and_epoch(reader, admin)
             forged = {"i": "intruder", "s": backplane.last_sequence + 1, "e": "another-epoch", "k": [], "g": {}}
             await admin.publish(channel, orjson.dumps(forged))
             await wait_until(
@@ -405,7 +412,6 @@ async def test_the_heartbeat_finds_a_message_that_was_lost_silently(
     heartbeat (message number read, then PING on the subscriber connection) can find it."""
     db = Database(*KEYS)
     admin = redis_server.client()
-    meta = f"hybridcache:{namespace}:v1:"
     try:
         async with running_caches(settings_for(redis_server, namespace, protocol)) as (_writer, reader):
             await warm_l1(reader, db, *KEYS)
@@ -415,7 +421,8 @@ async def test_the_heartbeat_finds_a_message_that_was_lost_silently(
             # What the invalidation script does for a prefix, minus the PUBLISH.
             db.bump(BY_PREFIX)
             lost = "redis.call('HINCRBY', KEYS[1], ARGV[1], 1) return redis.call('INCR', KEYS[2])"
-            await admin.eval(lost, 2, f"{meta}gens", f"{meta}seq", f"p:{PREFIX}")
+            layout = l2_of(reader)
+            await admin.eval(lost, 2, layout.generations_key, layout.sequence_key, f"p:{PREFIX}")
 
             # (The gap is counted before the resync's round trip; the resync is what makes reads fresh.)
             await wait_until(
@@ -442,7 +449,7 @@ async def test_messages_dropped_by_an_output_buffer_overflow_are_recovered(
             backplane = backplane_of(reader)
             resyncs = [backplane_of(c).resyncs for c in (writer, reader)]
             received = reader.stats().invalidations_received
-            channel, _epoch = await _channel_and_epoch(reader, admin, namespace)
+            channel, _epoch = await _channel_and_epoch(reader, admin)
 
             await admin.config_set("client-output-buffer-limit", "pubsub 64kb 0 0")
             try:
@@ -455,7 +462,7 @@ async def test_messages_dropped_by_an_output_buffer_overflow_are_recovered(
                 await admin.config_set("client-output-buffer-limit", "pubsub 32mb 8mb 60")
 
             await wait_recovered([writer, reader], resyncs)
-            published = int(await admin.get(f"hybridcache:{namespace}:v1:seq") or 0)
+            published = int(await admin.get(l2_of(reader).sequence_key) or 0)
             await wait_until(
                 lambda: backplane.last_sequence >= published,
                 timeout=1.0,
