@@ -26,3 +26,10 @@ class CircuitOpenError(HybridCacheError):
         super().__init__(f"Circuit breaker '{name}' is {state}; call not attempted")
         self.name = name
         self.state = state
+
+
+class FactoryTimeoutError(HybridCacheError, TimeoutError):
+    """The factory did not finish within its hard timeout (or its soft timeout, when a stale value was served).
+
+    The factory is not cancelled: it finishes in the background and its result is stored.
+    """

@@ -231,12 +231,16 @@ class SingleFlight(Generic[K, V]):
 
         Every caller sharing a run receives its result or its exception (the same instance).
         """
+        return await asyncio.shield(self.start(key, fn))
+
+    def start(self, key: K, fn: Callable[[], Awaitable[V]]) -> asyncio.Future[V]:
+        """The run in flight for ``key``, or a new run of ``fn()``; await it through ``asyncio.shield``."""
         flight = self._flights.get(key)
         if flight is None or flight.done():
             flight = asyncio.ensure_future(fn())
             self._flights[key] = flight
             flight.add_done_callback(partial(self._finished, key))
-        return await asyncio.shield(flight)
+        return flight
 
     def forget(self, key: K) -> None:
         """Let the next caller of ``key`` start a new run; callers already waiting keep the current one.
