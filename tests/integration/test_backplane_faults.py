@@ -527,18 +527,20 @@ async def test_close_returns_even_when_it_races_a_heartbeat(
 ) -> None:
     """``close()`` cancels the backplane task. On Python 3.11 a cancellation that lands just as redis-py's socket
     write completes is swallowed (its ``send_packed_command`` wraps the write in ``asyncio.wait_for``,
-    CPython gh-86296), and the heartbeat writes a PING every interval: the loop must still end."""
-    fast = BackplaneSettings(heartbeat_interval_seconds=0.002, heartbeat_timeout_seconds=0.3)
+    CPython gh-86296), and the heartbeat writes a PING every interval: the loop must still end. A 1 ms heartbeat
+    and closes spread over the cycle make the race frequent (about one close in four before the fix)."""
+    fast = BackplaneSettings(heartbeat_interval_seconds=0.001, heartbeat_timeout_seconds=0.3)
     settings = settings_for(redis_server, namespace, protocol, backplane=fast)
-    attempts, hung = 60, 0
-    for attempt in range(attempts):
+    attempts, hung = 0, 0
+    while attempts < 150 and hung < 3:
+        attempts += 1
         cache = HybridCache(settings)
         await cache.start()
         assert await cache.wait_until_connected(5.0)
-        await asyncio.sleep(0.01 + (attempt % 10) / 1000)  # land the close at varying points of the cycle
+        await asyncio.sleep(0.005 + (attempts % 23) * 0.0001)  # land the close at varying points of the cycle
         backplane_task = backplane_of(cache)._task
         closing = asyncio.create_task(cache.close())
-        done, _ = await asyncio.wait([closing], timeout=0.5)
+        done, _ = await asyncio.wait([closing], timeout=0.3)
         if not done:
             hung += 1
             for _ in range(50):  # unstick it, so that this test fails instead of hanging
