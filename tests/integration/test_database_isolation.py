@@ -8,8 +8,6 @@ resynchronises: its whole L1 is cleared on every write to the other database.
 
 from __future__ import annotations
 
-import pytest
-
 from hybridcache import CacheSettings, HybridCache
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until

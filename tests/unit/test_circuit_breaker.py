@@ -6,10 +6,10 @@ import asyncio
 import logging
 
 import pytest
-from tests.support.waiting import wait_until
 
 from hybridcache.errors import CircuitOpenError, HybridCacheError
 from hybridcache.resilience import CircuitBreaker, CircuitState
+from tests.support.waiting import wait_until
 
 
 class FakeClock:

@@ -14,6 +14,7 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.backoff
 import redis.retry
+
 from tests.support.postgres import postgres_database
 from tests.support.redis_server import RedisServer, find_free_port
 from tests.support.waiting import wait_until, wait_until_sync

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from tests.support.waiting import wait_until
 
 from hybridcache.resilience import SingleFlight
+from tests.support.waiting import wait_until
 
 
 class Boom(Exception):
