@@ -90,11 +90,20 @@ class Backplane:
             self._task = asyncio.create_task(self._run(), name="hybridcache-backplane")
 
     async def close(self) -> None:
+        """Stop the subscriber loop and wait until it has ended.
+
+        It cancels again until the task is done: on Python 3.11 a cancellation that lands just as redis-py
+        completes a socket write can be swallowed (``asyncio.wait_for``, CPython gh-86296), and one cancel would
+        then leave ``close()`` waiting forever. The caller's own cancellation is never suppressed.
+        """
         task, self._task = self._task, None
-        if task is not None:
+        if task is None:
+            return
+        while not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task], timeout=0.1)
+        if not task.cancelled():
+            task.exception()  # the loop only ends by cancellation; never leave an error unretrieved
 
     async def wait_trusted(self, timeout: float) -> bool:
         """Wait until the subscription is confirmed; False on timeout."""

@@ -516,12 +516,6 @@ async def test_an_invalidation_queued_while_the_circuit_was_open_is_published_on
 # ------------------------------------------------------------------------------------- shutdown
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: Backplane.close() cancels once and awaits; a swallowed cancellation leaves its loop running "
-    "and close() waiting forever (fix: re-cancel until the task is done; never suppress the caller's own "
-    "cancellation)",
-)
 async def test_close_returns_even_when_it_races_a_heartbeat(
     redis_server: RedisServer, namespace: str, protocol: int
 ) -> None:
@@ -540,7 +534,8 @@ async def test_close_returns_even_when_it_races_a_heartbeat(
         await asyncio.sleep(0.005 + (attempts % 23) * 0.0001)  # land the close at varying points of the cycle
         backplane_task = backplane_of(cache)._task
         closing = asyncio.create_task(cache.close())
-        done, _ = await asyncio.wait([closing], timeout=0.3)
+        # A swallowed cancellation hangs for ever; a close that retries its cancel may take a few tenths.
+        done, _ = await asyncio.wait([closing], timeout=2.0)
         if not done:
             hung += 1
             for _ in range(50):  # unstick it, so that this test fails instead of hanging
