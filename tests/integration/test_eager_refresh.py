@@ -179,7 +179,9 @@ async def test_entries_created_together_get_different_ttls_with_jitter(
     pttls = await _pttls(redis_server, namespace, keys)
 
     assert all(55_000 < pttl <= 65_000 for pttl in pttls), pttls
-    assert len(set(pttls)) == len(pttls), f"identical TTLs despite jitter: {sorted(pttls)}"
+    # Millisecond TTLs drawn over ~5 s collide now and then (the birthday bound: ~4% for a pair among 20), so ask
+    # for nearly all distinct rather than all; without jitter they share a handful of values (the control below).
+    assert len(set(pttls)) >= len(pttls) - 3, f"too many identical TTLs despite jitter: {sorted(pttls)}"
     # Twenty uniform draws over 5 s: a spread under one second is a one-in-a-million event.
     assert max(pttls) - min(pttls) > 1_000, sorted(pttls)
 
