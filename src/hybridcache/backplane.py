@@ -33,7 +33,9 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
 
+from hybridcache.clients import follow_sentinel_master
 from hybridcache.generations import GenerationTable
 from hybridcache.redis import RedisL2, parse_message
 
@@ -51,6 +53,10 @@ class HeartbeatTimeoutError(Exception):
 
 class SubscriptionDroppedError(Exception):
     """The server ended our subscription while keeping the connection open."""
+
+
+class MasterChangedError(Exception):
+    """The sentinels name another master than the server our subscription is on."""
 
 
 class Backplane:
@@ -177,12 +183,31 @@ class Backplane:
                 if now > pending[2]:
                     raise HeartbeatTimeoutError(f"no reply to PING within {self._heartbeat_timeout}s")
             elif now >= next_heartbeat and self._table.trusted:
+                await self._follow_master(pubsub)
                 async with asyncio.timeout(self._heartbeat_timeout):
                     published = await self._l2.sequence(guarded=False)
                 nonce = secrets.token_hex(8).encode()
                 await pubsub.ping(nonce)
                 pending = (nonce, published, time.monotonic() + self._heartbeat_timeout)
                 next_heartbeat = now + self._heartbeat_interval
+
+    async def _follow_master(self, pubsub: PubSub) -> None:
+        """Sentinel: move the pools to the master the sentinels name now, and resubscribe there if ours is not it.
+
+        Without this a cache keeps using an old master that is still up after a failover (until the sentinels
+        demote it and its clients are killed), while caches that connected since use the new one.
+        """
+        try:
+            async with asyncio.timeout(self._heartbeat_timeout):
+                master = await follow_sentinel_master(self._l2.client, self._l2.background)
+        except (RedisError, OSError, TimeoutError) as exc:  # the sentinels are not the data path: carry on
+            logger.debug("Could not ask the sentinels for the master: %s", exc)
+            return
+        connection = pubsub.connection
+        if master is not None and connection is not None:
+            host, port = getattr(connection, "host", None), getattr(connection, "port", None)
+            if (host, None if port is None else int(port)) != master:
+                raise MasterChangedError(f"the sentinels name {master[0]}:{master[1]} the master, not {host}:{port}")
 
     async def _handle(
         self, message: dict[str, Any], pending: tuple[bytes, int, float] | None

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import RedisError
 
 from hybridcache.connection import RedisEndpointConfig
@@ -93,6 +93,43 @@ class RedisClients:
             await self.request.aclose()
 
 
+class _SentinelPool(SentinelConnectionPool):
+    """redis-py's Sentinel pool, made to let go of an old master that is still up after a failover.
+
+    redis-py re-resolves the master only when it opens a connection; then it drops the idle connections, but the
+    busy ones go back into its asyncio pool when released (it never checks ``owns_connection`` there) and keep
+    talking to the old master. Here a connection released while the pool names another master reconnects first.
+    """
+
+    async def release(self, connection: Any) -> None:
+        address = self.master_address
+        if self.is_master and address is not None and (connection.host, connection.port) != tuple(address):
+            connection.mark_for_reconnect()
+        await super().release(connection)
+
+
+async def follow_sentinel_master(*clients: AnyRedis) -> tuple[str, int] | None:
+    """Ask the sentinels for the current master and point every Sentinel-managed client among ``clients`` at it.
+
+    redis-py resolves the master only when it opens a connection. After a failover whose old master stays up
+    (``SENTINEL FAILOVER``, a partition) pooled connections keep using the old master, which accepts writes until
+    the sentinels demote it about ten seconds later, while connections opened meanwhile go to the new one: two
+    instances can then publish and subscribe on different servers. Re-resolving moves a pool at once: redis-py
+    drops its idle connections, and :class:`_SentinelPool` reconnects the busy ones when they are released.
+    Returns the master's address, or None when no client is Sentinel-managed (no I/O then).
+    """
+    address: tuple[str, int] | None = None
+    for client in clients:
+        pool = getattr(client, "connection_pool", None)
+        if isinstance(pool, SentinelConnectionPool) and pool.is_master:
+            previous = pool.master_address
+            host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            address = (str(host), int(port))
+            if previous is not None and tuple(previous) != address:
+                logger.warning("Sentinel names a new master %s:%d; moving connections there", *address)
+    return address
+
+
 def _pool_arguments(pool: Any) -> dict[str, Any]:
     arguments = dict(pool.connection_kwargs)
     arguments["connection_class"] = pool.connection_class
@@ -133,8 +170,18 @@ async def connect(
         sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves the constructor unannotated
             list(endpoint.hosts), sentinel_kwargs=sentinel_options, **request_options
         )
-        request = sentinel.master_for(endpoint.service_name, max_connections=request_pool_size, **request_options)
-        background = sentinel.master_for(endpoint.service_name, max_connections=_BACKGROUND_POOL, **background_options)
+        request = sentinel.master_for(
+            endpoint.service_name,
+            connection_pool_class=_SentinelPool,
+            max_connections=request_pool_size,
+            **request_options,
+        )
+        background = sentinel.master_for(
+            endpoint.service_name,
+            connection_pool_class=_SentinelPool,
+            max_connections=_BACKGROUND_POOL,
+            **background_options,
+        )
         return RedisClients(request, background, "sentinel", node)
 
     if endpoint.cluster or len(endpoint.hosts) > 1 or await _is_cluster_node(endpoint, background_options):
