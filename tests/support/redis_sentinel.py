@@ -283,25 +283,37 @@ class RedisSentinelSetup:
 
     # -- faults and failover --------------------------------------------------------------------------------
 
-    def failover(self, *, timeout: float = 30.0) -> int:
-        """``SENTINEL FAILOVER mymaster``; returns the new master's port once every sentinel names it, it says it
-        is a master, and the old master replicates from it with its link up (as the data nodes report it:
-        the sentinels' own view of the replicas lags by their 10 s INFO period)."""
+    def failover(self, *, demoted: bool = True, timeout: float = 30.0) -> int:
+        """``SENTINEL FAILOVER mymaster``; returns the new master's port once every sentinel names it and it says it
+        is a master, and (``demoted``) the old master replicates from it with its link up, as the data nodes
+        report it. The sentinels convert the old master only after their INFO period (~10 s): with
+        ``demoted=False`` it is still a writable master when this returns."""
         old = self.master()
         with self.sentinels[0].client() as client:
             client.execute_command("SENTINEL", "FAILOVER", SERVICE)
         new = next(port for port in self.servers if port != old)
-        self._wait(lambda: self._switched(old, new), timeout=timeout, what=f"the failover from {old} to {new}")
+        if demoted:
+            self._wait(lambda: self._switched(old, new), timeout=timeout, what=f"the failover from {old} to {new}")
+        else:
+            self._wait(lambda: self._named(new), timeout=timeout, what=f"the sentinels to name {new} the master")
         return new
 
+    def wait_demoted(self, old: int, *, timeout: float = 30.0) -> None:
+        """After ``failover(demoted=False)``: wait until the old master replicates from the current one."""
+        new = self.master()
+        self._wait(lambda: self._switched(old, new), timeout=timeout, what=f"{old} to replicate from {new}")
+
+    def _named(self, new: int) -> bool:
+        return all(s.master_port() == new for s in self.sentinels if s.is_running) and self.role(new) == "master"
+
     def _switched(self, old: int, new: int) -> bool:
-        if not all(s.master_port() == new for s in self.sentinels if s.is_running) or self.role(new) != "master":
+        if not self._named(new):
             return False
         if not self.servers[old].is_running:
             return True
         with self.client(old) as client:
             info = client.info("replication")
-        return info.get("master_port") == new and info.get("master_link_status") == "up"
+        return bool(info.get("master_port") == new and info.get("master_link_status") == "up")
 
     def kill_master(self, *, timeout: float = 30.0) -> int:
         """SIGKILL the master; returns the replica's port once the sentinels have promoted it (after

@@ -1,0 +1,237 @@
+"""Issue 8, acceptance 1 on Sentinel: the cache's suites behind three sentinels, and the consistency checker across
+a failover.
+
+As in test_cluster.py, the contract suite and the invalidation suite run here unchanged (their test functions are
+imported; ``cache_env``, ``raw_redis`` and ``redis_server`` are overridden to point at the session's Sentinel setup,
+configured in the StackExchange form ``s1:p1,s2:p2,s3:p3,serviceName=mymaster``). Then the randomized consistency
+workload, and the same across ``SENTINEL FAILOVER`` and across a killed master (private setups, ``slow``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio
+
+from hybridcache import HybridCache
+from tests.integration.conftest import L1_L2, L2_ONLY, CacheEnv
+from tests.integration.test_cache_contract import (  # noqa: F401  (collected here, on Sentinel's fixtures)
+    cache,
+    reader,
+    test_a_cached_none_is_a_hit_not_a_miss,
+    test_a_factory_exception_propagates_and_caches_nothing,
+    test_an_l2_read_comes_back_as_the_declared_model,
+    test_clear,
+    test_clear_leaves_other_services_alone,
+    test_concurrent_reads_of_a_cold_key_run_the_factory_once,
+    test_entries_expire_after_their_ttl,
+    test_get_and_set,
+    test_invalidate_keys_prefixes_and_tags_at_once,
+    test_miss_then_hit,
+    test_remove,
+    test_remove_by_prefix_is_not_served_through_l2_either,
+    test_remove_by_prefix_matches_whole_segments,
+    test_remove_by_tag,
+    test_the_redis_entry_is_an_envelope_under_the_documented_key,
+    test_typed_round_trip,
+)
+from tests.integration.test_cluster import (
+    Endpoint,
+    assert_consistent,
+    const,
+    epochs,
+    errors,
+    run_consistency,
+    running_caches,
+)
+from tests.integration.test_consistency import HEARTBEAT
+from tests.integration.test_invalidation import (  # noqa: F401  (collected here, on Sentinel's fixtures)
+    test_an_instance_skips_its_own_messages,
+    test_invalidation_reaches_every_instance_within_deadline,
+    test_one_invalidate_call_is_one_message,
+    test_prefix_matches_whole_segments_on_other_instances,
+    test_repeated_invalidations_all_propagate,
+)
+from tests.support.redis_sentinel import RedisSentinelSetup
+from tests.support.waiting import wait_until
+
+# ------------------------------------------------------------------------------------ fixtures for the suites
+
+
+@pytest.fixture(params=[L2_ONLY, L1_L2])
+def cache_mode(request: pytest.FixtureRequest) -> str:
+    mode: str = request.param
+    return mode
+
+
+@pytest.fixture
+def cache_env(namespace: str, redis_sentinel: RedisSentinelSetup) -> CacheEnv:
+    return CacheEnv(service_name=namespace, redis_url=redis_sentinel.configuration)
+
+
+@pytest.fixture
+async def raw_redis(redis_sentinel: RedisSentinelSetup) -> AsyncIterator[redis.asyncio.Redis]:
+    """A plain client on the current master: "another client" that inspects entries."""
+    client = redis.asyncio.Redis(host="127.0.0.1", port=redis_sentinel.master(), socket_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def redis_server(redis_sentinel: RedisSentinelSetup) -> Endpoint:
+    return Endpoint(redis_sentinel.configuration)
+
+
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def protocol(request: pytest.FixtureRequest) -> int:
+    value: int = request.param
+    return value
+
+
+# ------------------------------------------------------------------------------------ Sentinel-specific
+
+
+@pytest.mark.parametrize("form", ["stackexchange", "url"])
+async def test_both_configuration_forms_reach_the_master_through_the_sentinels(
+    redis_sentinel: RedisSentinelSetup, namespace: str, form: str
+) -> None:
+    configuration = redis_sentinel.configuration if form == "stackexchange" else redis_sentinel.url
+    async with running_caches(configuration, namespace, count=2) as (writer, other):
+        assert writer._clients is not None
+        assert writer._clients.topology == "sentinel"
+        assert await writer.get_or_create("k", const("v")) == "v"
+        assert await other.get_or_create("k", const("other")) == "v", "the value must come from the master"
+        with redis_sentinel.client(redis_sentinel.master()) as master:
+            assert master.exists(f"hc-test:{namespace}:v1:k") == 1
+        await writer.remove("k")
+        await wait_until(
+            lambda: other.stats().invalidations_received == 1, timeout=1.0, message="invalidation not received"
+        )
+        assert errors([writer, other]) == {"l2_errors": 0, "invalidation_failures": 0, "pending": 0}
+
+
+async def test_the_consistency_workload_holds_behind_sentinel(
+    redis_sentinel: RedisSentinelSetup, namespace: str
+) -> None:
+    async with running_caches(redis_sentinel.configuration, namespace) as caches:
+        run = await run_consistency(caches, "sentinel")
+        prevented = sum(c.stats().stale_sets_prevented for c in caches)
+    assert prevented > 0, f"the workload never raced a store against a write: {run.line}"
+    assert_consistent(run)
+    assert run.errors == {"l2_errors": 0, "invalidation_failures": 0, "pending": 0}, run.line
+
+
+@pytest.fixture
+def private_sentinel() -> Iterator[RedisSentinelSetup]:
+    """A Sentinel setup of this test's own, to fail over or break."""
+    with RedisSentinelSetup() as setup:
+        yield setup
+
+
+@pytest.mark.slow
+async def test_consistency_holds_across_a_sentinel_failover(
+    private_sentinel: RedisSentinelSetup, namespace: str
+) -> None:
+    """SENTINEL FAILOVER while readers and writers run. The fault window ends once the sentinels name the new master
+    and every cache has resynchronised, so the strict bound covers the ten seconds in which the old master is
+    still a writable master; after the sentinels demote it, every cache still serves every key fresh. Every cache
+    moves to a new generation epoch (the promoted replica has another run_id)."""
+    setup = private_sentinel
+    async with running_caches(setup.configuration, namespace) as caches:
+        old_master = setup.master()
+        before = epochs(caches)
+        assert len(set(before)) == 1
+        assert before[0] is not None
+
+        async def promote(_caches: list[HybridCache]) -> None:
+            await asyncio.to_thread(setup.failover, demoted=False)
+
+        run = await run_consistency(caches, "sentinel failover", fault=promote)
+        after = epochs(caches)
+        assert setup.role(old_master) == "master", "the old master was demoted within the run: window not covered"
+        await asyncio.to_thread(setup.wait_demoted, old_master)
+        stale_after_demotion = await run.workload.final_sweep()
+    start, end = run.workload.outcome.fault_windows[0]
+    reads_after = [r for r in run.workload.outcome.reads if r.started > end]
+    print(f"[sentinel failover] recovery {1000 * (end - start):.0f} ms, {len(reads_after)} reads after; {run.errors}")
+    assert len(reads_after) > 200, f"too few reads after the failover to judge it: {run.line}"
+    assert_consistent(run)
+    assert not stale_after_demotion, f"stale once the old master was demoted: {stale_after_demotion[:5]}"
+    assert len(set(after)) == 1, after
+    assert after[0] not in before, f"epoch {before} -> {after}: not renewed by the failover"
+
+
+@pytest.mark.slow
+async def test_a_killed_master_is_replaced_and_the_caches_keep_answering(
+    private_sentinel: RedisSentinelSetup, namespace: str
+) -> None:
+    """SIGKILL the master: every call still returns the right value, the sentinels promote the replica after
+    down-after-milliseconds, and the caches reconnect to it (new epoch) with invalidations working again."""
+    setup = private_sentinel
+    async with running_caches(setup.configuration, namespace, count=2) as (first, second):
+        before = epochs([first, second])
+        keys = [f"K:{n}" for n in range(30)]
+        for key in keys:
+            await first.get_or_create(key, const(key))
+        kill = asyncio.create_task(asyncio.to_thread(setup.kill_master))
+        answered = 0
+        while not kill.done():
+            for key in keys:
+                assert await second.get_or_create(key, const(key)) == key
+                answered += 1
+            await asyncio.sleep(0.01)
+        await kill
+        assert answered > 0
+
+        async def back() -> bool:
+            for cache_ in (first, second):  # traffic drives the breaker's probe: it closes on a successful call
+                assert await cache_.get_or_create(keys[0], const(keys[0])) == keys[0]
+            return all(c.stats().backplane == "connected" and c.stats().circuit == "closed" for c in (first, second))
+
+        await wait_until(back, timeout=15, interval=0.05, message="the caches did not reconnect after the promotion")
+        assert epochs([first, second]) != before, "the promoted replica has another run_id: a new epoch was expected"
+        await first.set("after", "v1")
+        assert await second.get("after") == "v1"
+        await first.set("after", "v2")
+
+        async def fresh() -> bool:
+            return bool(await second.get("after") == "v2")
+
+        await wait_until(fresh, timeout=0.5, interval=0.005, message="invalidation after the promotion not seen")
+
+
+@pytest.mark.slow
+async def test_instances_follow_the_new_master_before_the_old_one_is_demoted(
+    private_sentinel: RedisSentinelSetup, namespace: str
+) -> None:
+    """After SENTINEL FAILOVER the old master stays a writable master until the sentinels convert it (about ten
+    seconds later), and connections opened meanwhile go to the new one. A cache started in that window (a rolling
+    deploy) writes and publishes on the new master: the caches that were already running must move there within
+    a heartbeat, not keep serving from L1 what the newcomer invalidated."""
+    setup = private_sentinel
+    version = {"K": 1}
+
+    async def load() -> int:
+        return version["K"]
+
+    async with running_caches(setup.configuration, namespace, count=2) as old_caches:
+        for cache_ in old_caches:
+            assert await cache_.get_or_create("K", load) == 1
+            assert await cache_.get_or_create("K", load) == 1  # now an L1 hit
+        old_master = setup.master()
+        await asyncio.to_thread(setup.failover, demoted=False)
+        async with running_caches(setup.configuration, namespace, count=1) as (newcomer,):
+            assert setup.role(old_master) == "master", "the old master was demoted already: nothing to test"
+            version["K"] = 2
+            await newcomer.remove("K")
+            bound = HEARTBEAT.heartbeat_interval_seconds + HEARTBEAT.heartbeat_timeout_seconds + 0.2
+            for index, cache_ in enumerate(old_caches):
+
+                async def fresh(cache_: HybridCache = cache_) -> bool:
+                    return bool(await cache_.get_or_create("K", load) == 2)
+
+                await wait_until(fresh, timeout=bound, interval=0.01, message=f"old instance {index} still serves v1")
