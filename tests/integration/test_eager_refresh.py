@@ -25,11 +25,17 @@ STREAM_SECONDS = 2.0  # five expiry periods
 GAP = 0.002  # between hits: a steady stream, ~1,000 hits in all
 
 
+# These tests are about who waits for a factory, not about Redis timeouts: a generous operation timeout keeps a
+# busy machine (CPU contention stalls the event loop) from opening the breaker under them.
+RELAXED_TIMEOUT_MS = 2_000
+
+
 def settings_for(topology: str, namespace: str, server: RedisServer | None, **overrides: Any) -> CacheSettings:
     return CacheSettings(
         service_name=namespace,
         configuration=None if server is None else server.url,
         memory_cache=MemoryCacheSettings(enabled=topology != "l2-only"),
+        operation_timeout_milliseconds=RELAXED_TIMEOUT_MS,
         **overrides,
     )
 
@@ -156,7 +162,12 @@ async def test_a_failing_eager_refresh_keeps_serving_the_current_value(namespace
 
 @pytest.fixture
 async def jittered(redis_server: RedisServer, namespace: str) -> AsyncIterator[HybridCache]:
-    settings = CacheSettings(service_name=namespace, configuration=redis_server.url, jitter_max_duration_seconds=5)
+    settings = CacheSettings(
+        service_name=namespace,
+        configuration=redis_server.url,
+        jitter_max_duration_seconds=5,
+        operation_timeout_milliseconds=RELAXED_TIMEOUT_MS,
+    )
     async with HybridCache.from_settings(settings) as cache:
         yield cache
 
@@ -190,7 +201,9 @@ async def test_without_jitter_entries_created_together_expire_together(
     redis_server: RedisServer, namespace: str
 ) -> None:
     """The control for the test above: without jitter the spread is only the time it took to write them."""
-    settings = CacheSettings(service_name=namespace, configuration=redis_server.url)
+    settings = CacheSettings(
+        service_name=namespace, configuration=redis_server.url, operation_timeout_milliseconds=RELAXED_TIMEOUT_MS
+    )
     keys = [f"Dealership:{n}" for n in range(20)]
     async with HybridCache.from_settings(settings) as cache:
         await asyncio.gather(*(cache.get_or_create(key, _constant, ttl=60, type_=str) for key in keys))

@@ -153,7 +153,9 @@ async def test_with_the_distributed_lock_four_instances_run_the_factory_once_in_
 ) -> None:
     lock = DistributedLockSettings(enabled=True)
     async with AsyncExitStack() as stack:
-        caches = await _instances(stack, namespace, redis_server, INSTANCES, distributed_lock=lock)
+        caches = await _instances(
+            stack, namespace, redis_server, INSTANCES, distributed_lock=lock, operation_timeout_milliseconds=2_000
+        )
         runs_per_trial = []
         for trial in range(TRIALS):
             factory = CountingFactory(f"value-{trial}")
@@ -232,7 +234,9 @@ async def test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills(
 async def test_a_burst_of_distinct_cold_keys_keeps_the_breaker_closed_on_a_healthy_redis(
     redis_server: RedisServer, namespace: str
 ) -> None:
-    async with HybridCache.from_settings(_settings(namespace, redis_server)) as cache:
+    # A generous operation timeout: CPU contention on a shared machine must not pass for a Redis failure here.
+    settings = _settings(namespace, redis_server, operation_timeout_milliseconds=2_000)
+    async with HybridCache.from_settings(settings) as cache:
         assert await cache.wait_until_connected(5)
         keys = [f"Dealership:{n}" for n in range(CALLERS)]
 
