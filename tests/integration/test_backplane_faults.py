@@ -526,6 +526,7 @@ async def test_close_returns_even_when_it_races_a_heartbeat(
     fast = BackplaneSettings(heartbeat_interval_seconds=0.001, heartbeat_timeout_seconds=0.3)
     settings = settings_for(redis_server, namespace, protocol, backplane=fast)
     attempts, hung = 0, 0
+    where: list[str] = []
     while attempts < 150 and hung < 3:
         attempts += 1
         cache = HybridCache(settings)
@@ -538,10 +539,23 @@ async def test_close_returns_even_when_it_races_a_heartbeat(
         done, _ = await asyncio.wait([closing], timeout=2.0)
         if not done:
             hung += 1
+            where.append(await_chain(closing))
             for _ in range(50):  # unstick it, so that this test fails instead of hanging
                 assert backplane_task is not None
                 backplane_task.cancel()
                 done, _ = await asyncio.wait([closing], timeout=0.1)
                 if done:
                     break
-    assert hung == 0, f"close() hung in {hung} of {attempts} attempts (its cancellation was swallowed)"
+    assert hung == 0, f"close() hung in {hung} of {attempts} attempts, waiting in: {where}"
+
+
+def await_chain(task: asyncio.Task[Any]) -> str:
+    """Where a suspended task is waiting: its coroutine's frames along ``cr_await`` (get_stack() stops at one)."""
+    frames: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(frames) < 30:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}:{frame.f_lineno}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return " -> ".join(frames)
