@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from hybridcache.clients import follow_sentinel_master
 from hybridcache.generations import GenerationTable
 from hybridcache.redis import RedisL2, parse_message
+from hybridcache.resilience import cancel_and_wait
 
 logger = logging.getLogger("hybridcache.backplane")
 
@@ -98,18 +99,11 @@ class Backplane:
     async def close(self) -> None:
         """Stop the subscriber loop and wait until it has ended.
 
-        It cancels again until the task is done: on Python 3.11 a cancellation that lands just as redis-py
-        completes a socket write can be swallowed (``asyncio.wait_for``, CPython gh-86296), and one cancel would
-        then leave ``close()`` waiting forever. The caller's own cancellation is never suppressed.
+        One cancel is not always enough (see :func:`~hybridcache.resilience.cancel_and_wait`).
         """
         task, self._task = self._task, None
-        if task is None:
-            return
-        while not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=0.1)
-        if not task.cancelled():
-            task.exception()  # the loop only ends by cancellation; never leave an error unretrieved
+        if task is not None:
+            await cancel_and_wait(task)
 
     async def wait_trusted(self, timeout: float) -> bool:
         """Wait until the subscription is confirmed; False on timeout."""

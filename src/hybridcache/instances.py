@@ -16,7 +16,6 @@ the circuit breaker or the request path (it runs on the background client).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import importlib.metadata
@@ -35,6 +34,7 @@ from redis.typing import EncodableT
 
 from hybridcache.keys import namespace as build_namespace
 from hybridcache.metrics import CacheStats
+from hybridcache.resilience import cancel_and_wait
 from hybridcache.settings import CacheSettings
 
 __all__ = ["REPORT_INTERVAL_SECONDS", "InstanceKeys", "InstanceRegistry", "LiveInstance", "live_instances"]
@@ -182,9 +182,7 @@ class InstanceRegistry:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
         try:
             async with asyncio.timeout(timeout):
                 index, report = self.keys.index, self.keys.report(self.instance_id)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from enum import StrEnum
 from functools import partial
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from hybridcache.errors import CircuitOpenError
 
@@ -262,3 +262,17 @@ class SingleFlight(Generic[K, V]):
             del self._flights[key]
         if not flight.cancelled():
             flight.exception()  # marks the exception retrieved even if every waiter was cancelled
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again as long as it has not.
+
+    One cancel is not always enough on Python 3.11: a cancellation that lands just as redis-py completes a socket
+    write inside ``asyncio.wait_for`` is swallowed (CPython gh-86296), and awaiting the task after a single cancel
+    then waits forever. The caller's own cancellation is never suppressed. The task's outcome is retrieved.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    if not task.cancelled():
+        task.exception()
