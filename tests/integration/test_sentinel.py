@@ -4,7 +4,8 @@ a failover.
 As in test_cluster.py, the contract suite and the invalidation suite run here unchanged (their test functions are
 imported; ``cache_env``, ``raw_redis`` and ``redis_server`` are overridden to point at the session's Sentinel setup,
 configured in the StackExchange form ``s1:p1,s2:p2,s3:p3,serviceName=mymaster``). Then the randomized consistency
-workload, and the same across ``SENTINEL FAILOVER`` and across a killed master (private setups, ``slow``).
+workload, and the same across ``SENTINEL FAILOVER``; a killed master; and a cache started after the sentinels
+switched but before they demoted the old master (private setups, ``slow``).
 """
 
 from __future__ import annotations
