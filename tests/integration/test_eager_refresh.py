@@ -95,10 +95,15 @@ async def test_under_eager_refresh_no_caller_waits_for_the_factory(
         assert await cache.wait_until_connected(5)
         hits = await _stream(cache, factory, eager=0.5)
         refreshes = cache.counters.eager_refreshes
+        misses = cache.counters.misses
 
-    worst = max(latency for _, latency, _ in hits)
     assert len(hits) > 100
-    assert worst < FACTORY_SECONDS / 2, f"a hit waited {worst * 1000:.1f} ms (the factory takes 50 ms)"
+    # A caller that waits for the factory is a miss; background refreshes are not. Only the cold call missed.
+    assert misses == 1, f"{misses - 1} callers missed (and waited for the factory) after the cold call"
+    # Latency too, robust to one process-wide stall (a GC pause or the scheduler can hold any single call).
+    latencies = sorted(latency for _, latency, _ in hits)
+    p99 = latencies[int(len(latencies) * 0.99)]
+    assert p99 < FACTORY_SECONDS / 2, f"p99 hit latency {p99 * 1000:.1f} ms (the factory takes 50 ms)"
     # The entry was renewed in the background, once per period or so, and callers saw the new versions.
     periods = STREAM_SECONDS / TTL
     assert refreshes >= periods - 1, f"only {refreshes} eager refreshes over {periods:.0f} TTL periods"
