@@ -12,7 +12,7 @@ All operations are O(1) (eviction is amortised O(1)). Not thread-safe: it belong
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 
@@ -42,7 +42,7 @@ class L1Entry:
         expires_at: float,
         created: float,
         epoch: str,
-        generations: dict[str, int],
+        generations: Mapping[str, int],
         fields: tuple[str, ...],
         checked: int,
         refresh_at: float = float("inf"),

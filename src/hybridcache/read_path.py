@@ -13,8 +13,8 @@ import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hybridcache.generations import fields_for
 from hybridcache.memory import L1Entry
@@ -49,14 +49,17 @@ class _Plan:
     eager_refresh: float | None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Found:
-    """A current value read from L2 (or kept in L1): fresh, or a fail-safe fallback past its TTL."""
+class _Found(NamedTuple):
+    """A current value read from L2 (or kept in L1): fresh, or a fail-safe fallback past its TTL.
+
+    A named tuple rather than a frozen dataclass: one is built on every L2 hit, and a tuple is built in a third
+    of the time.
+    """
 
     value: Any
     fresh: bool
     epoch: str
-    generations: dict[str, int]
+    generations: Mapping[str, int]
     fields: tuple[str, ...]
     retain: float  # seconds from now it may still serve as a fail-safe fallback
 
@@ -321,6 +324,9 @@ class ReadPath(CacheState):
         except L2UnavailableError:
             self.counters.l2_errors += 1
             return None
+        except CorruptEntryError as exc:  # a value of another Redis type under the key
+            await self._discard_corrupt(full_key, exc)
+            return None
         if raw is None:
             return None
         try:
@@ -341,7 +347,7 @@ class ReadPath(CacheState):
             return None
         wall = self._wall()
         remaining = header.expires - wall
-        generations = dict(header.generations)
+        generations = header.generations  # decoded for this read alone: nothing else holds it
         if remaining <= 0:
             retain = header.retain - wall
             return _Found(value, False, header.epoch, generations, fields, retain) if retain > 0 else None
@@ -463,7 +469,7 @@ class ReadPath(CacheState):
         value: Any,
         seconds: float,
         epoch: str | None,
-        generations: dict[str, int],
+        generations: Mapping[str, int],
         fields: tuple[str, ...],
         *,
         refresh_in: float = _NEVER,

@@ -34,12 +34,13 @@ from typing import Any, TypeVar
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import MaxConnectionsError, RedisError
+from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 from redis.typing import EncodableT
 
 from hybridcache.errors import HybridCacheError
 from hybridcache.generations import EPOCH_FIELD, new_epoch
 from hybridcache.resilience import CircuitBreaker
+from hybridcache.serialization import CorruptEntryError
 
 T = TypeVar("T")
 logger = logging.getLogger("hybridcache.redis")
@@ -180,6 +181,9 @@ class RedisL2:
         # opening hundreds of connections whose socket timeouts would fire on event-loop congestion, not on Redis.
         self._slots = asyncio.Semaphore(max_concurrency)
         self._queue_timeout = queue_timeout
+        # A plain client (standalone or Sentinel, not one pinned to a single connection) serves GET straight from
+        # its pool: see ``get``. A cluster client routes every command itself.
+        self._get_pool = client.connection_pool if isinstance(client, Redis) and client.connection is None else None
         self.breaker = breaker
         self._instance_name = instance_name
         self._namespace_length = len(namespace)
@@ -226,8 +230,9 @@ class RedisL2:
     async def _call(self, operation: Callable[[], Awaitable[T]], *, guarded: bool = True) -> T:
         """Run one Redis operation, wrapping driver errors.
 
-        ``guarded`` calls (the request path) go through the circuit breaker; background work (the backplane's
-        resync and heartbeat) is not guarded, so it neither waits for nor consumes the breaker's probe.
+        ``guarded`` calls (the request path) go through the circuit breaker and take one of the request slots;
+        background work (the backplane's resync and heartbeat) is not guarded, so it neither waits for nor
+        consumes the breaker's probe.
         """
         if not guarded:
             try:
@@ -236,6 +241,25 @@ class RedisL2:
                 if not is_redis_failure(exc):
                     raise
                 raise L2UnavailableError(f"Redis call failed: {exc.__class__.__name__}: {exc}") from exc
+        await self._enter()
+        try:
+            result = await operation()
+        except BaseException as exc:
+            unavailable = self._failure(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+        finally:
+            self._slots.release()
+        self.breaker.record_success()
+        return result
+
+    async def _enter(self) -> None:
+        """Admit one request-path call: the breaker must allow it, then it takes a request slot.
+
+        Raises :class:`L2UnavailableError` when the circuit is open or no slot frees up within the queue timeout.
+        The caller must release the slot and report the outcome (``record_success`` or :meth:`_failure`).
+        """
         breaker = self.breaker
         if not breaker.allow_request():
             raise L2UnavailableError("Redis circuit is open")
@@ -249,29 +273,58 @@ class RedisL2:
                 raise L2UnavailableError("too many concurrent Redis calls; waited for a slot") from exc
         else:
             await slots.acquire()
-        try:
-            result = await operation()
-        except MaxConnectionsError as exc:
+
+    def _failure(self, exc: BaseException) -> L2UnavailableError | None:
+        """Report a failed request-path call to the breaker: the :class:`L2UnavailableError` to raise in place of
+        ``exc``, or None to re-raise ``exc`` itself. Only a Redis failure counts against the breaker."""
+        breaker = self.breaker
+        if isinstance(exc, MaxConnectionsError):
             # Our own pool is exhausted: Redis is fine, so this is no reason to open the breaker.
             breaker.release_probe()
-            raise L2UnavailableError("Redis connection pool exhausted") from exc
-        except Exception as exc:
-            if not is_redis_failure(exc):
-                breaker.release_probe()
-                raise
+            return L2UnavailableError("Redis connection pool exhausted")
+        if isinstance(exc, Exception) and is_redis_failure(exc):
             breaker.record_failure()
-            raise L2UnavailableError(f"Redis call failed: {exc.__class__.__name__}: {exc}") from exc
-        except BaseException:
-            breaker.release_probe()
-            raise
-        finally:
-            slots.release()
-        breaker.record_success()
-        return result
+            return L2UnavailableError(f"Redis call failed: {exc.__class__.__name__}: {exc}")
+        breaker.release_probe()  # cancelled, or not Redis's fault: no outcome to report
+        return None
 
     async def get(self, full_key: str) -> bytes | None:
-        raw = await self._call(lambda: self.client.get(self.redis_key(full_key)))
-        return raw.encode() if isinstance(raw, str) else raw
+        """The stored bytes of an entry, or None. The one call of an L2 hit, so it takes the shortest path.
+
+        Raises :class:`CorruptEntryError` when the key holds a hash, list or other non-string value (Redis answers
+        ``WRONGTYPE``): that is a foreign value under our key, not a Redis failure, so the breaker counts a success.
+
+        With a plain client it takes a connection from the client's own pool, writes ``GET`` and reads the reply
+        itself, as redis-py's ``execute_command`` does minus its per-command wrappers (retries, which we set to
+        none, and redis-py's own operation metrics), which cost about as much as decoding the value. The driver's
+        connection still does the rest: connecting, socket timeouts, RESP2/3 parsing, and dropping a connection
+        whose exchange failed or was cancelled midway, so it never carries a stale reply to the next caller.
+        """
+        redis_key = self._instance_name + full_key
+        await self._enter()
+        try:
+            pool = self._get_pool
+            if pool is not None:
+                connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+                try:
+                    await connection.send_packed_command(connection.pack_command("GET", redis_key), False)
+                    raw = await connection.read_response()
+                finally:
+                    await pool.release(connection)
+            else:
+                raw = await self.client.get(redis_key)
+        except BaseException as exc:
+            if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
+                self.breaker.record_success()  # Redis answered; what the key holds is just not ours
+                raise CorruptEntryError("the key holds a Redis value of another type (WRONGTYPE)") from exc
+            unavailable = self._failure(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+        finally:
+            self._slots.release()
+        self.breaker.record_success()
+        return raw.encode() if type(raw) is str else raw
 
     async def delete(self, full_key: str) -> None:
         await self._call(lambda: self.client.delete(self.redis_key(full_key)))

@@ -23,6 +23,7 @@ from hybridcache.errors import HybridCacheError
 
 FORMAT_VERSION: Final = 1
 _MAGIC: Final = b"hc1"
+_MAGIC_LENGTH: Final = len(_MAGIC)
 _HEADER_END: Final = b"\n"
 
 
@@ -132,33 +133,41 @@ def encode_entry(body: bytes | None, header: EntryHeader) -> bytes:
 
 
 def decode_entry(raw: bytes) -> tuple[EntryHeader, bytes | None]:
-    """Split a payload into its header and body bytes (None for a cached None). Raises CorruptEntryError."""
+    """Split a payload into its header and body bytes (None for a cached None). Raises CorruptEntryError.
+
+    Runs on every L2 hit, so the checks are written out (no generator, no second pass) rather than composed.
+    """
     if not raw.startswith(_MAGIC):
         raise CorruptEntryError("entry does not start with the hybridcache marker")
-    cut = raw.find(_HEADER_END, len(_MAGIC))
+    cut = raw.find(_HEADER_END, _MAGIC_LENGTH)
     if cut < 0:
         raise CorruptEntryError("entry has no header terminator")
     try:
-        fields = orjson.loads(raw[len(_MAGIC) : cut])
+        fields = orjson.loads(raw[_MAGIC_LENGTH:cut])
         if fields["v"] != FORMAT_VERSION:
             raise CorruptEntryError(f"entry format version {fields['v']!r} is not {FORMAT_VERSION}")
         generations = fields.get("g")
         if generations is None:
             generations = {}
-        elif not isinstance(generations, dict) or not all(type(g) is int for g in generations.values()):
+        elif type(generations) is not dict:
             raise CorruptEntryError("entry generations are malformed")
+        else:
+            for generation in generations.values():
+                if type(generation) is not int:
+                    raise CorruptEntryError("entry generations are malformed")
         tags = fields.get("t")
+        is_none = "n" in fields
         header = EntryHeader(
             float(fields["c"]),
             float(fields["x"]),
             str(fields["e"]),
             generations,
             tuple(map(str, tags)) if tags else (),
-            "n" in fields,
+            is_none,
             float(fields.get("r", 0.0)),
         )
     except CorruptEntryError:
         raise
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise CorruptEntryError(f"entry header is malformed: {exc.__class__.__name__}") from exc
-    return header, (None if header.is_none else raw[cut + 1 :])
+    return header, (None if is_none else raw[cut + 1 :])

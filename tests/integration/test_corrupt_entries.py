@@ -177,3 +177,43 @@ async def test_an_entry_from_an_unknown_epoch_is_never_served(
     _, body = decode_entry(stored)
     assert body is not None
     assert DealershipDto.model_validate_json(body) == FRESH, "the stale entry was replaced"
+
+
+@pytest.mark.parametrize("write", ["hash", "list", "set"])
+async def test_a_redis_value_of_another_type_under_the_key_is_a_corrupt_entry(
+    write: str,
+    cache: HybridCache,
+    cache_env: CacheEnv,
+    raw_redis: redis.asyncio.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``GET`` on a hash, list or set answers WRONGTYPE: a miss like any foreign bytes, and no Redis failure.
+
+    Counting it as one would open the circuit breaker after a few reads of one bad key, taking L2 away from
+    every other key.
+    """
+    redis_key = cache_env.redis_key(KEY)
+
+    async def write_foreign_value() -> None:
+        if write == "hash":
+            await raw_redis.hset(redis_key, "field", "value")
+        elif write == "list":
+            await raw_redis.rpush(redis_key, "item")
+        else:
+            await raw_redis.sadd(redis_key, "member")
+
+    factory = Factory(FRESH)
+    with caplog.at_level(logging.WARNING, logger="hybridcache"):
+        for _ in range(cache.settings.circuit_breaker.failure_threshold + 1):
+            await write_foreign_value()
+            assert await cache.get(KEY, type_=DealershipDto, default=MISSING) is MISSING
+            assert not await raw_redis.exists(redis_key), "the foreign value was not removed"
+        await write_foreign_value()
+        assert await cache.get_or_create(KEY, factory, ttl=600, type_=DealershipDto) == FRESH
+    assert factory.runs == 1
+    stats = cache.stats()
+    assert stats.corrupt_entries == cache.settings.circuit_breaker.failure_threshold + 2
+    assert stats.l2_errors == 0, "a foreign value is no Redis failure"
+    assert stats.circuit == "closed"
+    assert corrupt_warnings(caplog)
+    assert await raw_redis.type(redis_key) in (b"string", "string"), "the foreign value was replaced by an entry"
