@@ -87,7 +87,8 @@ class ValueCodec:
     def decode(self, body: bytes) -> Any:
         try:
             if self._adapter is not None:
-                return self._adapter.validate_json(body)
+                # The adapter's validator itself: ``TypeAdapter.validate_json`` only forwards its defaults to it.
+                return self._adapter.validator.validate_json(body)
             return orjson.loads(body)
         except (ValidationError, orjson.JSONDecodeError, ValueError) as exc:
             raise CorruptEntryError(f"entry body does not decode: {exc.__class__.__name__}") from exc
