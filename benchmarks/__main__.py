@@ -20,6 +20,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks._common import write_results
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 PREFIX = "bench_"
 
@@ -64,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {unknown}; available: {available}")
     selected = [n.removeprefix(PREFIX) for n in args.names] or available
     failed: list[str] = []
+    seconds: dict[str, float] = {}
+    run_started = time.monotonic()
     for name in selected:
         print(f"\n=== {PREFIX}{name} " + "=" * max(0, 70 - len(name)), flush=True)
         started = time.monotonic()
@@ -72,9 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception:
             traceback.print_exc()
             ok = False
-        print(f"=== {PREFIX}{name}: {'ok' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s", flush=True)
+        seconds[name] = round(time.monotonic() - started, 1)
+        print(f"=== {PREFIX}{name}: {'ok' if ok else 'FAILED'} in {seconds[name]:.1f}s", flush=True)
         if not ok:
             failed.append(name)
+    total = round(time.monotonic() - run_started, 1)
+    print(f"\nall selected benchmarks: {total:.0f}s", flush=True)
+    if not args.names:  # a full run: record how long each part took (``make bench`` adds only set-up to this)
+        write_results("run", {"seconds_per_benchmark": seconds, "total_seconds": total, "failed": failed})
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

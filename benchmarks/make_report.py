@@ -25,6 +25,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from benchmarks import readme_figures
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "performance.md"
@@ -644,6 +646,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(f"wrote {args.output} and {len(images)} plots: {', '.join(images) or 'none'}")
+    if args.output == DOC and readme_figures.update_readme(readme_figures.load(args.results)):
+        print(f"updated the measured figures in {readme_figures.README}")
 
 
 if __name__ == "__main__":
