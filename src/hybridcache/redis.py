@@ -34,7 +34,19 @@ from typing import Any, TypeVar
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MaxConnectionsError,
+    MovedError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
 from redis.typing import EncodableT
 
 from hybridcache.errors import HybridCacheError
@@ -311,6 +323,8 @@ class RedisL2:
                     raw = await connection.read_response()
                 finally:
                     await pool.release(connection)
+            elif isinstance(self.client, RedisCluster):
+                raw = await _get_on_cluster(self.client, redis_key)
             else:
                 raw = await self.client.get(redis_key)
         except BaseException as exc:
@@ -429,6 +443,40 @@ class RedisL2:
 
     async def ping(self) -> bool:
         return bool(await self._call(self.client.ping))
+
+
+# What makes a GET sent straight to the slot's master hand over to the cluster client: a redirect, a slot that is
+# moving or not served, a connection refused or dropped (the node may be gone: the client refreshes its slot map).
+_CLUSTER_HANDOVER = (MovedError, AskError, TryAgainError, ClusterDownError, SlotNotCoveredError, RedisConnectionError)
+
+
+async def _get_on_cluster(client: RedisCluster, redis_key: str) -> Any:
+    """``GET`` on a connection of the master its slot maps to, as the cluster client would send it, without the
+    client's per-command dispatch (command policies, redirect loop, metrics).
+
+    Whatever the cluster client exists to handle — ``MOVED``/``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``, an uncovered
+    slot, a connection error — hands the GET over to it (``client.get``), which follows the redirect or refreshes
+    its slot map and answers. A timeout is not handed over: a paused master would then cost two timeouts.
+    """
+    try:
+        node = client.get_node_from_key(redis_key)
+    except SlotNotCoveredError:
+        node = None
+    if node is None:
+        return await client.get(redis_key)
+    connection = node.acquire_connection()
+    try:
+        await node.disconnect_if_needed(connection)
+        await connection.send_packed_command(connection.pack_command("GET", redis_key), False)
+        return await connection.read_response()
+    except _CLUSTER_HANDOVER:
+        pass
+    finally:
+        try:
+            await node.disconnect_if_needed(connection)
+        finally:
+            node.release(connection)
+    return await client.get(redis_key)
 
 
 def is_redis_failure(exc: BaseException) -> bool:

@@ -418,3 +418,53 @@ async def test_a_killed_master_is_replaced_and_the_caches_keep_answering(
             return bool(await second.get("after") == "v2")
 
         await wait_until(fresh, timeout=0.5, interval=0.005, message="invalidation after the takeover not seen")
+
+
+def _move_slot(cluster: RedisClusterProcess, slot: int, source: int, target: int, *, finish: bool = True) -> None:
+    """Migrate ``slot`` from master ``source`` to master ``target`` as ``redis-cli --cluster reshard`` does:
+    mark it importing/migrating, MIGRATE its keys, and (``finish``) assign it to ``target`` on every master.
+    Unfinished, ``source`` answers ASK for the keys that left."""
+    ids = {node.port: node.node_id for node in cluster.cluster_nodes() if node.is_master}
+    with cluster.client(source) as source_node, cluster.client(target) as target_node:
+        target_node.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+        source_node.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+        keys = source_node.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        if keys:
+            source_node.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+    if finish:
+        for port in ids:
+            with cluster.client(port) as node:
+                node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+
+
+async def test_an_l2_read_follows_its_slot_to_another_master(
+    redis_cluster: RedisClusterProcess, namespace: str
+) -> None:
+    """An L2 hit sends its GET straight to the master the client's slot map names (``RedisL2.get``); when that
+    master answers ASK (slot migrating) or MOVED (slot moved), the read hands over to the cluster client, which
+    follows the redirect: every read still hits, none is an error."""
+    settings = CacheSettings(
+        service_name=namespace,
+        configuration=redis_cluster.url,
+        memory_cache={"enabled": False},
+        operation_timeout_milliseconds=2000,
+    )
+    async with HybridCache.from_settings(settings) as l2_only:
+        assert l2_only._l2 is not None
+        await l2_only.set("Dealership:1", {"n": 1})
+        assert await l2_only.get("Dealership:1") == {"n": 1}  # the client has mapped the slot
+        slot = key_slot(l2_only._l2.redis_key(f"{namespace}:v1:Dealership:1").encode())
+        source = redis_cluster.master_for_slot(slot)
+        target = next(port for _, port in redis_cluster.masters() if port != source)
+        try:
+            _move_slot(redis_cluster, slot, source, target, finish=False)
+            assert await l2_only.get("Dealership:1") == {"n": 1}, "read during the migration (ASK)"
+            _move_slot(redis_cluster, slot, source, target)
+            assert await l2_only.get("Dealership:1") == {"n": 1}, "read after the move (MOVED)"
+            assert await l2_only.get("Dealership:1") == {"n": 1}, "read with the refreshed slot map"
+        finally:
+            _move_slot(redis_cluster, slot, target, source)  # leave the session's cluster as it was
+        assert await l2_only.get("Dealership:1") == {"n": 1}, "read after the slot came back"
+        stats = l2_only.stats()
+        assert stats.l2_errors == 0
+        assert stats.l2_hits == 5
