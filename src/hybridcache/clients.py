@@ -140,6 +140,23 @@ def _pool_arguments(pool: Any) -> dict[str, Any]:
     return arguments
 
 
+def _sentinel_options(endpoint: RedisEndpointConfig, node: dict[str, Any]) -> dict[str, Any]:
+    """Connection options for the sentinels: the data nodes' timeouts, TLS setting and retry policy (none), and
+    ``sentinelUser``/``sentinelPassword`` as their credentials (``user``/``password`` are the data nodes' and are not
+    sent to them).
+
+    Without ``retry`` redis-py's default would retry a refused connection, a ``NOAUTH`` or a ``WRONGPASS`` three
+    times with backoff, on each sentinel in turn: a wrong sentinel password then held start-up for about 30 s.
+    """
+    kept = ("socket_timeout", "socket_connect_timeout", "ssl", "retry")
+    options = {k: v for k, v in node.items() if k in kept}
+    if endpoint.sentinel_username is not None:
+        options["username"] = endpoint.sentinel_username
+    if endpoint.sentinel_password is not None:
+        options["password"] = endpoint.sentinel_password
+    return options
+
+
 def _node_options(endpoint: RedisEndpointConfig, operation_timeout: float, connect_timeout: float) -> dict[str, Any]:
     options = endpoint.to_redis_kwargs(single_host=False)
     for name in ("host", "port"):
@@ -166,7 +183,7 @@ async def connect(
     background_options = dict(node)
 
     if endpoint.service_name is not None:
-        sentinel_options = {k: v for k, v in node.items() if k in ("socket_timeout", "socket_connect_timeout", "ssl")}
+        sentinel_options = _sentinel_options(endpoint, node)
         sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves the constructor unannotated
             list(endpoint.hosts), sentinel_kwargs=sentinel_options, **request_options
         )

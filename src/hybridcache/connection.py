@@ -48,7 +48,8 @@ class RedisEndpointConfig:
 
     ``hosts`` always has at least one entry, each with an explicit port. Several hosts without a
     ``service_name`` mean Redis Cluster seed nodes; with one, they are Sentinels (see ``hybridcache.clients``).
-    ``options`` keeps the recognised StackExchange options that have no redis-py equivalent, as given.
+    ``options`` keeps the recognised StackExchange options that have no redis-py equivalent, as given;
+    ``sentinel_username``/``sentinel_password`` read the Sentinel credentials from there.
     """
 
     hosts: tuple[tuple[str, int], ...]
@@ -67,10 +68,16 @@ class RedisEndpointConfig:
     cluster: bool = False  # a ``redis+cluster://`` URL; several endpoints without serviceName also mean Cluster
 
     def __repr__(self) -> str:
+        """Every field; ``password`` and any ``*Password`` option (``sentinelPassword``) show as ``***``."""
         parts = []
         for f in fields(self):
             value = getattr(self, f.name)
-            shown = "'***'" if f.name == "password" and value is not None else repr(value)
+            if f.name == "password" and value is not None:
+                shown = "'***'"
+            elif f.name == "options":
+                shown = repr(tuple((name, "***" if _is_secret(name) else text) for name, text in value))
+            else:
+                shown = repr(value)
             parts.append(f"{f.name}={shown}")
         return f"RedisEndpointConfig({', '.join(parts)})"
 
@@ -79,6 +86,16 @@ class RedisEndpointConfig:
         user = f"{self.username}@" if self.username else ""
         hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.hosts)
         return f"{'rediss' if self.ssl else 'redis'}://{user}{hosts}/{self.db}"
+
+    @property
+    def sentinel_username(self) -> str | None:
+        """``sentinelUser``: the user the sentinels are asked as (``user`` is for the data nodes)."""
+        return dict(self.options).get("sentinelUser") or None
+
+    @property
+    def sentinel_password(self) -> str | None:
+        """``sentinelPassword``: the password of the sentinels (``requirepass``); ``password`` is the data nodes'."""
+        return dict(self.options).get("sentinelPassword") or None
 
     def to_redis_kwargs(self, *, single_host: bool = True) -> dict[str, Any]:
         """Keyword arguments for ``redis.asyncio.Redis(...)`` (single node only).
@@ -116,6 +133,10 @@ class RedisEndpointConfig:
         if self.protocol is not None:
             kwargs["protocol"] = self.protocol
         return kwargs
+
+
+def _is_secret(option: str) -> bool:
+    return option.lower().endswith("password")
 
 
 def mask_configuration(text: str) -> str:

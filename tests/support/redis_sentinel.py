@@ -7,6 +7,9 @@ names the same master, knows the replica and the two other sentinels, and the re
 
 :meth:`RedisSentinelSetup.failover` and :meth:`kill_master` block until the sentinels agree on the new master;
 call them through ``asyncio.to_thread`` from a running event loop.
+
+With ``sentinel_password`` every sentinel runs with ``requirepass`` (they then use it with each other too) and this
+module's own clients pass it; the data nodes stay password-free.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, Self
 
 import redis
 
+from hybridcache.connection import mask_configuration
 from tests.support.redis_server import RedisServer, RedisServerError, find_free_port, redis_server_binary
 
 __all__ = ["RedisSentinelSetup", "SentinelError", "SentinelProcess"]
@@ -39,13 +43,16 @@ class SentinelError(RuntimeError):
 class SentinelProcess:
     """One ``redis-server <conf> --sentinel`` child process on a free port."""
 
-    def __init__(self, master_port: int, *, down_after_ms: int, failover_timeout_ms: int) -> None:
+    def __init__(
+        self, master_port: int, *, down_after_ms: int, failover_timeout_ms: int, password: str | None = None
+    ) -> None:
         self._tmpdir = tempfile.TemporaryDirectory(prefix="hc-sentinel-")
         self._conf = Path(self._tmpdir.name) / "sentinel.conf"
         self._log = Path(self._tmpdir.name) / "sentinel.log"
         self._master_port = master_port
         self._down_after_ms = down_after_ms
         self._failover_timeout_ms = failover_timeout_ms
+        self._password = password
         self._process: subprocess.Popen[bytes] | None = None
         self.port = 0
 
@@ -63,6 +70,7 @@ class SentinelProcess:
                 f"sentinel down-after-milliseconds {SERVICE} {self._down_after_ms}\n"
                 f"sentinel failover-timeout {SERVICE} {self._failover_timeout_ms}\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
+                + (f"requirepass {self._password}\n" if self._password is not None else "")
             )
             with self._log.open("ab") as log:
                 process = subprocess.Popen(
@@ -100,6 +108,7 @@ class SentinelProcess:
 
     def client(self, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 5)
+        kwargs.setdefault("password", self._password)
         return redis.Redis(host=_HOST, port=self.port, decode_responses=True, **kwargs)
 
     def master(self) -> dict[str, Any]:
@@ -120,7 +129,8 @@ class SentinelProcess:
 
 
 class RedisSentinelSetup:
-    """One master, one replica, three sentinels monitoring them as ``mymaster`` (quorum 2)."""
+    """One master, one replica, three sentinels monitoring them as ``mymaster`` (quorum 2); with
+    ``sentinel_password`` the sentinels require it (``requirepass``)."""
 
     service_name = SERVICE
 
@@ -131,7 +141,9 @@ class RedisSentinelSetup:
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 5000,
         startup_timeout: float = 30.0,
+        sentinel_password: str | None = None,
     ) -> None:
+        self.sentinel_password = sentinel_password
         self._sentinel_count = sentinels
         self._down_after_ms = down_after_ms
         self._failover_timeout_ms = failover_timeout_ms
@@ -148,7 +160,10 @@ class RedisSentinelSetup:
             self._start_server(("--replicaof", _HOST, str(master.port)))
             for _ in range(self._sentinel_count):
                 sentinel = SentinelProcess(
-                    master.port, down_after_ms=self._down_after_ms, failover_timeout_ms=self._failover_timeout_ms
+                    master.port,
+                    down_after_ms=self._down_after_ms,
+                    failover_timeout_ms=self._failover_timeout_ms,
+                    password=self.sentinel_password,
                 )
                 self.sentinels.append(sentinel)
                 sentinel.start()
@@ -193,12 +208,14 @@ class RedisSentinelSetup:
 
     @property
     def configuration(self) -> str:
-        """The StackExchange form: ``127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3,serviceName=mymaster``."""
-        return ",".join(f"{h}:{p}" for h, p in self.sentinel_addresses) + f",serviceName={SERVICE}"
+        """The StackExchange form: ``127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3,serviceName=mymaster``, followed by
+        ``,sentinelPassword=…`` when the sentinels have one."""
+        password = f",sentinelPassword={self.sentinel_password}" if self.sentinel_password is not None else ""
+        return ",".join(f"{h}:{p}" for h, p in self.sentinel_addresses) + f",serviceName={SERVICE}{password}"
 
     @property
     def url(self) -> str:
-        """The URL form: ``redis+sentinel://127.0.0.1:s1,…/mymaster``."""
+        """The URL form: ``redis+sentinel://127.0.0.1:s1,…/mymaster`` (it cannot carry a sentinel password)."""
         return "redis+sentinel://" + ",".join(f"{h}:{p}" for h, p in self.sentinel_addresses) + f"/{SERVICE}"
 
     def client(self, port: int, **kwargs: Any) -> redis.Redis:
@@ -340,7 +357,7 @@ class RedisSentinelSetup:
         self.wait_ready(master, timeout=timeout)
 
     def __repr__(self) -> str:
-        return f"<RedisSentinelSetup {self.configuration}>"
+        return f"<RedisSentinelSetup {mask_configuration(self.configuration)}>"
 
 
 @atexit.register
