@@ -17,9 +17,8 @@ import secrets
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
-from hybridcache.redis import L2UnavailableError, RedisL2
+from hybridcache.redis import L2UnavailableError, RedisL2, is_redis_failure
 
 # The fill notice is published separately: on a cluster the lock and the channel live in different slots.
 _RELEASE = """
@@ -43,20 +42,32 @@ class DistributedSingleFlight:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     async def try_acquire(self, full_key: str) -> str | None:
-        """A token when this instance now holds the lease, None when another does. Raises L2UnavailableError."""
+        """A token when this instance now holds the lease, None when another does.
+
+        Raises L2UnavailableError for a failed Redis call (as :func:`is_redis_failure` classifies it); anything
+        else, a bug of ours, propagates as it is.
+        """
         token = secrets.token_hex(8)
         try:
             acquired = await self._client.set(self._l2.lock_key(full_key), token, nx=True, px=self._lease_ms)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:
+            if not is_redis_failure(exc):
+                raise
             raise L2UnavailableError(f"lock not taken: {exc.__class__.__name__}") from exc
         return token if acquired else None
 
     async def release(self, full_key: str, token: str) -> None:
-        """Drop the lease (if still ours) and wake every instance's waiters for ``full_key``."""
+        """Drop the lease (if still ours) and wake every instance's waiters for ``full_key``.
+
+        A failed Redis call is swallowed: the lease expires by itself and waiters fall back after their timeout.
+        Anything that is not a Redis failure (see :func:`is_redis_failure`) propagates.
+        """
         notice = orjson.dumps({"f": full_key, "i": self._instance_id})
-        # On failure the lease expires by itself and waiters fall back after their timeout.
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        try:
             await self._release(keys=[self._l2.lock_key(full_key)], args=[token])
+        except Exception as exc:
+            if not is_redis_failure(exc):
+                raise
         with contextlib.suppress(L2UnavailableError):
             await self._l2.publish(notice)
         self.notify(full_key)

@@ -1,0 +1,42 @@
+"""How the distributed lease lock classifies errors: a failed Redis call becomes L2UnavailableError (taking the
+lease) or is swallowed (releasing it), as :func:`hybridcache.redis.is_redis_failure` decides for every L2 call;
+anything else is a bug and propagates. Against a real redis-server, killed mid-test."""
+
+from __future__ import annotations
+
+import pytest
+
+from hybridcache import CacheSettings, HybridCache
+from hybridcache.redis import L2UnavailableError
+from tests.support.redis_server import RedisServer
+
+
+async def test_a_killed_server_is_a_redis_failure_and_a_bug_of_ours_is_not(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    settings = CacheSettings(
+        service_name=namespace,
+        configuration=redis_server.url,
+        distributed_lock={"enabled": True},
+        operation_timeout_milliseconds=500,
+    )
+    async with HybridCache(settings) as cache:
+        lock = cache._dlock
+        assert lock is not None
+        token = await lock.try_acquire("k")
+        assert token is not None
+        assert await lock.try_acquire("k") is None, "the lease is held"
+        with pytest.raises(TypeError):  # raised in our own key building, not by the driver
+            await lock.try_acquire(None)  # type: ignore[arg-type]
+
+        redis_server.kill()
+        with pytest.raises(L2UnavailableError, match="lock not taken: ConnectionError"):
+            await lock.try_acquire("k")
+        await lock.release("k", token)  # the lease would expire by itself: nothing to raise
+        with pytest.raises(TypeError):
+            await lock.release(None, token)  # type: ignore[arg-type]
+
+        async def load() -> str:
+            return "from the factory"
+
+        assert await cache.get_or_create("other", load) == "from the factory"
