@@ -20,6 +20,7 @@ Guarantees (see docs/invalidation.md for the argument):
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 
 from hybridcache._state import _NEVER, TtlLike
 from hybridcache.errors import FactoryTimeoutError
-from hybridcache.read_path import ReadPath, _Found, _LeaderGone, _no_factory, _Plan
+from hybridcache.read_path import ReadPath, _Found, _LeaderGone, _no_factory
 from hybridcache.write_path import WritePath
 
 __all__ = ["CacheConnectionError", "FactoryTimeoutError", "HybridCache", "TtlLike"]
@@ -348,10 +349,10 @@ class HybridCache(ReadPath, WritePath):
                 return value
         validate_key(key)
 
-        def plan() -> _Plan:
-            return self._plan(
-                key, full_key, factory, ttl, type_, tags, fail_safe, soft_timeout, hard_timeout, eager_refresh
-            )
+        # A partial, not a closure: a closure would turn these ten arguments into cells for every call, L1 hits too.
+        plan = functools.partial(
+            self._plan, key, full_key, factory, ttl, type_, tags, fail_safe, soft_timeout, hard_timeout, eager_refresh
+        )
 
         if self._l2 is None:
             planned = plan()

@@ -24,7 +24,6 @@ Each request-path call goes through the circuit breaker: while it is open no soc
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,7 +50,7 @@ from redis.typing import EncodableT
 
 from hybridcache.errors import HybridCacheError
 from hybridcache.generations import EPOCH_FIELD, new_epoch
-from hybridcache.resilience import CircuitBreaker
+from hybridcache.resilience import CircuitBreaker, RequestSlots
 from hybridcache.serialization import CorruptEntryError
 
 T = TypeVar("T")
@@ -191,7 +190,7 @@ class RedisL2:
         self.background = background_client or client
         # At most this many request-path calls at once: a burst of misses then queues here (cheaply) instead of
         # opening hundreds of connections whose socket timeouts would fire on event-loop congestion, not on Redis.
-        self._slots = asyncio.Semaphore(max_concurrency)
+        self._slots = RequestSlots(max_concurrency)
         self._queue_timeout = queue_timeout
         # A plain client (standalone or Sentinel, not one pinned to a single connection) serves GET straight from
         # its pool: see ``get``. A cluster client routes every command itself.
@@ -253,7 +252,8 @@ class RedisL2:
                 if not is_redis_failure(exc):
                     raise
                 raise L2UnavailableError(f"Redis call failed: {exc.__class__.__name__}: {exc}") from exc
-        await self._enter()
+        if not self._admit_now():
+            await self._admit_queued()
         try:
             result = await operation()
         except BaseException as exc:
@@ -262,29 +262,29 @@ class RedisL2:
                 raise
             raise unavailable from exc
         finally:
-            self._slots.release()
+            self._slots.give_back()
         self.breaker.record_success()
         return result
 
-    async def _enter(self) -> None:
-        """Admit one request-path call: the breaker must allow it, then it takes a request slot.
-
-        Raises :class:`L2UnavailableError` when the circuit is open or no slot frees up within the queue timeout.
-        The caller must release the slot and report the outcome (``record_success`` or :meth:`_failure`).
-        """
-        breaker = self.breaker
-        if not breaker.allow_request():
+    def _admit_now(self) -> bool:
+        """Admit one request-path call if the breaker allows it: True when it also got a request slot at once,
+        False when it must wait for one (:meth:`_admit_queued`). Raises :class:`L2UnavailableError` when the
+        circuit is open. Once admitted, the caller must give the slot back and report the outcome
+        (``record_success`` or :meth:`_failure`)."""
+        if not self.breaker.allow_request():
             raise L2UnavailableError("Redis circuit is open")
-        slots = self._slots
-        if slots.locked():
-            try:
-                async with asyncio.timeout(self._queue_timeout):
-                    await slots.acquire()
-            except TimeoutError as exc:
-                breaker.release_probe()  # a local queue, not a Redis failure
-                raise L2UnavailableError("too many concurrent Redis calls; waited for a slot") from exc
-        else:
-            await slots.acquire()
+        return self._slots.try_take()
+
+    async def _admit_queued(self) -> None:
+        """Wait for a request slot, after :meth:`_admit_now` said none was free; at most the queue timeout."""
+        try:
+            await self._slots.take(self._queue_timeout)
+        except TimeoutError as exc:
+            self.breaker.release_probe()  # a local queue, not a Redis failure
+            raise L2UnavailableError("too many concurrent Redis calls; waited for a slot") from exc
+        except BaseException:
+            self.breaker.release_probe()
+            raise
 
     def _failure(self, exc: BaseException) -> L2UnavailableError | None:
         """Report a failed request-path call to the breaker: the :class:`L2UnavailableError` to raise in place of
@@ -313,7 +313,8 @@ class RedisL2:
         whose exchange failed or was cancelled midway, so it never carries a stale reply to the next caller.
         """
         redis_key = self._instance_name + full_key
-        await self._enter()
+        if not self._admit_now():
+            await self._admit_queued()
         try:
             pool = self._get_pool
             if pool is not None:
@@ -336,7 +337,7 @@ class RedisL2:
                 raise
             raise unavailable from exc
         finally:
-            self._slots.release()
+            self._slots.give_back()
         self.breaker.record_success()
         return raw.encode() if type(raw) is str else raw
 

@@ -1,4 +1,5 @@
-"""Resilience primitives: a circuit breaker for L2 calls and single-flight execution of loaders.
+"""Resilience primitives: a circuit breaker for L2 calls, a gate on concurrent L2 calls, and single-flight
+execution of loaders.
 
 Both are built for one asyncio event loop (no locks, no threads): every method is synchronous or awaits only
 the wrapped work, so state changes happen between awaits and cannot interleave.
@@ -7,8 +8,10 @@ the wrapped work, so state changes happen between awaits and cannot interleave.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from enum import StrEnum
 from functools import partial
@@ -16,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from hybridcache.errors import CircuitOpenError
 
-__all__ = ["CircuitBreaker", "CircuitOpenError", "CircuitState", "SingleFlight"]
+__all__ = ["CircuitBreaker", "CircuitOpenError", "CircuitState", "RequestSlots", "SingleFlight"]
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +265,69 @@ class SingleFlight(Generic[K, V]):
             del self._flights[key]
         if not flight.cancelled():
             flight.exception()  # marks the exception retrieved even if every waiter was cancelled
+
+
+class RequestSlots:
+    """At most ``limit`` calls at once; the others queue, first come first served, for a bounded time.
+
+    A counting semaphore cut down to what the L2 request path needs: taking a free slot is one synchronous
+    :meth:`try_take` (``asyncio.Semaphore`` costs two coroutine-free but generator-scanning ``locked()`` checks
+    and an awaited ``acquire()`` on every call), and a released slot passes straight to the longest waiter, so a
+    newcomer can never overtake the queue. Every slot taken (by :meth:`try_take` or :meth:`take`) must be
+    returned with :meth:`give_back` exactly once.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        self._free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def free(self) -> int:
+        """Slots nobody holds (zero while anyone waits)."""
+        return self._free
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def try_take(self) -> bool:
+        """Take a slot if one is free and nobody is queued before us."""
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def take(self, timeout: float) -> None:
+        """Wait in line for a slot; ``TimeoutError`` after ``timeout`` seconds (holding nothing then)."""
+        if self.try_take():
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
+        try:
+            async with asyncio.timeout(timeout):
+                await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self.give_back()  # the slot reached us just as we gave up: pass it on
+            else:
+                turn.cancel()
+                with contextlib.suppress(ValueError):  # already handed over and skipped by give_back
+                    self._waiters.remove(turn)
+            raise
+
+    def give_back(self) -> None:
+        """Return a slot: to the longest waiter still waiting, else to the free count."""
+        waiters = self._waiters
+        while waiters:
+            turn = waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+        self._free += 1
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
