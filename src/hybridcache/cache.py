@@ -171,7 +171,7 @@ class HybridCache(ReadPath, WritePath):
                 endpoint,
                 operation_timeout=endpoint.operation_timeout or self.settings.operation_timeout_milliseconds / 1000,
                 connect_timeout=endpoint.connect_timeout or self.settings.connect_timeout_milliseconds / 1000,
-                request_pool_size=_REQUEST_POOL_SIZE + 16,  # headroom for lock calls outside the L2 slots
+                request_pool_size=_REQUEST_POOL_SIZE + 16,  # headroom over the request slots
                 protocol=self.settings.protocol,
             )
             self._client = self._clients.request

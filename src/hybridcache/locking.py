@@ -18,7 +18,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from hybridcache.redis import L2UnavailableError, RedisL2, is_redis_failure
+from hybridcache.redis import L2UnavailableError, RedisL2
 
 # The fill notice is published separately: on a cluster the lock and the channel live in different slots.
 _RELEASE = """
@@ -44,30 +44,26 @@ class DistributedSingleFlight:
     async def try_acquire(self, full_key: str) -> str | None:
         """A token when this instance now holds the lease, None when another does.
 
-        Raises L2UnavailableError for a failed Redis call (as :func:`is_redis_failure` classifies it); anything
-        else, a bug of ours, propagates as it is.
+        A request-path call like an L2 read: it goes through the circuit breaker and takes a request slot, so an
+        open circuit refuses it without touching the socket and its failures count towards opening it. Raises
+        L2UnavailableError for a failed Redis call (as :func:`~hybridcache.redis.is_redis_failure` classifies it)
+        or an open circuit; anything else, a bug of ours, propagates as it is.
         """
         token = secrets.token_hex(8)
-        try:
-            acquired = await self._client.set(self._l2.lock_key(full_key), token, nx=True, px=self._lease_ms)
-        except Exception as exc:
-            if not is_redis_failure(exc):
-                raise
-            raise L2UnavailableError(f"lock not taken: {exc.__class__.__name__}") from exc
+        lock_key = self._l2.lock_key(full_key)
+        acquired = await self._l2.request(lambda: self._client.set(lock_key, token, nx=True, px=self._lease_ms))
         return token if acquired else None
 
     async def release(self, full_key: str, token: str) -> None:
         """Drop the lease (if still ours) and wake every instance's waiters for ``full_key``.
 
-        A failed Redis call is swallowed: the lease expires by itself and waiters fall back after their timeout.
-        Anything that is not a Redis failure (see :func:`is_redis_failure`) propagates.
+        A failed Redis call (or an open circuit) is swallowed: the lease expires by itself and waiters fall back
+        after their timeout. Anything that is not a Redis failure propagates.
         """
         notice = orjson.dumps({"f": full_key, "i": self._instance_id})
-        try:
-            await self._release(keys=[self._l2.lock_key(full_key)], args=[token])
-        except Exception as exc:
-            if not is_redis_failure(exc):
-                raise
+        lock_key = self._l2.lock_key(full_key)
+        with contextlib.suppress(L2UnavailableError):
+            await self._l2.request(lambda: self._release(keys=[lock_key], args=[token]))
         with contextlib.suppress(L2UnavailableError):
             await self._l2.publish(notice)
         self.notify(full_key)

@@ -266,6 +266,11 @@ class RedisL2:
         self.breaker.record_success()
         return result
 
+    async def request(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run another module's request-path call (the distributed lock's) as the L2 calls run: through the
+        circuit breaker and a request slot, driver errors wrapped in :class:`L2UnavailableError`."""
+        return await self._call(operation)
+
     def _admit_now(self) -> bool:
         """Admit one request-path call if the breaker allows it: True when it also got a request slot at once,
         False when it must wait for one (:meth:`_admit_queued`). Raises :class:`L2UnavailableError` when the

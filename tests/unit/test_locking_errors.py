@@ -1,6 +1,7 @@
 """How the distributed lease lock classifies errors: a failed Redis call becomes L2UnavailableError (taking the
-lease) or is swallowed (releasing it), as :func:`hybridcache.redis.is_redis_failure` decides for every L2 call;
-anything else is a bug and propagates. Against a real redis-server, killed mid-test."""
+lease) or is swallowed (releasing it), as :func:`hybridcache.redis.is_redis_failure` decides for every L2 call,
+and counts towards the circuit breaker like any request-path call; anything else is a bug and propagates.
+Against a real redis-server, killed mid-test."""
 
 from __future__ import annotations
 
@@ -30,8 +31,11 @@ async def test_a_killed_server_is_a_redis_failure_and_a_bug_of_ours_is_not(
             await lock.try_acquire(None)  # type: ignore[arg-type]
 
         redis_server.kill()
-        with pytest.raises(L2UnavailableError, match="lock not taken: ConnectionError"):
+        assert cache._l2 is not None
+        failures = cache._l2.breaker.consecutive_failures
+        with pytest.raises(L2UnavailableError, match="Redis call failed: ConnectionError"):
             await lock.try_acquire("k")
+        assert cache._l2.breaker.consecutive_failures == failures + 1, "the breaker did not see the failure"
         await lock.release("k", token)  # the lease would expire by itself: nothing to raise
         with pytest.raises(TypeError):
             await lock.release(None, token)  # type: ignore[arg-type]
