@@ -469,6 +469,8 @@ class HybridCache(ReadPath, WritePath):
             factory_timeouts=c.factory_timeouts,
             fail_safe_activations=c.fail_safe_activations,
             eager_refreshes=c.eager_refreshes,
+            backplane_gaps=self._backplane.gaps_detected if self._backplane is not None else 0,
+            backplane_resyncs=self._backplane.resyncs if self._backplane is not None else 0,
             l1_entries=len(self._l1) if self._l1 is not None else 0,
             l1_evictions=self._l1.evictions if self._l1 is not None else 0,
             circuit=str(self.breaker.state),

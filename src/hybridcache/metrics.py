@@ -52,6 +52,8 @@ class CacheStats:
     ``handler_runs`` counts factory (query handler) executions; ``misses`` counts reads that found no usable
     entry in L1 or L2. ``stale_sets_prevented`` counts values not stored because an invalidation overtook their
     computation; ``stale_reads_rejected`` counts entries found in L2 but refused because a generation moved.
+    ``backplane_gaps`` counts invalidation messages found missing (by number, or by the heartbeat) and
+    ``backplane_resyncs`` every reload of the generation table (on each (re)subscription and after each gap).
     """
 
     l1_hits: int
@@ -70,6 +72,8 @@ class CacheStats:
     factory_timeouts: int
     fail_safe_activations: int
     eager_refreshes: int
+    backplane_gaps: int
+    backplane_resyncs: int
     l1_entries: int
     l1_evictions: int
     circuit: str

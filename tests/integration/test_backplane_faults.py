@@ -5,8 +5,9 @@ restarted (generations reset, new epoch), frozen with SIGSTOP past the heartbeat
 output-buffer overflow or lost silently — and checks that once the instance is back, everything invalidated
 meanwhile is served fresh. A small heartbeat keeps them fast. Every test runs under RESP2 and RESP3.
 
-The backplane's own counters (``resyncs``, ``gaps_detected``, ``last_sequence``) are not part of ``stats()``;
-these tests read them from the cache's backplane to prove the recovery path they target actually ran.
+These tests read the backplane's own counters (``resyncs``, ``gaps_detected``, ``last_sequence``) to prove the
+recovery path they target actually ran; ``stats()`` reports the first two as ``backplane_resyncs`` and
+``backplane_gaps``.
 """
 
 from __future__ import annotations
@@ -431,6 +432,9 @@ async def test_the_heartbeat_finds_a_message_that_was_lost_silently(
                 message="the heartbeat did not notice the missing message",
             )
             assert await versions_seen(reader, db, *KEYS) == db.versions
+            stats = reader.stats()
+            assert (stats.backplane_gaps, stats.backplane_resyncs) == (backplane.gaps_detected, backplane.resyncs)
+            assert stats.backplane_gaps > gaps
     finally:
         await admin.aclose()
 
