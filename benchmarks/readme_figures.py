@@ -64,10 +64,10 @@ def _l1_vs_peers(d: Mapping[str, Document]) -> tuple[str, str]:
 def _l2_hit(d: Mapping[str, Document]) -> tuple[str, str]:
     ratio = field(d, "cache", "ratios", "l2_hit_over_raw_get_decode_paired")
     met = field(d, "cache", "targets", "l2_hit_met")
-    own = d["cache"].get("ratios", {}).get("l2_hit_over_raw_pooled_paired")
+    own = d["cache"].get("ratios", {}).get("l2_hit_over_raw_direct_paired")
     text = f"{ratio:.3f}x (target ≤ 1.10x: {_verdict(met)})"
     if own is not None:
-        text += f"; {own:.3f}x the same GET on a pooled connection"
+        text += f"; {own:.3f}x the same GET on a connection of its own (the cache's own work alone)"
     return text, "cache.json `ratios`"
 
 

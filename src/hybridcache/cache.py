@@ -275,6 +275,8 @@ class HybridCache(ReadPath, WritePath):
             await asyncio.wait(list(self._background), timeout=self.settings.operation_timeout_milliseconds / 1000)
             for task in list(self._background):
                 task.cancel()
+        if self._l2 is not None:
+            await self._l2.aclose()
         if self._clients is not None:
             await self._clients.aclose()
             if self._clients.owned:

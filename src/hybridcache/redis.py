@@ -33,21 +33,15 @@ from typing import Any, TypeVar
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import (
-    AskError,
-    ClusterDownError,
     MaxConnectionsError,
-    MovedError,
     RedisError,
     ResponseError,
-    SlotNotCoveredError,
-    TryAgainError,
-)
-from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
 )
 from redis.typing import EncodableT
 
+from hybridcache.direct_get import GetConnections, get_on_cluster, get_pooled
 from hybridcache.errors import HybridCacheError
 from hybridcache.generations import EPOCH_FIELD, new_epoch
 from hybridcache.resilience import CircuitBreaker, RequestSlots
@@ -192,9 +186,12 @@ class RedisL2:
         # opening hundreds of connections whose socket timeouts would fire on event-loop congestion, not on Redis.
         self._slots = RequestSlots(max_concurrency)
         self._queue_timeout = queue_timeout
-        # A plain client (standalone or Sentinel, not one pinned to a single connection) serves GET straight from
-        # its pool: see ``get``. A cluster client routes every command itself.
-        self._get_pool = client.connection_pool if isinstance(client, Redis) and client.connection is None else None
+        # How an L2 hit's GET is sent (see hybridcache.direct_get): on connections of its own for a standalone
+        # server, from the pool for Sentinel (the pool follows the master), straight to the slot's master on a
+        # cluster; through the client itself for a client pinned to a single connection.
+        pool = client.connection_pool if isinstance(client, Redis) and client.connection is None else None
+        self._get_connections = GetConnections(pool) if type(pool) is ConnectionPool else None
+        self._get_pool = pool
         self.breaker = breaker
         self._instance_name = instance_name
         self._namespace_length = len(namespace)
@@ -266,6 +263,11 @@ class RedisL2:
         self.breaker.record_success()
         return result
 
+    async def aclose(self) -> None:
+        """Close the connections this adapter made itself (the clients' pools are their owner's to close)."""
+        if self._get_connections is not None:
+            await self._get_connections.aclose()
+
     async def request(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run another module's request-path call (the distributed lock's) as the L2 calls run: through the
         circuit breaker and a request slot, driver errors wrapped in :class:`L2UnavailableError`."""
@@ -311,26 +313,21 @@ class RedisL2:
         Raises :class:`CorruptEntryError` when the key holds a hash, list or other non-string value (Redis answers
         ``WRONGTYPE``): that is a foreign value under our key, not a Redis failure, so the breaker counts a success.
 
-        With a plain client it takes a connection from the client's own pool, writes ``GET`` and reads the reply
-        itself, as redis-py's ``execute_command`` does minus its per-command wrappers (retries, which we set to
-        none, and redis-py's own operation metrics), which cost about as much as decoding the value. The driver's
-        connection still does the rest: connecting, socket timeouts, RESP2/3 parsing, and dropping a connection
-        whose exchange failed or was cancelled midway, so it never carries a stale reply to the next caller.
+        Sent the shortest way for the topology (:mod:`hybridcache.direct_get`), skipping redis-py's per-command
+        and pool-checkout wrappers, which cost about as much as decoding the value; the reply is still read and
+        parsed by redis-py's connection, which drops itself when an exchange fails or is cancelled midway.
         """
         redis_key = self._instance_name + full_key
         if not self._admit_now():
             await self._admit_queued()
         try:
-            pool = self._get_pool
-            if pool is not None:
-                connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-                try:
-                    await connection.send_packed_command(connection.pack_command("GET", redis_key), False)
-                    raw = await connection.read_response()
-                finally:
-                    await pool.release(connection)
+            connections = self._get_connections
+            if connections is not None:
+                raw = await connections.get(redis_key)
+            elif self._get_pool is not None:
+                raw = await get_pooled(self._get_pool, redis_key)
             elif isinstance(self.client, RedisCluster):
-                raw = await _get_on_cluster(self.client, redis_key)
+                raw = await get_on_cluster(self.client, redis_key)
             else:
                 raw = await self.client.get(redis_key)
         except BaseException as exc:
@@ -449,40 +446,6 @@ class RedisL2:
 
     async def ping(self) -> bool:
         return bool(await self._call(self.client.ping))
-
-
-# What makes a GET sent straight to the slot's master hand over to the cluster client: a redirect, a slot that is
-# moving or not served, a connection refused or dropped (the node may be gone: the client refreshes its slot map).
-_CLUSTER_HANDOVER = (MovedError, AskError, TryAgainError, ClusterDownError, SlotNotCoveredError, RedisConnectionError)
-
-
-async def _get_on_cluster(client: RedisCluster, redis_key: str) -> Any:
-    """``GET`` on a connection of the master its slot maps to, as the cluster client would send it, without the
-    client's per-command dispatch (command policies, redirect loop, metrics).
-
-    Whatever the cluster client exists to handle — ``MOVED``/``ASK``, ``TRYAGAIN``, ``CLUSTERDOWN``, an uncovered
-    slot, a connection error — hands the GET over to it (``client.get``), which follows the redirect or refreshes
-    its slot map and answers. A timeout is not handed over: a paused master would then cost two timeouts.
-    """
-    try:
-        node = client.get_node_from_key(redis_key)
-    except SlotNotCoveredError:
-        node = None
-    if node is None:
-        return await client.get(redis_key)
-    connection = node.acquire_connection()
-    try:
-        await node.disconnect_if_needed(connection)
-        await connection.send_packed_command(connection.pack_command("GET", redis_key), False)
-        return await connection.read_response()
-    except _CLUSTER_HANDOVER:
-        pass
-    finally:
-        try:
-            await node.disconnect_if_needed(connection)
-        finally:
-            node.release(connection)
-    return await client.get(redis_key)
 
 
 def is_redis_failure(exc: BaseException) -> bool:

@@ -1,9 +1,11 @@
-"""The L2 read: a ``GET`` that is cut short (cancelled, or timed out) leaves no reply behind for the next caller.
+"""The L2 read: a ``GET`` that is cut short (cancelled, or timed out) leaves no reply behind for the next caller,
+and a server restart costs no failed read.
 
-``RedisL2.get`` writes ``GET`` and reads its reply on a connection of the client's own pool. If a read that gave
-up put its connection back with the reply still on the way, the next read on that connection would take the old
-key's value for its own. Each test here pauses a private redis-server (SIGSTOP) while a read waits, ends that read,
-resumes the server, and then reads another key: it must get that key's value, on RESP2 and RESP3.
+``RedisL2.get`` writes ``GET`` and reads its reply on a connection it keeps for GETs
+(``direct_get.GetConnections``). If a read that gave up put its connection back with the reply still on the way,
+the next read on that connection would take the old key's value for its own. The first two tests pause a private
+redis-server (SIGSTOP) while a read waits, end that read, resume the server, and then read another key: it must
+get that key's value. The last restarts the server under idle connections. All run on RESP2 and RESP3.
 """
 
 from __future__ import annotations
@@ -50,8 +52,11 @@ def gets_served(server: RedisServer) -> int:
 
 
 def reads_in_flight(cache: HybridCache) -> int:
-    """Connections the cache's request pool has handed out (redis-py keeps them in ``_in_use_connections``)."""
-    return len(cache._l2.client.connection_pool._in_use_connections)  # type: ignore[union-attr]
+    """GETs holding one of the connections the cache keeps for them (made, minus those idle in its free list)."""
+    assert cache._l2 is not None
+    connections = cache._l2._get_connections
+    assert connections is not None, "a standalone server's GETs use the cache's own connections"
+    return len(connections) - len(connections._idle)
 
 
 async def test_a_cancelled_read_leaves_no_reply_for_the_next(cache: HybridCache, redis_server: RedisServer) -> None:
@@ -86,3 +91,15 @@ async def test_a_timed_out_read_leaves_no_reply_for_the_next(cache: HybridCache,
     for _ in range(3):
         assert await read(cache, "Dealership:2") == {"key": "Dealership:2"}
         assert await read(cache, "Dealership:1") == {"key": "Dealership:1"}
+
+
+async def test_a_restarted_server_costs_no_failed_read(cache: HybridCache, redis_server: RedisServer) -> None:
+    """The idle GET connections still point at the old process: each fails once and is retried on a fresh one."""
+    assert await read(cache, "Dealership:1") == {"key": "Dealership:1"}
+    await cache.set("Dealership:3", {"key": "Dealership:3"}, ttl=TTL)
+    errors = cache.stats().l2_errors
+    redis_server.restart()  # nothing persisted: every entry is gone, and with it the generation epoch
+    await wait_until(cache.wait_until_connected, timeout=10.0, message="the cache never resubscribed")
+    assert await read(cache, "Dealership:1") is None, "a restarted server has no entries"
+    assert cache.stats().l2_errors == errors, "a GET on a connection the restart closed counted as a failure"
+    assert cache.stats().circuit == "closed"
