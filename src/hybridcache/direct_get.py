@@ -34,9 +34,10 @@ class GetConnections:
 
     There are never more than the most GETs that ran at once (the cache's request slots bound that); a
     connection is made on first need by the client's pool (:meth:`ConnectionPool.make_connection`) and connects
-    on first use. An idle connection the server has since closed (a restart, an idle ``timeout``) fails its next
-    GET with a connection error: that GET is sent once more on a fresh socket, so a restart costs no failed
-    read. A connection that failed otherwise was disconnected by redis-py and reconnects when next used.
+    on first use. They are not counted against the pool's ``max_connections``. An idle connection the server has
+    since closed (a restart, an idle ``timeout``) fails its next GET with a connection error: that GET is sent
+    once more on a fresh socket, so a restart costs no failed read. A connection that failed otherwise was
+    disconnected by redis-py and reconnects when next used.
     """
 
     __slots__ = ("_idle", "_made", "_pool")
