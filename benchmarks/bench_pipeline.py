@@ -15,23 +15,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, ClassVar
 
+from benchmarks._common import write_results
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.cqrs import Cacheable, CacheInvalidationBehavior, CachingBehavior, Mediator, Query, RequestHandler
 
 TARGET_NS = 5_000
-RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
 
 
 @dataclass(frozen=True)
@@ -160,13 +156,6 @@ async def run(rounds: int, ops: int, max_seconds: float, redis_url: str | None) 
         "target_ns": TARGET_NS,
         "meets_target": pipeline_ns < TARGET_NS,
         "cache_l1_hits": stats.l1_hits,
-        "environment": {
-            "python": sys.version.split()[0],
-            "implementation": platform.python_implementation(),
-            "platform": platform.platform(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-        },
     }
 
 
@@ -195,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=20_000, help="awaits per round (default 20000)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop starting rounds after this long")
     parser.add_argument("--redis-url", default=None, help="give the cache an L2 (e.g. redis://127.0.0.1:6380/0)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON report path (default {RESULTS})")
     parser.add_argument("--check", action="store_true", help="exit 1 when the pipeline misses the target")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.ops < 1:
@@ -203,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = asyncio.run(run(args.rounds, args.ops, args.max_seconds, args.redis_url))
     print_table(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    print(f"wrote {write_results('pipeline', report)}")
     return 1 if args.check and not report["meets_target"] else 0
 
 
