@@ -24,11 +24,12 @@ Each request-path call goes through the circuit breaker: while it is open no soc
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 from redis.asyncio import Redis
@@ -48,6 +49,8 @@ from hybridcache.resilience import CircuitBreaker, RequestSlots
 from hybridcache.serialization import CorruptEntryError
 
 T = TypeVar("T")
+# What ``RedisL2._fetch`` returns when GET answered WRONGTYPE: a hash, list or set sits under the entry's key.
+_WRONG_TYPE: Final = object()
 logger = logging.getLogger("hybridcache.redis")
 SERVER_FIELD = "__server__"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -317,31 +320,27 @@ class RedisL2:
         and pool-checkout wrappers, which cost about as much as decoding the value; the reply is still read and
         parsed by redis-py's connection, which drops itself when an exchange fails or is cancelled midway.
         """
-        redis_key = self._instance_name + full_key
-        if not self._admit_now():
-            await self._admit_queued()
+        raw = await self._call(functools.partial(self._fetch, self._instance_name + full_key))
+        if raw is _WRONG_TYPE:
+            raise CorruptEntryError("the key holds a Redis value of another type (WRONGTYPE)")
+        return raw.encode() if type(raw) is str else raw
+
+    async def _fetch(self, redis_key: str) -> Any:
+        """The raw reply to ``GET redis_key``; :data:`_WRONG_TYPE` when the key holds a non-string value (Redis
+        answered, so it is no failure of Redis's)."""
         try:
             connections = self._get_connections
             if connections is not None:
-                raw = await connections.get(redis_key)
-            elif self._get_pool is not None:
-                raw = await get_pooled(self._get_pool, redis_key)
-            elif isinstance(self.client, RedisCluster):
-                raw = await get_on_cluster(self.client, redis_key)
-            else:
-                raw = await self.client.get(redis_key)
-        except BaseException as exc:
-            if isinstance(exc, ResponseError) and str(exc).startswith("WRONGTYPE"):
-                self.breaker.record_success()  # Redis answered; what the key holds is just not ours
-                raise CorruptEntryError("the key holds a Redis value of another type (WRONGTYPE)") from exc
-            unavailable = self._failure(exc)
-            if unavailable is None:
-                raise
-            raise unavailable from exc
-        finally:
-            self._slots.give_back()
-        self.breaker.record_success()
-        return raw.encode() if type(raw) is str else raw
+                return await connections.get(redis_key)
+            if self._get_pool is not None:
+                return await get_pooled(self._get_pool, redis_key)
+            if isinstance(self.client, RedisCluster):
+                return await get_on_cluster(self.client, redis_key)
+            return await self.client.get(redis_key)
+        except ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                return _WRONG_TYPE
+            raise
 
     async def delete(self, full_key: str) -> None:
         await self._call(lambda: self.client.delete(self.redis_key(full_key)))
