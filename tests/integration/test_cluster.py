@@ -1,10 +1,21 @@
-"""Issue 8, acceptance 1 on Redis Cluster: the cache's suites on a real 6-node local cluster, its key layout, and
-the consistency checker across a failover.
+"""Issue 8, acceptance 1 on Redis Cluster: the cache's suites on a real 6-node local cluster, its key layout, the
+circuit breaker around a paused master, and the consistency checker across a failover.
 
 * The contract suite (tests/integration/test_cache_contract.py) and the invalidation suite
   (tests/integration/test_invalidation.py) run here unchanged: their test functions are imported, and the fixtures
   they ask for are overridden to point at the session's cluster — ``cache_env``/``raw_redis`` (contract; L2-only
-  and L1+L2, the modes with a Redis) and ``redis_server`` (invalidation: those tests only read its ``.url``).
+  and L1+L2, the modes with a Redis) and ``redis_server`` (an :class:`Endpoint`: those tests only read its ``.url``).
+* So do the resilience suites, in the same two modes, wherever they need only a Redis URL:
+  stampede protection (tests/integration/test_stampede.py: single flight, and the distributed lock across four
+  instances, its fill notice and its wait timeout), fail-safe and factory timeouts (test_fail_safe.py), eager
+  refresh and TTL jitter (test_eager_refresh.py). Their ``cache`` is the contract suite's (a started cache of the
+  mode), ``topology``/``server`` are overridden below, and the few that inspect Redis get ``redis_server``'s
+  ``sync_client()``: a :class:`ClusterAdmin` (key commands on the key's master, command statistics summed over the
+  masters). Left out: the L1-only tests (no Redis to vary), and those that pause the one standalone server
+  (test_fail_safe.py's outage tests, all of test_circuit_faults.py) — an endpoint cannot pause a topology.
+* Circuit faults on the cluster instead: SIGSTOP the master owning a key's slot (a private cluster, ``slow``);
+  the breaker opens, every call still answers without waiting on the frozen node, and it closes once the node is
+  back, with L2 hits returning.
 * The layout: an entry, its ``hc-kgen`` and its ``hc-lock`` share a slot; entries spread over the masters; the meta
   keys and the channel share one slot that misses and L2 hits never touch; no call ever fails (a CROSSSLOT error
   would surface as an L2 error or an invalidation failure).
@@ -17,16 +28,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from hybridcache import CacheSettings, HybridCache
+from hybridcache.resilience import CircuitState
 from tests.integration.conftest import INSTANCE_NAME, L1_L2, L2_ONLY, CacheEnv
 from tests.integration.test_cache_contract import (  # noqa: F401  (collected here, on the cluster's fixtures)
     cache,
@@ -59,12 +74,44 @@ from tests.integration.test_consistency import (
     report,
     seed_for_run,
 )
+from tests.integration.test_eager_refresh import (  # noqa: F401  (collected here, on the cluster's fixtures)
+    jittered,
+    test_entries_created_together_get_different_ttls_with_jitter,
+    test_under_eager_refresh_no_caller_waits_for_the_factory,
+    test_without_eager_refresh_the_same_stream_does_wait_for_the_factory,
+    test_without_jitter_entries_created_together_expire_together,
+)
+from tests.integration.test_fail_safe import (  # noqa: F401  (collected here, on the cluster's fixtures)
+    test_a_failing_factory_serves_the_stale_value_with_a_warning,
+    test_a_hard_timeout_with_fail_safe_and_a_stale_value_serves_it,
+    test_a_hard_timeout_without_stale_raises_and_the_result_lands_later,
+    test_a_soft_timeout_serves_stale_fast_and_the_slow_result_lands_later,
+    test_a_soft_timeout_without_a_stale_value_waits_for_the_factory,
+    test_a_throttled_fallback_is_dropped_by_an_invalidation,
+    test_after_a_fallback_the_factory_is_not_retried_during_the_throttle,
+    test_an_entry_cached_without_fail_safe_leaves_no_fallback,
+    test_an_invalidated_value_is_never_served_as_a_fallback,
+    test_an_invalidation_from_another_instance_also_removes_the_fallback,
+    test_fail_safe_enabled_in_settings_applies_when_the_call_does_not_say,
+    test_timeouts_default_to_the_settings,
+    test_without_fail_safe_the_factory_exception_reaches_the_caller_unchanged,
+)
 from tests.integration.test_invalidation import (  # noqa: F401  (collected here, on the cluster's fixtures)
     test_an_instance_skips_its_own_messages,
     test_invalidation_reaches_every_instance_within_deadline,
     test_one_invalidate_call_is_one_message,
     test_prefix_matches_whole_segments_on_other_instances,
     test_repeated_invalidations_all_propagate,
+)
+from tests.integration.test_stampede import (  # noqa: F401  (collected here, on the cluster's fixtures)
+    test_a_burst_of_distinct_cold_keys_keeps_the_breaker_closed_on_a_healthy_redis,
+    test_a_thousand_concurrent_callers_on_a_cold_key_run_the_factory_once,
+    test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills,
+    test_callers_after_the_fill_hit_the_cache_without_a_new_run,
+    test_cancelling_one_caller_does_not_cancel_the_shared_run,
+    test_the_factory_exception_reaches_every_caller_and_nothing_is_cached,
+    test_waiters_are_woken_by_the_fill_notice_not_by_polling,
+    test_with_the_distributed_lock_four_instances_run_the_factory_once_in_total,
 )
 from tests.support.redis_cluster import RedisClusterProcess
 from tests.support.waiting import wait_until
@@ -96,14 +143,70 @@ async def raw_redis(redis_cluster: RedisClusterProcess) -> AsyncIterator[RedisCl
 
 @dataclass(frozen=True)
 class Endpoint:
-    """What the invalidation suite needs of its ``redis_server``: a configuration string in ``url``."""
+    """What the imported suites need of their ``redis_server``: a configuration string in ``url`` and, for the few
+    that inspect Redis, ``sync_client(**options)``: a blocking client of the topology built by ``admin``."""
 
     url: str
+    admin: Callable[..., AbstractContextManager[Any]]
+
+    def sync_client(self, **options: Any) -> AbstractContextManager[Any]:
+        """A new blocking client (``options`` such as ``socket_timeout`` are passed on); the caller closes it."""
+        return self.admin(**options)
+
+
+class ClusterAdmin:
+    """The cluster seen as one server by the suites that inspect "the" server: ``pttl`` goes to the key's master
+    (a cluster client); ``config_resetstat`` and ``info("commandstats")`` cover every master, with each command's
+    ``calls`` summed, so a count means what it means on a standalone server."""
+
+    def __init__(self, cluster: RedisClusterProcess, **options: Any) -> None:
+        self._cluster = cluster
+        self._options = options
+        self._client = cluster.cluster_client(**options)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._client.close()
+
+    def pttl(self, key: str) -> int:
+        return int(self._client.pttl(key))
+
+    def config_resetstat(self) -> None:
+        for _, port in self._cluster.masters():
+            with self._cluster.client(port, **self._options) as node:
+                node.config_resetstat()
+
+    def info(self, section: str) -> dict[str, dict[str, int]]:
+        if section != "commandstats":
+            raise ValueError(f"ClusterAdmin sums INFO commandstats only, not {section!r}")
+        calls: Counter[str] = Counter()
+        for _, port in self._cluster.masters():
+            with self._cluster.client(port, **self._options) as node:
+                for name, stats in node.info("commandstats").items():
+                    calls[name] += int(stats["calls"])
+        return {name: {"calls": count} for name, count in calls.items()}
 
 
 @pytest.fixture
 def redis_server(redis_cluster: RedisClusterProcess) -> Endpoint:
-    return Endpoint(redis_cluster.url)
+    return Endpoint(redis_cluster.url, admin=lambda **options: ClusterAdmin(redis_cluster, **options))
+
+
+@pytest.fixture(params=[L2_ONLY, L1_L2])
+def topology(request: pytest.FixtureRequest) -> str:
+    """The resilience suites' ``topology``: their L1-only case has no Redis, so it is not repeated here."""
+    mode: str = request.param
+    return mode
+
+
+@pytest.fixture
+def server(redis_server: Endpoint) -> Endpoint:
+    """The resilience suites' ``server`` (they read its ``url``): this module's ``redis_server``."""
+    return redis_server
 
 
 @pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
@@ -324,6 +427,125 @@ async def test_a_mixed_workload_never_fails_a_call(
     messages = [r.getMessage() for r in caplog.records]
     assert not [m for m in messages if "CROSSSLOT" in m.upper()], messages
     assert found == {"l2_errors": 0, "invalidation_failures": 0, "pending": 0}, messages
+
+
+# ------------------------------------------------------------------------------------ circuit faults
+
+FAULT_OPERATION_TIMEOUT = 0.05
+FAULT_BREAK = 0.5
+
+
+def fault_settings(namespace: str, configuration: str) -> CacheSettings:
+    """L2-only (so a warm read is an L2 read), a 50 ms operation timeout and a 0.5 s break after 3 failures."""
+    return CacheSettings(
+        service_name=namespace,
+        configuration=configuration,
+        memory_cache={"enabled": False},
+        operation_timeout_milliseconds=int(FAULT_OPERATION_TIMEOUT * 1000),
+        circuit_breaker={"failure_threshold": 3, "break_duration_seconds": FAULT_BREAK},
+    )
+
+
+@dataclass
+class PauseOutcome:
+    slowest_before_open: float  # seconds, the longest call from the pause until the breaker opened
+    slowest_while_open: float  # seconds, the longest call inside the break
+    calls_while_open: int
+    closed_after: float  # seconds from resume() until the breaker closed
+
+
+async def pause_opens_and_resume_closes_the_breaker(
+    cache_: HybridCache, warm: list[str], fresh: Iterator[str], pause: Callable[[], None], resume: Callable[[], None]
+) -> PauseOutcome:
+    """Store ``warm`` and check they are L2 hits; ``pause()``; drive misses (``fresh`` keys) and warm reads until
+    the breaker opens, then misses through the break, checking every answer; ``resume()``; keep misses flowing until
+    the breaker closes (a call carries the half-open probe); check ``warm`` are L2 hits again. The cache must be
+    L2-only (:func:`fault_settings`), so a warm key can only come back from L2."""
+    opened: list[float] = []
+    cache_.breaker.on_transition = lambda _old, new: (
+        opened.append(time.monotonic()) if new is CircuitState.OPEN else None
+    )
+
+    async def answer(key: str) -> float:
+        began = time.perf_counter()
+        assert await cache_.get_or_create(key, const(key)) == key
+        return time.perf_counter() - began
+
+    async def l2_hits_of_warm_keys() -> int:
+        before = cache_.stats().l2_hits
+        for key in warm:
+            assert await cache_.get_or_create(key, const(f"not {key}")) == key, "not served from L2"
+        return cache_.stats().l2_hits - before
+
+    for key in warm:
+        await answer(key)
+    assert await l2_hits_of_warm_keys() == len(warm)
+    pause()
+    try:
+        before_open = []
+        for n in range(200):
+            if cache_.breaker.state is CircuitState.OPEN:
+                break
+            before_open.append(await answer(warm[n % len(warm)] if n % 2 else next(fresh)))
+        assert cache_.breaker.state is CircuitState.OPEN, f"breaker still {cache_.breaker.state} after {n} calls"
+        while_open = []
+        while time.monotonic() < opened[-1] + FAULT_BREAK * 0.8 and len(while_open) < 200:
+            took = await answer(next(fresh))
+            assert cache_.breaker.state is CircuitState.OPEN
+            while_open.append(took)
+    finally:
+        resume()
+    back = time.monotonic()
+
+    async def closed() -> bool:
+        await answer(next(fresh))
+        return cache_.breaker.state is CircuitState.CLOSED
+
+    await wait_until(
+        closed,
+        timeout=FAULT_BREAK + FAULT_OPERATION_TIMEOUT + 1.0,
+        interval=0.002,
+        message=f"breaker did not close within {FAULT_BREAK}s + one probe of Redis being back",
+    )
+    closed_after = time.monotonic() - back
+    assert await l2_hits_of_warm_keys() == len(warm), "entries stored before the pause are not L2 hits again"
+    return PauseOutcome(max(before_open), max(while_open), len(while_open), closed_after)
+
+
+def assert_no_call_waited_on_the_frozen_node(outcome: PauseOutcome) -> None:
+    # Before it opens a call waits at most for its few Redis operations, each bounded by the operation timeout;
+    # inside the break it touches no socket. Both bounds are generous for a loaded machine, yet a call that waited
+    # for the frozen node (a retry loop, a reconnect without a deadline) would blow them.
+    assert outcome.slowest_before_open < 10 * FAULT_OPERATION_TIMEOUT, outcome
+    assert outcome.calls_while_open >= 20, f"too few calls fitted in the break: {outcome}"
+    assert outcome.slowest_while_open < FAULT_OPERATION_TIMEOUT, outcome
+    assert outcome.closed_after <= FAULT_BREAK + FAULT_OPERATION_TIMEOUT + 1.0, outcome
+
+
+@pytest.mark.slow
+async def test_a_paused_master_opens_the_breaker_and_its_return_closes_it(namespace: str) -> None:
+    """SIGSTOP the master owning a key's slot (not the meta slot's master: the backplane stays up) for less than
+    the node timeout, so no replica takes over: the breaker opens, every ``get_or_create`` answers from the
+    factory with no call waiting more than a few operation timeouts; after SIGCONT the breaker closes within its
+    break plus a probe, and the entries stored before the pause are L2 hits again."""
+    with RedisClusterProcess(node_timeout_ms=15_000) as cluster:  # a private cluster, no failover during the pause
+        async with HybridCache.from_settings(fault_settings(namespace, cluster.url)) as cache_:
+            assert await cache_.wait_until_connected(5)
+            assert cache_._l2 is not None
+            l2 = cache_._l2
+            meta_master = cluster.master_for_key(l2.generations_key)
+            frozen = next(port for _, port in cluster.masters() if port != meta_master)
+            on_frozen = (
+                key
+                for key in (f"Dealership:{n}" for n in itertools.count())
+                if cluster.master_for_key(l2.redis_key(f"{namespace}:v1:{key}")) == frozen
+            )
+            warm = [next(on_frozen) for _ in range(5)]
+            node = cluster.nodes[frozen]
+            outcome = await pause_opens_and_resume_closes_the_breaker(cache_, warm, on_frozen, node.pause, node.resume)
+            assert cluster.master_for_key(l2.redis_key(f"{namespace}:v1:{warm[0]}")) == frozen, "a failover happened"
+            print(f"[cluster pause] {outcome}")
+            assert_no_call_waited_on_the_frozen_node(outcome)
 
 
 # ------------------------------------------------------------------------------------ consistency

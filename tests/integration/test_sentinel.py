@@ -1,16 +1,26 @@
-"""Issue 8, acceptance 1 on Sentinel: the cache's suites behind three sentinels, and the consistency checker across
-a failover.
+"""Issue 8, acceptance 1 on Sentinel: the cache's suites behind three sentinels, the circuit breaker around a paused
+master, and the consistency checker across a failover.
 
 As in test_cluster.py, the contract suite and the invalidation suite run here unchanged (their test functions are
 imported; ``cache_env``, ``raw_redis`` and ``redis_server`` are overridden to point at the session's Sentinel setup,
-configured in the StackExchange form ``s1:p1,s2:p2,s3:p3,serviceName=mymaster``). Then the randomized consistency
-workload, and the same across ``SENTINEL FAILOVER``; a killed master; and a cache started after the sentinels
-switched but before they demoted the old master (private setups, ``slow``).
+configured in the StackExchange form ``s1:p1,s2:p2,s3:p3,serviceName=mymaster``). So do the resilience suites, in
+the L2-only and L1+L2 modes, wherever they need only a Redis URL: stampede protection (test_stampede.py: single
+flight, the distributed lock across four instances, its fill notice and its wait timeout), fail-safe and factory
+timeouts (test_fail_safe.py), eager refresh and TTL jitter (test_eager_refresh.py); the few that inspect Redis get
+a client of the current master from ``redis_server.sync_client()``. Left out, as on the cluster: the L1-only tests,
+and those that pause the one standalone server (test_fail_safe.py's outage tests, test_circuit_faults.py).
+
+Circuit faults here instead: SIGSTOP the master for less than the sentinels' down-after period (a private setup,
+``slow``); the breaker opens, every call still answers without waiting on it, and it closes once the master is
+back, with L2 hits returning. Then the randomized consistency workload, and the same across ``SENTINEL
+FAILOVER``; a killed master; and a cache started after the sentinels switched but before they demoted the old
+master (private setups, ``slow``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -41,19 +51,54 @@ from tests.integration.test_cache_contract import (  # noqa: F401  (collected he
 from tests.integration.test_cluster import (
     Endpoint,
     assert_consistent,
+    assert_no_call_waited_on_the_frozen_node,
     const,
     epochs,
     errors,
+    fault_settings,
+    pause_opens_and_resume_closes_the_breaker,
     run_consistency,
     running_caches,
 )
 from tests.integration.test_consistency import HEARTBEAT
+from tests.integration.test_eager_refresh import (  # noqa: F401  (collected here, on Sentinel's fixtures)
+    jittered,
+    test_entries_created_together_get_different_ttls_with_jitter,
+    test_under_eager_refresh_no_caller_waits_for_the_factory,
+    test_without_eager_refresh_the_same_stream_does_wait_for_the_factory,
+    test_without_jitter_entries_created_together_expire_together,
+)
+from tests.integration.test_fail_safe import (  # noqa: F401  (collected here, on Sentinel's fixtures)
+    test_a_failing_factory_serves_the_stale_value_with_a_warning,
+    test_a_hard_timeout_with_fail_safe_and_a_stale_value_serves_it,
+    test_a_hard_timeout_without_stale_raises_and_the_result_lands_later,
+    test_a_soft_timeout_serves_stale_fast_and_the_slow_result_lands_later,
+    test_a_soft_timeout_without_a_stale_value_waits_for_the_factory,
+    test_a_throttled_fallback_is_dropped_by_an_invalidation,
+    test_after_a_fallback_the_factory_is_not_retried_during_the_throttle,
+    test_an_entry_cached_without_fail_safe_leaves_no_fallback,
+    test_an_invalidated_value_is_never_served_as_a_fallback,
+    test_an_invalidation_from_another_instance_also_removes_the_fallback,
+    test_fail_safe_enabled_in_settings_applies_when_the_call_does_not_say,
+    test_timeouts_default_to_the_settings,
+    test_without_fail_safe_the_factory_exception_reaches_the_caller_unchanged,
+)
 from tests.integration.test_invalidation import (  # noqa: F401  (collected here, on Sentinel's fixtures)
     test_an_instance_skips_its_own_messages,
     test_invalidation_reaches_every_instance_within_deadline,
     test_one_invalidate_call_is_one_message,
     test_prefix_matches_whole_segments_on_other_instances,
     test_repeated_invalidations_all_propagate,
+)
+from tests.integration.test_stampede import (  # noqa: F401  (collected here, on Sentinel's fixtures)
+    test_a_burst_of_distinct_cold_keys_keeps_the_breaker_closed_on_a_healthy_redis,
+    test_a_thousand_concurrent_callers_on_a_cold_key_run_the_factory_once,
+    test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills,
+    test_callers_after_the_fill_hit_the_cache_without_a_new_run,
+    test_cancelling_one_caller_does_not_cancel_the_shared_run,
+    test_the_factory_exception_reaches_every_caller_and_nothing_is_cached,
+    test_waiters_are_woken_by_the_fill_notice_not_by_polling,
+    test_with_the_distributed_lock_four_instances_run_the_factory_once_in_total,
 )
 from tests.support.redis_sentinel import RedisSentinelSetup
 from tests.support.waiting import wait_until
@@ -84,7 +129,23 @@ async def raw_redis(redis_sentinel: RedisSentinelSetup) -> AsyncIterator[redis.a
 
 @pytest.fixture
 def redis_server(redis_sentinel: RedisSentinelSetup) -> Endpoint:
-    return Endpoint(redis_sentinel.configuration)
+    """``sync_client()`` is a plain client of the master the sentinels name (the cache reads and writes there)."""
+    return Endpoint(
+        redis_sentinel.configuration, admin=lambda **options: redis_sentinel.client(redis_sentinel.master(), **options)
+    )
+
+
+@pytest.fixture(params=[L2_ONLY, L1_L2])
+def topology(request: pytest.FixtureRequest) -> str:
+    """The resilience suites' ``topology``: their L1-only case has no Redis, so it is not repeated here."""
+    mode: str = request.param
+    return mode
+
+
+@pytest.fixture
+def server(redis_server: Endpoint) -> Endpoint:
+    """The resilience suites' ``server`` (they read its ``url``): this module's ``redis_server``."""
+    return redis_server
 
 
 @pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
@@ -124,6 +185,25 @@ async def test_the_consistency_workload_holds_behind_sentinel(
     assert prevented > 0, f"the workload never raced a store against a write: {run.line}"
     assert_consistent(run)
     assert run.errors == {"l2_errors": 0, "invalidation_failures": 0, "pending": 0}, run.line
+
+
+@pytest.mark.slow
+async def test_a_paused_master_opens_the_breaker_and_its_return_closes_it(namespace: str) -> None:
+    """SIGSTOP the master for less than the sentinels' down-after period, so they do not fail over: the breaker
+    opens, every ``get_or_create`` answers from the factory with no call waiting more than a few operation
+    timeouts; after SIGCONT the breaker closes within its break plus a probe, and the entries stored before the
+    pause are L2 hits again."""
+    with RedisSentinelSetup(down_after_ms=10_000) as setup:  # private; a ~1 s pause stays far below down-after
+        master = setup.master()
+        async with HybridCache.from_settings(fault_settings(namespace, setup.configuration)) as cache_:
+            assert await cache_.wait_until_connected(5)
+            keys = (f"Dealership:{n}" for n in itertools.count())
+            warm = [next(keys) for _ in range(5)]
+            node = setup.servers[master]
+            outcome = await pause_opens_and_resume_closes_the_breaker(cache_, warm, keys, node.pause, node.resume)
+            assert setup.master() == master, "the sentinels failed over during the pause"
+            print(f"[sentinel pause] {outcome}")
+            assert_no_call_waited_on_the_frozen_node(outcome)
 
 
 @pytest.fixture
