@@ -347,10 +347,9 @@ class ReadPath(CacheState):
             return None
         wall = self._wall()
         remaining = header.expires - wall
-        generations = header.generations  # decoded for this read alone: nothing else holds it
         if remaining <= 0:
             retain = header.retain - wall
-            return _Found(value, False, header.epoch, generations, fields, retain) if retain > 0 else None
+            return _Found(value, False, header.epoch, header.generations, fields, retain) if retain > 0 else None
         refresh_in = _NEVER
         if plan is not None and eager_refresh is not None:
             refresh_in = header.created + eager_refresh * (header.expires - header.created) - wall
@@ -363,12 +362,12 @@ class ReadPath(CacheState):
                 value,
                 remaining,
                 header.epoch,
-                generations,
+                header.generations,
                 fields,
                 refresh_in=refresh_in,
                 retain=header.retain - wall,
             )
-        return _Found(value, True, header.epoch, generations, fields, header.retain - wall)
+        return _Found(value, True, header.epoch, header.generations, fields, header.retain - wall)
 
     async def _is_current_remotely(self, header: EntryHeader, fields: tuple[str, ...]) -> bool:
         """Check an entry's stamp against Redis itself (while the local mirror is not trusted)."""

@@ -35,11 +35,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import (
-    MaxConnectionsError,
-    RedisError,
-    ResponseError,
-)
+from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 from redis.typing import EncodableT
 
 from hybridcache.direct_get import GetConnections, get_on_cluster, get_pooled
@@ -252,8 +248,10 @@ class RedisL2:
                 if not is_redis_failure(exc):
                     raise
                 raise L2UnavailableError(f"Redis call failed: {exc.__class__.__name__}: {exc}") from exc
-        if not self._admit_now():
-            await self._admit_queued()
+        if not self.breaker.allow_request():
+            raise L2UnavailableError("Redis circuit is open")
+        if not self._slots.try_take():
+            await self._wait_for_slot()
         try:
             result = await operation()
         except BaseException as exc:
@@ -276,17 +274,8 @@ class RedisL2:
         circuit breaker and a request slot, driver errors wrapped in :class:`L2UnavailableError`."""
         return await self._call(operation)
 
-    def _admit_now(self) -> bool:
-        """Admit one request-path call if the breaker allows it: True when it also got a request slot at once,
-        False when it must wait for one (:meth:`_admit_queued`). Raises :class:`L2UnavailableError` when the
-        circuit is open. Once admitted, the caller must give the slot back and report the outcome
-        (``record_success`` or :meth:`_failure`)."""
-        if not self.breaker.allow_request():
-            raise L2UnavailableError("Redis circuit is open")
-        return self._slots.try_take()
-
-    async def _admit_queued(self) -> None:
-        """Wait for a request slot, after :meth:`_admit_now` said none was free; at most the queue timeout."""
+    async def _wait_for_slot(self) -> None:
+        """Queue for a request slot (the breaker already let this call through), at most the queue timeout."""
         try:
             await self._slots.take(self._queue_timeout)
         except TimeoutError as exc:
