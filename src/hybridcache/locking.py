@@ -1,8 +1,9 @@
 """Distributed single flight: one factory run per key across every instance, not just per process.
 
-The instance that misses first takes a lease lock in Redis (``SET NX PX``) and runs the factory; the others
+The instance that misses first takes a lease lock in Redis (``SET NX PX``), reads L2 once more (another instance
+may have filled the key and released its lease since this one's miss), and runs the factory; the others
 register a waiter, check L2 once more, and sleep until the holder announces on the backplane channel that the key
-has been filled (a ``{"f": key}`` notice, published by the same script that releases the lock). Nobody polls.
+has been filled (a ``{"f": key}`` notice, published right after the lease is released). Nobody polls.
 If the notice does not come within the wait timeout — the holder died, or the channel is down — a waiter runs
 the factory itself: the lock bounds duplication, it never blocks progress. The lease bounds how long a crashed
 holder can keep others waiting.

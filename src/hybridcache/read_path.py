@@ -170,25 +170,38 @@ class ReadPath(CacheState):
         try:
             token = await self._dlock.try_acquire(plan.full_key)
         except L2UnavailableError:
+            self.counters.l2_errors += 1
             return await self._compute(plan, stale)
         if token is not None:
             try:
+                # Double-checked: another instance may have filled the key and released its lease between our L2
+                # miss and this lease. Without the second read its whole run fits in that gap and we repeat it.
+                filled = await self._filled_by_another(plan)
+                if filled is not None:
+                    return filled.value
                 return await self._compute(plan, stale)
             finally:
                 await self._dlock.release(plan.full_key, token)
         notice = self._dlock.register(plan.full_key)
         try:
             for attempt in range(2):  # once right after registering (it may be filled already), once after notice
-                found = await self._read_l2(plan.full_key, plan.codec, plan.eager_refresh, lambda: plan)
-                if found is not None and found.fresh:
-                    self.counters.l2_hits += 1
-                    self.counters.misses -= 1  # it was not a miss after all: someone else computed it
-                    return found.value
+                filled = await self._filled_by_another(plan)
+                if filled is not None:
+                    return filled.value
                 if attempt == 0 and not await self._dlock.wait(notice):
                     break
         finally:
             self._dlock.unregister(plan.full_key, notice)
         return await self._compute(plan, stale)
+
+    async def _filled_by_another(self, plan: _Plan) -> _Found | None:
+        """A fresh L2 entry for ``plan``'s key, counted as the L2 hit it turned out to be (not as a miss)."""
+        found = await self._read_l2(plan.full_key, plan.codec, plan.eager_refresh, lambda: plan)
+        if found is None or not found.fresh:
+            return None
+        self.counters.l2_hits += 1
+        self.counters.misses -= 1
+        return found
 
     async def _compute(self, plan: _Plan, stale: _Found | None) -> Any:
         """Run the factory (with its timeouts) and store the result; fall back to ``stale`` under fail-safe."""

@@ -168,6 +168,34 @@ async def test_with_the_distributed_lock_four_instances_run_the_factory_once_in_
         assert all(len(c._flights) == 0 and c._dlock is not None and len(c._dlock) == 0 for c in caches)
 
 
+async def test_a_lease_taken_after_another_instance_filled_the_key_does_not_run_the_factory_again(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The gap between a caller's L2 miss and its lease can hold another instance's whole run (read, lease,
+    factory, store, release). The caller then wins a lease on a key that is already filled: it must read L2
+    once more instead of running the factory a second time. The gap is made deterministic by letting the other
+    instance run to completion just before the caller's lease request."""
+    lock = DistributedLockSettings(enabled=True)
+    async with AsyncExitStack() as stack:
+        early, late = await _instances(
+            stack, namespace, redis_server, 2, distributed_lock=lock, operation_timeout_milliseconds=2_000
+        )
+        factory = CountingFactory("filled", delay=0)
+        assert late._dlock is not None
+        take_lease = late._dlock.try_acquire
+
+        async def after_the_other_instance_filled(full_key: str) -> str | None:
+            assert await early.get_or_create("k", factory, ttl=60, type_=str) == "filled"
+            return await take_lease(full_key)
+
+        late._dlock.try_acquire = after_the_other_instance_filled  # type: ignore[method-assign]
+
+        assert await late.get_or_create("k", factory, ttl=60, type_=str) == "filled"
+
+        assert factory.runs == 1, "the lease holder ran the factory for a key another instance had just filled"
+        assert (late.counters.l2_hits, late.counters.misses, late.counters.handler_runs) == (1, 0, 0)
+
+
 async def test_waiters_are_woken_by_the_fill_notice_not_by_polling(redis_server: RedisServer, namespace: str) -> None:
     """Three instances wait while the fourth computes for 0.5 s; they must return right after it, having sent
     only a handful of GETs (a poller at any useful interval would send dozens)."""
@@ -198,8 +226,9 @@ async def test_waiters_are_woken_by_the_fill_notice_not_by_polling(redis_server:
         assert runs == 1
         assert waited < 2.0, f"waiters took {waited:.2f}s: they were not woken by the fill notice"
         # Per waiting instance: one GET before the lock, one after registering, one after the notice; plus the
-        # holder's first read and at most a couple of heartbeat reads of the sequence counter per backplane.
-        assert gets <= 3 * len(waiters) + 1 + 2 * INSTANCES, f"{gets} GETs while waiting: waiters are polling"
+        # holder's two reads (before and after taking the lease) and at most a couple of heartbeat reads of the
+        # sequence counter per backplane.
+        assert gets <= 3 * len(waiters) + 2 + 2 * INSTANCES, f"{gets} GETs while waiting: waiters are polling"
 
 
 async def test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills(
