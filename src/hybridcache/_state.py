@@ -1,8 +1,8 @@
 """The state a :class:`~hybridcache.cache.HybridCache` is made of, declared in one place.
 
-The cache's read path (``read_path.py``) and write path (``write_path.py``) live in their own modules as mixins
-of :class:`CacheState`; declaring every attribute here lets each of them type-check on its own. ``cache.py``
-sets them all in ``HybridCache.__init__``.
+The cache's read path (``read_path.py``, over ``fill_path.py``) and write path (``write_path.py``) live in their
+own modules as mixins of :class:`CacheState`; declaring every attribute here lets each of them type-check on its
+own. ``cache.py`` sets them all in ``HybridCache.__init__``.
 """
 
 from __future__ import annotations

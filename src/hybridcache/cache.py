@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 
 from hybridcache._state import _NEVER, TtlLike
 from hybridcache.errors import FactoryTimeoutError
-from hybridcache.read_path import ReadPath, _Found, _LeaderGone, _no_factory
+from hybridcache.fill_path import _Found, _no_factory
+from hybridcache.read_path import ReadPath, _LeaderGone
 from hybridcache.write_path import WritePath
 
 __all__ = ["CacheConnectionError", "FactoryTimeoutError", "HybridCache", "TtlLike"]

@@ -1,0 +1,277 @@
+"""Filling a key: run the factory under its timeouts and store the result, or fall back to a stale value.
+
+The second half of an L1 miss (the first, in ``read_path.py``, reads L2 and decides who loads). Before the factory
+runs, the generations the value depends on are captured; afterwards the value is stored in L2 only if none of them
+moved (atomically in Redis) and in L1 only if no invalidation of the key was applied here meanwhile. Fail-safe
+fallbacks (serving a stale value when the factory fails or is slow) and eager refreshes are decided here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NamedTuple
+
+from hybridcache._state import _NEVER, CacheState
+from hybridcache.errors import FactoryTimeoutError
+from hybridcache.generations import fields_for
+from hybridcache.memory import L1Entry
+from hybridcache.redis import Capture, L2UnavailableError
+from hybridcache.serialization import EntryHeader, ValueCodec, encode_entry
+
+logger = logging.getLogger("hybridcache")
+
+
+async def _no_factory() -> Any:
+    raise AssertionError("set() never runs a factory")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything one ``get_or_create`` call decided, built once on the slow path."""
+
+    full_key: str
+    factory: Callable[[], Awaitable[Any]]
+    codec: ValueCodec
+    seconds: float
+    tags: tuple[str, ...]
+    fail_safe: bool
+    soft_timeout: float | None
+    hard_timeout: float | None
+    eager_refresh: float | None
+
+
+class _Found(NamedTuple):
+    """A current value read from L2 (or kept in L1): fresh, or a fail-safe fallback past its TTL.
+
+    A named tuple rather than a frozen dataclass: one is built on every L2 hit, and a tuple is built in a third
+    of the time.
+    """
+
+    value: Any
+    fresh: bool
+    epoch: str
+    generations: Mapping[str, int]
+    fields: tuple[str, ...]
+    retain: float  # seconds from now it may still serve as a fail-safe fallback
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Capture:
+    """Generations read before a factory runs: from Redis (None when unreachable), our mirror, our log position."""
+
+    remote: Capture | None
+    snapshot: dict[str, int]
+    mark: int
+    fields: tuple[str, ...]
+
+
+class FillPath(CacheState):
+    """Computes and stores values (the base of :class:`~hybridcache.read_path.ReadPath`)."""
+
+    async def _compute(self, plan: _Plan, stale: _Found | None) -> Any:
+        """Run the factory (with its timeouts) and store the result; fall back to ``stale`` under fail-safe."""
+        capture = await self._capture(plan)
+        self.counters.handler_runs += 1
+        try:
+            if self.tracer is None:
+                value = await self._run_factory(plan, capture, stale is not None)
+            else:
+                with self.tracer.factory(plan.full_key[self._namespace_length :]):
+                    value = await self._run_factory(plan, capture, stale is not None)
+        except Exception as exc:
+            if isinstance(exc, FactoryTimeoutError):
+                self.counters.factory_timeouts += 1
+            else:
+                self.counters.factory_errors += 1
+            if stale is None or not plan.fail_safe:
+                raise
+            return self._serve_stale(plan, stale, exc)
+        await self._store(plan, value, capture)
+        return value
+
+    async def _run_factory(self, plan: _Plan, capture: _Capture, stale_available: bool) -> Any:
+        soft = plan.soft_timeout if plan.fail_safe and stale_available else None
+        hard = plan.hard_timeout
+        if soft is None and hard is None:
+            return await plan.factory()
+        task = asyncio.ensure_future(plan.factory())
+        limit = min(t for t in (soft, hard) if t is not None)
+        done, _ = await asyncio.wait((task,), timeout=limit)
+        if done:
+            return task.result()
+        # Let it finish in the background and store what it returns (the stale-set checks still apply).
+        self._background.add(task)
+        task.add_done_callback(lambda finished: self._store_in_background(plan, capture, finished))
+        kind = "soft" if limit == soft else "hard"
+        raise FactoryTimeoutError(f"factory for {plan.full_key} exceeded its {kind} timeout of {limit}s")
+
+    def _store_in_background(self, plan: _Plan, capture: _Capture, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            return
+        store = asyncio.ensure_future(self._store(plan, task.result(), capture))
+        self._background.add(store)
+        store.add_done_callback(self._background.discard)
+
+    def _serve_stale(self, plan: _Plan, stale: _Found, exc: Exception) -> Any:
+        self.counters.fail_safe_activations += 1
+        logger.warning(
+            "Factory for %s failed (%s: %s); serving the stale value (fail-safe)",
+            plan.full_key,
+            exc.__class__.__name__,
+            exc,
+        )
+        if self._l1 is not None:
+            # Keep serving it for the throttle period instead of hammering a failing factory on every request.
+            throttle = float(self.settings.fail_safe.throttle_duration_seconds)
+            self._put_l1(
+                plan.full_key, stale.value, throttle, stale.epoch, stale.generations, stale.fields, retain=stale.retain
+            )
+        return stale.value
+
+    def _stale_from_l1(self, full_key: str) -> _Found | None:
+        entry = self._l1.peek(full_key) if self._l1 is not None else None
+        if entry is None or entry.retain_until <= self._clock():
+            return None
+        table = self._table
+        if not table.trusted or not table.is_current(entry.epoch, entry.generations, entry.fields):
+            return None
+        return _Found(
+            entry.value, False, entry.epoch, entry.generations, entry.fields, entry.retain_until - self._clock()
+        )
+
+    def _refresh_later(self, plan: _Plan) -> None:
+        """Start one background refresh of ``plan``'s key (eager refresh); errors are logged, never raised."""
+        refresh_key = plan.full_key + "\x00refresh"
+        if refresh_key in self._flights:
+            return
+        self.counters.eager_refreshes += 1
+
+        async def refresh() -> None:
+            try:
+                await self._compute(plan, None)
+            except Exception as exc:  # the entry in hand stays valid until it expires
+                logger.warning("Eager refresh of %s failed: %s: %s", plan.full_key, exc.__class__.__name__, exc)
+
+        task = asyncio.ensure_future(self._flights.run(refresh_key, refresh))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _capture(self, plan: _Plan) -> _Capture:
+        """What a value about to be computed depends on: Redis's generations, ours, and our log position."""
+        mark = self._log.sequence
+        fields = fields_for(plan.full_key, self._namespace_length, plan.tags)
+        snapshot = self._table.snapshot(fields)
+        remote = None
+        if self._l2 is not None:
+            table = self._table
+            mirror = (table.epoch, snapshot) if self._l2.cluster and table.trusted and table.epoch else None
+            try:
+                remote = await self._l2.capture(plan.full_key, fields, mirror)
+            except L2UnavailableError:
+                self.counters.l2_errors += 1
+        return _Capture(remote, snapshot, mark, fields)
+
+    async def _store(self, plan: _Plan, value: Any, capture: _Capture) -> None:
+        seconds = plan.seconds
+        if value is None:
+            seconds = min(seconds, self._null_ttl)
+        if seconds <= 0:
+            return
+        if self._jitter > 0:
+            seconds += random.uniform(0, self._jitter)
+        retain = self._fail_safe_duration if plan.fail_safe else 0.0
+        remote = capture.remote
+        if remote is not None:
+            assert self._l2 is not None
+            now = self._wall()
+            header = EntryHeader(
+                now,
+                now + seconds,
+                remote.epoch,
+                remote.generations,
+                plan.tags,
+                value is None,
+                retain=now + seconds + retain,
+            )
+            payload = encode_entry(None if value is None else plan.codec.encode(value), header)
+            ttl_ms = max(1, int((seconds + retain) * 1000))
+            try:
+                if self._stale_set_protection:
+                    stored = await self._l2.set_if_current(plan.full_key, payload, ttl_ms, remote)
+                else:
+                    await self._l2.set(plan.full_key, payload, ttl_ms)
+                    stored = True
+            except L2UnavailableError:
+                self.counters.l2_errors += 1
+            else:
+                if not stored:
+                    self.counters.stale_sets_prevented += 1
+                    return
+        if self._l1 is None:
+            return
+        if self._stale_set_protection and self._log.covers_since(
+            capture.mark, plan.full_key, self._namespace_length, plan.tags
+        ):
+            self.counters.stale_sets_prevented += 1
+            return
+        if not self._stale_set_protection:
+            remote = None  # pretend the value was computed now: the unprotected cache-aside race
+            capture = _Capture(None, self._table.snapshot(capture.fields), capture.mark, capture.fields)
+        epoch, generations = (remote.epoch, remote.generations) if remote else (self._table.epoch, capture.snapshot)
+        refresh_in = _NEVER if plan.eager_refresh is None else plan.eager_refresh * seconds
+        self._put_l1(
+            plan.full_key,
+            value,
+            seconds,
+            epoch,
+            generations,
+            capture.fields,
+            refresh_in=refresh_in,
+            retain=seconds + retain,
+        )
+
+    def _put_l1(
+        self,
+        full_key: str,
+        value: Any,
+        seconds: float,
+        epoch: str | None,
+        generations: Mapping[str, int],
+        fields: tuple[str, ...],
+        *,
+        refresh_in: float = _NEVER,
+        retain: float = 0.0,
+    ) -> None:
+        assert self._l1 is not None
+        table = self._table
+        seconds = min(seconds, self._l1_max_ttl)
+        if table.trusted:
+            if not table.is_current(epoch or "", generations, fields):
+                return
+            checked = table.version
+        else:
+            seconds = min(seconds, self._disconnected_ttl)
+            retain = 0.0
+            checked = 0
+        now = self._clock()
+        # A fail-safe fallback is kept in L1 no longer than L1 would keep a fresh value past its expiry.
+        retain_until = now + min(retain, seconds + self._l1_max_ttl) if retain > seconds else 0.0
+        self._l1.put(
+            L1Entry(
+                full_key,
+                value,
+                now + seconds,
+                now,
+                epoch or "",
+                generations,
+                fields,
+                checked,
+                refresh_at=now + refresh_in,
+                retain_until=retain_until,
+            )
+        )
