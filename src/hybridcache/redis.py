@@ -38,6 +38,7 @@ from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 from redis.typing import EncodableT
 
+from hybridcache import redis_scripts
 from hybridcache.direct_get import GetConnections, get_on_cluster, get_pooled
 from hybridcache.errors import HybridCacheError
 from hybridcache.generations import EPOCH_FIELD, new_epoch
@@ -50,83 +51,6 @@ _WRONG_TYPE: Final = object()
 logger = logging.getLogger("hybridcache.redis")
 SERVER_FIELD = "__server__"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-# Shared by the scripts that may be the first to touch the generation hash: create the epoch, remember the server.
-_EPOCH = """
-local function current_epoch(gens, candidate, ttl)
-  local epoch = redis.call('HGET', gens, '__epoch__')
-  if not epoch then
-    epoch = candidate
-    local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
-    redis.call('HSET', gens, '__epoch__', epoch, '__server__', server)
-  end
-  redis.call('PEXPIRE', gens, ttl)
-  return epoch
-end
-"""
-
-# KEYS: gens, key generation. ARGV: candidate epoch, meta TTL, fields...
-_CAPTURE = (
-    _EPOCH
-    + """
-local result = {current_epoch(KEYS[1], ARGV[1], ARGV[2]), redis.call('GET', KEYS[2]) or '0'}
-for i = 3, #ARGV do result[#result + 1] = redis.call('HGET', KEYS[1], ARGV[i]) or '0' end
-return result
-"""
-)
-
-# KEYS: entry, key generation[, gens]. ARGV: payload, TTL ms, captured key generation[, epoch, field, gen, ...].
-# Without the gens key (cluster) only the exact key's generation is checked here; stamps cover the rest.
-_SET_IF_CURRENT = """
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
-if KEYS[3] then
-  if redis.call('HGET', KEYS[3], '__epoch__') ~= ARGV[4] then return 0 end
-  for i = 5, #ARGV, 2 do
-    if tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0') > tonumber(ARGV[i + 1]) then return 0 end
-  end
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# KEYS: entry, key generation. ARGV: meta TTL.
-_REMOVE_KEY = """
-redis.call('DEL', KEYS[1])
-redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[1])
-return 1
-"""
-
-# KEYS: gens, seq, then (entry, key generation) per removed key (standalone only). ARGV: candidate epoch, meta TTL,
-# publish command, channel, sender, JSON list of full keys, then the fields to bump.
-_INVALIDATE = (
-    _EPOCH
-    + """
-local epoch = current_epoch(KEYS[1], ARGV[1], ARGV[2])
-for i = 3, #KEYS, 2 do
-  redis.call('DEL', KEYS[i])
-  redis.call('INCR', KEYS[i + 1])
-  redis.call('PEXPIRE', KEYS[i + 1], ARGV[2])
-end
-local gens = {}
-for i = 7, #ARGV do gens[ARGV[i]] = redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end
-local seq = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-local message = cjson.encode({i = ARGV[5], s = seq, e = epoch, k = cjson.decode(ARGV[6]), g = gens})
-redis.call(ARGV[3], ARGV[4], message)
-return message
-"""
-)
-
-# KEYS: gens, seq. ARGV: candidate epoch, meta TTL. A different server than the one that wrote the epoch: new epoch.
-_SYNC = """
-local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
-if redis.call('HGET', KEYS[1], '__server__') ~= server then
-  redis.call('HSET', KEYS[1], '__epoch__', ARGV[1], '__server__', server)
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
-"""
 
 
 def hash_tag(key: str) -> str:
@@ -206,11 +130,11 @@ class RedisL2:
         self.channel = f"{meta}invalidation" if database == 0 else f"{meta}invalidation:db{database}"
         self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
         self._meta_ttl_ms = meta_ttl_ms
-        self._capture = client.register_script(_CAPTURE)
-        self._set_if_current = client.register_script(_SET_IF_CURRENT)
-        self._remove_key = client.register_script(_REMOVE_KEY)
-        self._invalidate = client.register_script(_INVALIDATE)
-        self._sync = self.background.register_script(_SYNC)
+        self._capture = client.register_script(redis_scripts.CAPTURE)
+        self._set_if_current = client.register_script(redis_scripts.SET_IF_CURRENT)
+        self._remove_key = client.register_script(redis_scripts.REMOVE_KEY)
+        self._invalidate = client.register_script(redis_scripts.INVALIDATE)
+        self._sync = self.background.register_script(redis_scripts.SYNC)
 
     def redis_key(self, full_key: str) -> str:
         return self._instance_name + full_key

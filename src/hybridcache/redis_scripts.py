@@ -1,0 +1,88 @@
+"""The Lua scripts :class:`~hybridcache.redis.RedisL2` runs: each check-and-act that must be atomic in Redis.
+
+Each script names the keys and arguments it takes. On a cluster every call touches one slot (the keys it is
+given share a hash tag, see ``redis.py``); only on a standalone server or Sentinel is ``INVALIDATE`` also given
+the removed entries' keys, so one script removes them and bumps the counters. The epoch fields (``__epoch__``,
+``__server__``) live in the generation hash next to the prefix/tag counters.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Shared by the scripts that may be the first to touch the generation hash: create the epoch, remember the server.
+EPOCH_FUNCTION: Final = """
+local function current_epoch(gens, candidate, ttl)
+  local epoch = redis.call('HGET', gens, '__epoch__')
+  if not epoch then
+    epoch = candidate
+    local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+    redis.call('HSET', gens, '__epoch__', epoch, '__server__', server)
+  end
+  redis.call('PEXPIRE', gens, ttl)
+  return epoch
+end
+"""
+
+# KEYS: gens, key generation. ARGV: candidate epoch, meta TTL, fields...
+CAPTURE: Final = (
+    EPOCH_FUNCTION
+    + """
+local result = {current_epoch(KEYS[1], ARGV[1], ARGV[2]), redis.call('GET', KEYS[2]) or '0'}
+for i = 3, #ARGV do result[#result + 1] = redis.call('HGET', KEYS[1], ARGV[i]) or '0' end
+return result
+"""
+)
+
+# KEYS: entry, key generation[, gens]. ARGV: payload, TTL ms, captured key generation[, epoch, field, gen, ...].
+# Without the gens key (cluster) only the exact key's generation is checked here; stamps cover the rest.
+SET_IF_CURRENT: Final = """
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
+if KEYS[3] then
+  if redis.call('HGET', KEYS[3], '__epoch__') ~= ARGV[4] then return 0 end
+  for i = 5, #ARGV, 2 do
+    if tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0') > tonumber(ARGV[i + 1]) then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: entry, key generation. ARGV: meta TTL.
+REMOVE_KEY: Final = """
+redis.call('DEL', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: gens, seq, then (entry, key generation) per removed key (standalone only). ARGV: candidate epoch, meta TTL,
+# publish command, channel, sender, JSON list of full keys, then the fields to bump.
+INVALIDATE: Final = (
+    EPOCH_FUNCTION
+    + """
+local epoch = current_epoch(KEYS[1], ARGV[1], ARGV[2])
+for i = 3, #KEYS, 2 do
+  redis.call('DEL', KEYS[i])
+  redis.call('INCR', KEYS[i + 1])
+  redis.call('PEXPIRE', KEYS[i + 1], ARGV[2])
+end
+local gens = {}
+for i = 7, #ARGV do gens[ARGV[i]] = redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+local message = cjson.encode({i = ARGV[5], s = seq, e = epoch, k = cjson.decode(ARGV[6]), g = gens})
+redis.call(ARGV[3], ARGV[4], message)
+return message
+"""
+)
+
+# KEYS: gens, seq. ARGV: candidate epoch, meta TTL. A different server than the one that wrote the epoch: new epoch.
+SYNC: Final = """
+local server = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+if redis.call('HGET', KEYS[1], '__server__') ~= server then
+  redis.call('HSET', KEYS[1], '__epoch__', ARGV[1], '__server__', server)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
+"""
