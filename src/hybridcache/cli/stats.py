@@ -1,0 +1,79 @@
+"""``hybridcache stats``: the counters every running instance last reported, as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from redis.exceptions import RedisError
+
+from hybridcache.cli.durations import _duration
+from hybridcache.cli.exits import EXIT_OK, _Failure
+from hybridcache.clients import RedisClients
+from hybridcache.instances import InstanceKeys, LiveInstance, live_instances
+from hybridcache.settings import CacheSettings
+
+_COLUMNS = (
+    ("l1Hits", "L1 HITS"),
+    ("l2Hits", "L2 HITS"),
+    ("misses", "MISSES"),
+    ("handlerRuns", "HANDLER RUNS"),
+    ("invalidationsPublished", "INV SENT"),
+    ("invalidationsReceived", "INV RECV"),
+    ("pendingInvalidations", "PENDING"),
+)
+
+
+async def _stats(settings: CacheSettings, clients: RedisClients, as_json: bool, out: TextIO) -> int:
+    try:
+        instances = await live_instances(clients.background, settings)
+    except (RedisError, OSError) as exc:
+        raise _Failure(f"cannot read the instance reports: {exc.__class__.__name__}: {exc}") from exc
+    name = InstanceKeys.for_settings(settings).namespace
+    if as_json:
+        document = {"namespace": name, "instances": [instance.as_dict() for instance in instances]}
+        print(json.dumps(document, indent=2), file=out)
+        return EXIT_OK
+    if not instances:
+        print(f"no running instance of {name} has reported in the last 15 s", file=out)
+        return EXIT_OK
+    print(f"{len(instances)} running instance(s) of {name}", file=out)
+    print(_table(instances), file=out)
+    return EXIT_OK
+
+
+def _table(instances: Sequence[LiveInstance]) -> str:
+    now = time.time()
+    header = ["INSTANCE", "HOST", "PID", "UP", "SEEN", *(title for _, title in _COLUMNS)]
+    header += ["CIRCUIT", "REDIS", "BACKPLANE"]
+    rows = [header]
+    for instance in instances:
+        stats = instance.stats
+        rows.append(
+            [
+                instance.instance_id,
+                instance.host,
+                str(instance.pid),
+                _duration(now - instance.started_at),
+                f"{instance.age:.0f}s ago",
+                *(str(stats.get(field, "-")) for field, _ in _COLUMNS),
+                str(stats.get("circuit", "-")),
+                str(stats.get("redis", "-")),
+                str(stats.get("backplane", "-")),
+            ]
+        )
+    totals = ["total", "", "", "", ""]
+    totals += [str(sum(int(i.stats.get(field, 0)) for i in instances)) for field, _ in _COLUMNS]
+    rows.append([*totals, "", "", ""])
+    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+    numeric = set(range(5, 5 + len(_COLUMNS))) | {2}
+    lines = [
+        "  ".join(
+            cell.rjust(width) if column in numeric else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    return "\n".join(line.rstrip() for line in lines)
