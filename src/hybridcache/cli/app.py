@@ -9,14 +9,14 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from hybridcache.cli.config_check import _config_check
-from hybridcache.cli.exits import EXIT_FAILED, EXIT_USAGE, _Failure, _UsageError
-from hybridcache.cli.get import _get
-from hybridcache.cli.invalidate import _invalidate
+from hybridcache.cli.config_check import run_config_check
+from hybridcache.cli.exits import EXIT_FAILED, EXIT_USAGE, CommandFailed, UsageError
+from hybridcache.cli.get import run_get
+from hybridcache.cli.invalidate import run_invalidate
 from hybridcache.cli.parser import build_parser
-from hybridcache.cli.redis_session import _redis
+from hybridcache.cli.redis_session import redis_session
 from hybridcache.cli.settings_loading import load_settings
-from hybridcache.cli.stats import _stats
+from hybridcache.cli.stats import run_stats
 from hybridcache.errors import CacheConfigurationError
 from hybridcache.keys import normalize_prefix, validate_key
 
@@ -32,27 +32,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return asyncio.run(_run(args, sys.stdout))
-    except (CacheConfigurationError, _UsageError) as exc:
+    except (CacheConfigurationError, UsageError) as exc:
         print(f"hybridcache: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except _Failure as exc:
+    except CommandFailed as exc:
         print(f"hybridcache: failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 
 async def _run(args: argparse.Namespace, out: TextIO) -> int:
     if args.command == "config":
-        return await _config_check(args, out)
+        return await run_config_check(args, out)
     _check_arguments(args)  # before loading anything: a usage error is reported as such
     settings, _ = load_settings(args.config, args.section)
-    async with _redis(settings, args.section, args.command) as clients:
+    async with redis_session(settings, args.section, args.command) as clients:
         if args.command == "stats":
-            return await _stats(settings, clients, args.json, out)
+            return await run_stats(settings, clients, args.json, out)
         if args.command == "get":
-            return await _get(settings, clients, args.key, args.json, out)
+            return await run_get(settings, clients, args.key, args.json, out)
         if args.command == "invalidate":
-            return await _invalidate(settings, clients, args.keys, args.prefix, args.tag, out)
-        return await _invalidate(settings, clients, [], [""], [], out)
+            return await run_invalidate(settings, clients, args.keys, args.prefix, args.tag, out)
+        return await run_invalidate(settings, clients, [], [""], [], out)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
@@ -61,10 +61,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
             validate_key(args.key)
         elif args.command == "invalidate":
             if not (args.keys or args.prefix or args.tag):
-                raise _UsageError("invalidate needs at least one KEY, --prefix or --tag")
+                raise UsageError("invalidate needs at least one KEY, --prefix or --tag")
             for key in args.keys:
                 validate_key(key)
             for prefix in args.prefix:
                 normalize_prefix(prefix)
     except ValueError as exc:
-        raise _UsageError(str(exc)) from exc
+        raise UsageError(str(exc)) from exc

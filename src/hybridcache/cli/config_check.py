@@ -10,13 +10,13 @@ from typing import Any, TextIO
 from pydantic.alias_generators import to_pascal
 
 from hybridcache.cli.exits import EXIT_OK
-from hybridcache.cli.redis_session import _redis
+from hybridcache.cli.redis_session import redis_session
 from hybridcache.cli.settings_loading import load_settings
 from hybridcache.connection import mask_configuration
 from hybridcache.keys import namespace
 
 
-async def _config_check(args: argparse.Namespace, out: TextIO) -> int:
+async def run_config_check(args: argparse.Namespace, out: TextIO) -> int:
     settings, source = load_settings(args.file or args.config, args.section)
     environment = _environment_overrides(args.section)
     name = namespace(settings.service_name, settings.cache_version)
@@ -42,7 +42,7 @@ async def _config_check(args: argparse.Namespace, out: TextIO) -> int:
         ]
         print("\n".join(lines), file=out)
     if args.connect:
-        async with _redis(settings, args.section, "config check --connect") as clients:
+        async with redis_session(settings, args.section, "config check --connect") as clients:
             print(f"redis answers ({clients.topology})", file=out)
     return EXIT_OK
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def _duration(seconds: float) -> str:
+def short_duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     if seconds < 120:
         return f"{seconds}s"

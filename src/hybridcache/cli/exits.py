@@ -9,9 +9,9 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 
 
-class _Failure(Exception):
+class CommandFailed(Exception):
     """The operation was attempted and failed (exit 1)."""
 
 
-class _UsageError(Exception):
+class UsageError(Exception):
     """The command cannot run as given (exit 2)."""

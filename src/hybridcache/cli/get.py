@@ -9,8 +9,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from hybridcache.cli.durations import _duration
-from hybridcache.cli.exits import EXIT_OK, _Failure
+from hybridcache.cli.durations import short_duration
+from hybridcache.cli.exits import EXIT_OK, CommandFailed
 from hybridcache.clients import RedisClients
 from hybridcache.generations import fields_for
 from hybridcache.keys import namespace
@@ -20,7 +20,7 @@ from hybridcache.serialization import CorruptEntryError, decode_entry
 from hybridcache.settings import CacheSettings
 
 
-async def _get(settings: CacheSettings, clients: RedisClients, key: str, as_json: bool, out: TextIO) -> int:
+async def run_get(settings: CacheSettings, clients: RedisClients, key: str, as_json: bool, out: TextIO) -> int:
     name = namespace(settings.service_name, settings.cache_version)
     l2 = RedisL2(
         clients.request,
@@ -34,18 +34,18 @@ async def _get(settings: CacheSettings, clients: RedisClients, key: str, as_json
         raw = await l2.get(full_key)
         ttl_ms = await clients.request.pttl(l2.redis_key(full_key))
     except L2UnavailableError as exc:
-        raise _Failure(str(exc)) from exc
+        raise CommandFailed(str(exc)) from exc
     if raw is None:
-        raise _Failure(f"no entry for {key!r} (Redis key {l2.redis_key(full_key)!r})")
+        raise CommandFailed(f"no entry for {key!r} (Redis key {l2.redis_key(full_key)!r})")
     try:
         header, body = decode_entry(raw)
     except CorruptEntryError as exc:
-        raise _Failure(f"the entry under {l2.redis_key(full_key)!r} is not a hybridcache entry: {exc}") from exc
+        raise CommandFailed(f"the entry under {l2.redis_key(full_key)!r} is not a hybridcache entry: {exc}") from exc
     fields = fields_for(full_key, len(name), header.tags)
     try:
         epoch, counters = await l2.current_generations(fields)
     except L2UnavailableError as exc:
-        raise _Failure(str(exc)) from exc
+        raise CommandFailed(str(exc)) from exc
     reasons = []
     if epoch != header.epoch:
         reasons.append(f"generation epoch changed ({header.epoch} → {epoch or 'none'}): Redis lost or replaced it")
@@ -120,4 +120,4 @@ def _describe(field: str) -> str:
 def _when(timestamp: float, now: float) -> str:
     moment = datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
     delta = timestamp - now
-    return f"{moment} (in {_duration(delta)})" if delta >= 0 else f"{moment} ({_duration(-delta)} ago)"
+    return f"{moment} (in {short_duration(delta)})" if delta >= 0 else f"{moment} ({short_duration(-delta)} ago)"

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from hybridcache.cache import HybridCache
-from hybridcache.cli.exits import EXIT_OK, _Failure
+from hybridcache.cli.exits import EXIT_OK, CommandFailed
 from hybridcache.clients import RedisClients
 from hybridcache.keys import namespace
 from hybridcache.settings import BackplaneSettings, CacheSettings, MemoryCacheSettings
 
 
-async def _invalidate(
+async def run_invalidate(
     settings: CacheSettings,
     clients: RedisClients,
     keys: Sequence[str],
@@ -37,7 +37,7 @@ async def _invalidate(
         await cache.close()
     name = namespace(settings.service_name, settings.cache_version)
     if stats.invalidation_failures or stats.pending_invalidations or not stats.invalidations_published:
-        raise _Failure(f"the invalidation was not published to {name} (Redis error; run with -v for details)")
+        raise CommandFailed(f"the invalidation was not published to {name} (Redis error; run with -v for details)")
     what = [f"key {k!r}" for k in keys] + [f"prefix {p!r}" if p else "everything" for p in prefixes]
     what += [f"tag {t!r}" for t in tags]
     print(f"invalidated {', '.join(what)} in {name} on every running instance", file=out)

@@ -8,7 +8,7 @@ from typing import Final
 
 from redis.exceptions import RedisError
 
-from hybridcache.cli.exits import _Failure, _UsageError
+from hybridcache.cli.exits import CommandFailed, UsageError
 from hybridcache.clients import RedisClients, connect
 from hybridcache.settings import CacheSettings
 
@@ -17,10 +17,10 @@ _MIN_TIMEOUT: Final = 2.0
 
 
 @contextlib.asynccontextmanager
-async def _redis(settings: CacheSettings, section: str, command: str) -> AsyncIterator[RedisClients]:
+async def redis_session(settings: CacheSettings, section: str, command: str) -> AsyncIterator[RedisClients]:
     endpoint = settings.redis_endpoint
     if endpoint is None:
-        raise _UsageError(f"{section}:Configuration is not set: '{command}' needs the service's Redis")
+        raise UsageError(f"{section}:Configuration is not set: '{command}' needs the service's Redis")
     try:
         clients = await connect(
             endpoint,
@@ -30,12 +30,12 @@ async def _redis(settings: CacheSettings, section: str, command: str) -> AsyncIt
             protocol=settings.protocol,
         )
     except (RedisError, OSError, ValueError) as exc:
-        raise _Failure(f"cannot connect to Redis at {endpoint}: {exc.__class__.__name__}: {exc}") from exc
+        raise CommandFailed(f"cannot connect to Redis at {endpoint}: {exc.__class__.__name__}: {exc}") from exc
     try:
         try:
             await clients.request.ping()
         except (RedisError, OSError, TimeoutError) as exc:
-            raise _Failure(f"cannot reach Redis at {endpoint}: {exc.__class__.__name__}: {exc}") from exc
+            raise CommandFailed(f"cannot reach Redis at {endpoint}: {exc.__class__.__name__}: {exc}") from exc
         yield clients
     finally:
         await clients.aclose()

@@ -9,8 +9,8 @@ from typing import TextIO
 
 from redis.exceptions import RedisError
 
-from hybridcache.cli.durations import _duration
-from hybridcache.cli.exits import EXIT_OK, _Failure
+from hybridcache.cli.durations import short_duration
+from hybridcache.cli.exits import EXIT_OK, CommandFailed
 from hybridcache.clients import RedisClients
 from hybridcache.instances import InstanceKeys, LiveInstance, live_instances
 from hybridcache.settings import CacheSettings
@@ -26,11 +26,11 @@ _COLUMNS = (
 )
 
 
-async def _stats(settings: CacheSettings, clients: RedisClients, as_json: bool, out: TextIO) -> int:
+async def run_stats(settings: CacheSettings, clients: RedisClients, as_json: bool, out: TextIO) -> int:
     try:
         instances = await live_instances(clients.background, settings)
     except (RedisError, OSError) as exc:
-        raise _Failure(f"cannot read the instance reports: {exc.__class__.__name__}: {exc}") from exc
+        raise CommandFailed(f"cannot read the instance reports: {exc.__class__.__name__}: {exc}") from exc
     name = InstanceKeys.for_settings(settings).namespace
     if as_json:
         document = {"namespace": name, "instances": [instance.as_dict() for instance in instances]}
@@ -56,7 +56,7 @@ def _table(instances: Sequence[LiveInstance]) -> str:
                 instance.instance_id,
                 instance.host,
                 str(instance.pid),
-                _duration(now - instance.started_at),
+                short_duration(now - instance.started_at),
                 f"{instance.age:.0f}s ago",
                 *(str(stats.get(field, "-")) for field, _ in _COLUMNS),
                 str(stats.get("circuit", "-")),
