@@ -38,7 +38,9 @@ _WITH_ZIP_AND_STATE = joinedload(Dealership.business_zip_code).joinedload(ZipCod
 class Committer(Protocol):
     """The part of the unit of work a command handler needs: make the transaction's changes durable."""
 
-    async def commit(self) -> None: ...
+    async def commit(self) -> int:
+        """Commit; the number of rows inserted, updated or deleted (the seed's ``SaveChangesAsync``)."""
+        ...
 
 
 def _to_dto(row: Dealership) -> DealershipDto:

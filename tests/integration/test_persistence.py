@@ -225,3 +225,55 @@ async def test_unit_of_work_guards_its_session(sessions: Sessions) -> None:
             await uow.__aenter__()
     with pytest.raises(RuntimeError, match="only available inside"):
         _ = uow.session
+
+
+async def test_commit_returns_the_number_of_rows_it_wrote(sessions: Sessions) -> None:
+    async with UnitOfWork(sessions) as uow:
+        writes = uow.writes(Shop)
+        await writes.add(Shop(name="Foxtrot", state_id=1))
+        await writes.add(Shop(name="Golf", state_id=2))
+        inserted = await uow.commit()
+
+    async with UnitOfWork(sessions) as uow:
+        writes = uow.writes(Shop)
+        changed, untouched = await writes.get_by_id(1), await writes.get_by_id(2)
+        assert changed is not None
+        assert untouched is not None
+        changed.name = "Alpha Changed"
+        untouched.name = untouched.name  # set to its own value: in session.dirty, but nothing to write
+        assert untouched in uow.session.dirty
+        updated = await uow.commit()
+
+    async with UnitOfWork(sessions) as uow:
+        loaded = await uow.writes(Shop).get_by_id(3)
+        assert loaded is not None
+        nothing = await uow.commit()
+
+    async with UnitOfWork(sessions) as uow:
+        writes = uow.writes(Shop)
+        doomed = await writes.get_by_id(3)
+        assert doomed is not None
+        await writes.remove(doomed)
+        deleted = await uow.commit()
+
+    assert (inserted, updated, nothing, deleted) == (2, 1, 0, 1)
+    async with UnitOfWork(sessions) as uow:
+        reads = uow.reads(Shop)
+        assert await reads.count() == 4
+        assert [s.name for s in await reads.list(reads.query.order_by(Shop.id))][:2] == ["Alpha Changed", "Bravo"]
+
+
+async def test_commit_counts_rows_a_cascade_adds_and_a_reattached_object_only_if_changed(sessions: Sessions) -> None:
+    async with UnitOfWork(sessions) as uow:
+        await uow.writes(Shop).add(Shop(name="Hotel", state=State(code="NM")))
+        assert await uow.commit() == 2  # the shop and, by save-update cascade, its new state
+
+    async with UnitOfWork(sessions) as uow:
+        same, renamed = await uow.reads(Shop).get_by_id(1), await uow.reads(Shop).get_by_id(2)
+    assert same is not None
+    assert renamed is not None
+    renamed.name = "Bravo Renamed"
+    async with UnitOfWork(sessions) as uow:
+        uow.writes(Shop).update(same)
+        uow.writes(Shop).update(renamed)
+        assert await uow.commit() == 1

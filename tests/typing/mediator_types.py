@@ -110,7 +110,7 @@ class RenameHandler(RequestHandler[Rename, bool]):
         if row is None:
             return False
         row.name = request.name
-        await self.uow.commit()
+        assert_type(await self.uow.commit(), int)
         return True
 
 

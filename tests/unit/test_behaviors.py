@@ -81,10 +81,12 @@ class FakeUnitOfWork(AbstractUnitOfWork):
     async def _begin(self) -> None:
         self.events.append("begin")
 
-    async def _commit(self) -> None:
+    async def _commit(self) -> int:
+        written = len(self.staged)
         self.db.names.update(self.staged)
         self.staged.clear()
         self.events.append("commit")
+        return written
 
     async def _rollback(self) -> None:
         self.staged.clear()
@@ -322,7 +324,8 @@ async def test_unit_of_work_template_rolls_back_unless_committed() -> None:
     db = FakeDatabase()
     async with FakeUnitOfWork(db) as uow:
         uow.staged[1] = "kept"
-        await uow.commit()
+        uow.staged[3] = "also kept"
+        assert await uow.commit() == 2
     assert uow.events == ["begin", "commit", "close"]
     assert uow.committed
 
@@ -330,7 +333,7 @@ async def test_unit_of_work_template_rolls_back_unless_committed() -> None:
         uow.staged[2] = "dropped"
     assert uow.events == ["begin", "rollback", "close"]
     assert not uow.committed
-    assert db.names == {1: "kept"}
+    assert db.names == {1: "kept", 3: "also kept"}
 
 
 # -- with a real HybridCache, L1 only ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 
 class AbstractUnitOfWork(ABC):
-    """``async with uow: ...; await uow.commit()``.
+    """``async with uow: ...; written = await uow.commit()``.
 
     Template methods: subclasses implement ``_commit`` and ``_rollback`` (and may hook ``_begin``/``_close``);
     the public protocol — explicit commit, roll back on leaving the block unless committed or on an exception,
@@ -42,10 +42,15 @@ class AbstractUnitOfWork(ABC):
         finally:
             await self._close()
 
-    async def commit(self) -> None:
-        """Make everything done in this unit of work durable. Call it once the operation succeeded."""
-        await self._commit()
+    async def commit(self) -> int:
+        """Make everything done in this unit of work durable. Call it once the operation succeeded.
+
+        Returns the number of rows (state entries) the commit wrote — inserted, updated or deleted — as the
+        seed's ``SaveChangesAsync`` does; what counts as a row is up to ``_commit``.
+        """
+        written = await self._commit()
         self.committed = True
+        return written
 
     async def rollback(self) -> None:
         """Discard everything not yet committed."""
@@ -58,7 +63,8 @@ class AbstractUnitOfWork(ABC):
         """Hook: release resources on exit (runs after any rollback, even when it failed)."""
 
     @abstractmethod
-    async def _commit(self) -> None: ...
+    async def _commit(self) -> int:
+        """Make the changes durable; return how many rows (entries) that wrote."""
 
     @abstractmethod
     async def _rollback(self) -> None: ...
@@ -100,8 +106,10 @@ class UnitOfWork(AbstractUnitOfWork):
             raise RuntimeError("UnitOfWork is not reentrant; create one per operation")
         self._session = self._session_factory()
 
-    async def _commit(self) -> None:
+    async def _commit(self) -> int:
+        written = _pending_writes(self.session)
         await self.session.commit()
+        return written
 
     async def _rollback(self) -> None:
         await self.session.rollback()
@@ -110,6 +118,19 @@ class UnitOfWork(AbstractUnitOfWork):
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _pending_writes(session: AsyncSession) -> int:
+    """The rows ``session``'s next flush will write: objects pending insert (``session.new``, including those
+    a cascade added), objects marked for deletion (``session.deleted``), and the objects in ``session.dirty``
+    whose column values really changed (``session.is_modified``: an attribute set to its current value, or an
+    object re-attached unchanged, writes nothing).
+
+    Counted before that flush, so rows already flushed earlier in the transaction (``flush()``, or autoflush
+    before a query) and rows a database-side cascade touches are not included.
+    """
+    modified = sum(1 for entity in session.dirty if session.is_modified(entity))
+    return len(session.new) + modified + len(session.deleted)
 
 
 def create_session_factory(engine: AsyncEngine, **options: Any) -> async_sessionmaker[AsyncSession]:
