@@ -29,6 +29,7 @@ from pydantic.alias_generators import to_pascal
 
 from hybridcache.connection import RedisEndpointConfig, mask_configuration, parse_redis_configuration
 from hybridcache.errors import CacheConfigurationError
+from hybridcache.jsonc import loads as loads_jsonc
 
 __all__ = [
     "SECTION",
@@ -305,11 +306,13 @@ class CacheSettings(_Section):
 
         A missing file raises unless ``missing_ok`` (then: defaults plus environment); a missing section
         means defaults. ``environ`` defaults to ``os.environ``; pass ``{}`` to ignore the environment.
+        The file is read as .NET configuration reads it: ``//`` and ``/* */`` comments and trailing commas are
+        accepted (:mod:`hybridcache.jsonc`); malformed JSON is reported at its line and column in the file.
         """
         file = Path(path)
         document: Any = {}
         try:
-            document = json.loads(file.read_text(encoding="utf-8-sig"))
+            document = loads_jsonc(file.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             if not missing_ok:
                 raise CacheConfigurationError(f"configuration file not found: {file}") from None
