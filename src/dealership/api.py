@@ -53,7 +53,11 @@ class HealthBody(BaseModel):
     circuit: str
 
 
-DealershipId = Annotated[int, Path(ge=1, le=MAX_ID, description="Dealership id")]
+# No lower bound: as with the seed's ``{id:int}``, 0 and negative ids reach the route and are simply not found
+# (404, see _known_id). Above MAX_ID, or not an integer, is a 422 naming ``["path", "id"]``.
+DealershipId = Annotated[
+    int, Path(le=MAX_ID, description="Dealership id (ids are 1 or more: 0 and negative ids are not found, 404)")
+]
 PageNumber = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
 PageSize = Annotated[int, Query(ge=1, le=100, description="Items per page (1-100)")]
 SearchTerm = Annotated[
@@ -78,6 +82,14 @@ def _json(content: bytes, status_code: int = 200, headers: dict[str, str] | None
 
 def _not_found(dealership_id: int) -> HTTPException:
     return HTTPException(status_code=404, detail=f"Dealership {dealership_id} not found")
+
+
+def _known_id(dealership_id: int) -> int:
+    """``dealership_id`` if some dealership could have it; otherwise (0 or negative: ids start at 1) the same
+    404 as any missing id, raised at once — no database query, no cache entry."""
+    if dealership_id < 1:
+        raise _not_found(dealership_id)
+    return dealership_id
 
 
 dealership_router = APIRouter(prefix="/api/dealership", tags=["dealership"])
@@ -110,7 +122,7 @@ async def list_dealerships(mediator: MediatorDep, page: PageNumber = 1, size: Pa
 @dealership_router.get("/{id}", response_model=DealershipDto, responses=_NOT_FOUND, summary="Get a dealership")
 async def get_dealership(mediator: MediatorDep, id: DealershipId) -> Response:
     """One dealership with its zip code and state. Cached 30 minutes under ``Dealership:{id}``."""
-    found = await mediator.send(GetDealershipById(id))
+    found = await mediator.send(GetDealershipById(_known_id(id)))
     if found is None:
         raise _not_found(id)
     return _json(_DEALERSHIP.dump_json(found, by_alias=True))
@@ -145,7 +157,7 @@ async def create_dealership(mediator: MediatorDep, body: CreateDealershipRequest
 )
 async def update_dealership(mediator: MediatorDep, id: DealershipId, body: UpdateDealershipRequest) -> Response:
     """Sets name and address; invalidates ``Dealership:{id}`` and every cached list and search."""
-    if not await mediator.send(UpdateDealership(id, body.name, body.business_address)):
+    if not await mediator.send(UpdateDealership(_known_id(id), body.name, body.business_address)):
         raise _not_found(id)
     return Response(status_code=204)
 
@@ -153,7 +165,7 @@ async def update_dealership(mediator: MediatorDep, id: DealershipId, body: Updat
 @dealership_router.delete("/{id}", status_code=204, responses=_NOT_FOUND, summary="Delete a dealership")
 async def delete_dealership(mediator: MediatorDep, id: DealershipId) -> Response:
     """Deletes the dealership; invalidates ``Dealership:{id}`` and every cached list and search."""
-    if not await mediator.send(DeleteDealership(id)):
+    if not await mediator.send(DeleteDealership(_known_id(id))):
         raise _not_found(id)
     return Response(status_code=204)
 

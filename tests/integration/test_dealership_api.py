@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from dealership.app import create_app
 from dealership.bootstrap import ServiceConfig
+from dealership.dto import MAX_ID
 from dealership.seed import generate
 from hybridcache import CacheSettings
 from tests.support import find_free_port, wait_until
@@ -124,6 +125,29 @@ async def test_missing_id_is_404_with_json_and_the_miss_is_cached(api: Instance)
     assert after["handlerRuns"] == before["handlerRuns"]
 
 
+# Counters a request that reaches the cache moves (a miss, a handler run, a stored entry, an invalidation).
+CACHE_ACTIVITY = ["l1Hits", "l2Hits", "misses", "handlerRuns", "l1Entries", "invalidationsPublished"]
+
+
+@pytest.mark.parametrize("dealership_id", [0, -1, -MAX_ID - 1, -(10**30)])
+async def test_a_non_positive_id_is_the_same_404_without_touching_cache_or_database(
+    api: Instance, dealership_id: int
+) -> None:
+    # The seed's {id:int} lets 0 and negative ids reach the handler, which finds nothing: 404, not 422.
+    before = await api.stats()
+
+    got = await api.get(f"/api/dealership/{dealership_id}")
+    put = await api.client.put(f"/api/dealership/{dealership_id}", json={"name": "x", "businessAddress": "y"})
+    deleted = await api.client.delete(f"/api/dealership/{dealership_id}")
+
+    after = await api.stats()
+    for response in (got, put, deleted):
+        assert response.status_code == 404, response.text
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == {"detail": f"Dealership {dealership_id} not found"}
+    assert {key: after[key] for key in CACHE_ACTIVITY} == {key: before[key] for key in CACHE_ACTIVITY}
+
+
 async def test_list_is_ordered_by_id_with_the_total_count_header(api: Instance) -> None:
     first = await api.get("/api/dealership")
     page = await api.get("/api/dealership", params={"page": 3, "size": 7})
@@ -188,7 +212,11 @@ VALID = {"name": "Ford of Springfield", "businessAddress": "12 Main St", "busine
     ("method", "url", "body", "location"),
     [
         ("GET", "/api/dealership/abc", None, ["path", "id"]),
-        ("GET", "/api/dealership/0", None, ["path", "id"]),
+        ("GET", "/api/dealership/1.5", None, ["path", "id"]),
+        ("GET", f"/api/dealership/{MAX_ID + 1}", None, ["path", "id"]),
+        ("PUT", "/api/dealership/abc", {"name": "a", "businessAddress": "b"}, ["path", "id"]),
+        ("DELETE", "/api/dealership/abc", None, ["path", "id"]),
+        ("PUT", "/api/dealership/0", {"name": "a"}, ["body", "businessAddress"]),  # a bad body first, as in ASP.NET
         ("GET", "/api/dealership?size=0", None, ["query", "size"]),
         ("GET", "/api/dealership?size=101", None, ["query", "size"]),
         ("GET", "/api/dealership?page=0", None, ["query", "page"]),
