@@ -478,10 +478,38 @@ def render_hit_rates(doc: Document, images: list[str]) -> list[str]:
             source_line("hit_rates"),
             "",
         ]
+    out += _seed_claims_table(doc.get("seed_claims"))
     if hit_rates_plot(doc, IMG_DIR / "hit_rates.png"):
         images.append("hit_rates.png")
         out += ["![L1 and L2 hit rate per query kind](img/hit_rates.png)", "", source_line("hit_rates"), ""]
     return out
+
+
+def _seed_claims_table(claims: dict[str, Any] | None) -> list[str]:
+    """The seed's claimed hit rates beside ours (steady state), and why searches and lists fall short with writes."""
+    if not claims:
+        return []
+    names = list(claims["steady_state"])
+    rows = [
+        [kind, f"{low:.0%}-{high:.0%}", *(f"**{claims['steady_state'][name][kind]:.1%}**" for name in names)]
+        for kind, (low, high) in claims["claimed"].items()
+    ]
+    gaps = ", ".join(
+        f"{seconds:g} s in {name}" for name, seconds in claims["seconds_between_writes"].items() if seconds is not None
+    )
+    return [
+        "**The seed's claims beside ours** (steady state, per scenario):",
+        "",
+        *md_table(["query", "seed claims", *names], rows),
+        "",
+        "Every write invalidates one entity but *every* cached search and list page (the seed's "
+        "`UpdateDealershipCommand` invalidates the prefixes `Dealership:Search` and `Dealership:List`), so search "
+        f"and list hit rates are bounded by the mean time between writes ({gaps}), not by the cache. The "
+        "scenario without writes shows the ceiling left by the TTLs, the L1 size and the cold start.",
+        "",
+        source_line("hit_rates"),
+        "",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- memory
