@@ -1,64 +1,21 @@
 """Prometheus exposition for ``GET /metrics``: the cache's counters and HTTP request counts and latency.
 
 Each application gets its own :class:`~prometheus_client.CollectorRegistry`, so several apps in one process
-(tests) never collide on metric names. Cache metrics are read from ``cache.stats()`` at scrape time by a custom
-collector: the hot path keeps its plain integer counters and pays nothing for Prometheus.
+(tests) never collide on metric names. Cache metrics come from the library's
+:class:`hybridcache.prometheus.CacheStatsCollector` (re-exported here), read from ``cache.stats()`` at scrape time;
+this module keeps only what is the service's own: HTTP request counts and latency.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hybridcache import CacheStats
+from hybridcache.prometheus import CacheStatsCollector
 
 __all__ = ["CacheStatsCollector", "HttpMetrics", "PrometheusMiddleware"]
-
-# Fields of CacheStats that are levels, not monotonic counts.
-_GAUGES = frozenset({"pending_invalidations", "l1_entries"})
-# The values each state field can take, exported as one 0/1 series per value (a Prometheus state set).
-_STATES: dict[str, tuple[str, ...]] = {
-    "circuit": ("closed", "open", "half-open"),
-    "redis": ("up", "down", "disabled"),
-    "backplane": ("connected", "disconnected", "disabled"),
-}
-
-
-class CacheStatsCollector(Collector):
-    """Exports every field of :class:`~hybridcache.CacheStats` as ``hybridcache_<field>``: counters with a
-    ``_total`` suffix, levels as gauges, ``circuit``/``redis``/``backplane`` as 0/1 gauges labelled ``state``.
-
-    ``stats`` returns the current snapshot, or ``None`` while the service is not started (nothing exported).
-    """
-
-    def __init__(self, stats: Callable[[], CacheStats | None]) -> None:
-        self._stats = stats
-
-    def collect(self) -> Iterator[Metric]:
-        snapshot = self._stats()
-        if snapshot is None:
-            return
-        for item in dataclasses.fields(snapshot):
-            value: Any = getattr(snapshot, item.name)
-            name = f"hybridcache_{item.name}"
-            if item.name in _STATES:
-                family = GaugeMetricFamily(name, f"Cache {item.name} state (1 = current)", labels=["state"])
-                states = _STATES[item.name]
-                for state in (*states, *(() if value in states else (value,))):
-                    family.add_metric([state], 1.0 if state == value else 0.0)
-                yield family
-            elif isinstance(value, int | float):
-                if item.name in _GAUGES:
-                    yield GaugeMetricFamily(name, f"Cache {item.name.replace('_', ' ')}", value=value)
-                else:
-                    yield CounterMetricFamily(name, f"Cache {item.name.replace('_', ' ')}", value=value)
 
 
 class HttpMetrics:
