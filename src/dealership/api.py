@@ -1,8 +1,9 @@
 """HTTP routes. They only translate: HTTP in → a query or command to the mediator → HTTP out. Caching,
 invalidation and data access all happen behind the mediator.
 
-Every error is JSON: ``{"detail": "..."}`` for 404/503, FastAPI's validation list for 422 (each entry's
-``loc`` names the offending field, e.g. ``["body", "businessZipCodeId"]`` or ``["query", "size"]``).
+Every error is JSON: ``{"detail": "..."}`` for 400 (a body whose bytes are not UTF-8) and 404/503, FastAPI's
+validation list for 422 (each entry's ``loc`` names the offending field, e.g. ``["body", "businessZipCodeId"]`` or
+``["query", "size"]``; malformed JSON is ``json_invalid`` at ``["body", offset]``).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ TERM_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 
 
 class ErrorBody(BaseModel):
-    """The body of a 404 or 503 answer."""
+    """The body of a 400, 404 or 503 answer."""
 
     detail: str
 
@@ -67,8 +68,14 @@ SearchTerm = Annotated[
 _DEALERSHIP = TypeAdapter(DealershipDto)
 _DEALERSHIPS = TypeAdapter(tuple[DealershipDto, ...])
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody, "description": "No dealership has this id"}}
+# What FastAPI does with a JSON body: bytes that do not decode as text are a 400; text that is not JSON is a 422
+# json_invalid (loc ["body", offset]), like any other invalid body.
 _UNREADABLE_BODY: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "The body could not be read (not UTF-8, or not parseable)"}
+    400: {
+        "model": ErrorBody,
+        "description": "The body's bytes are not text: not valid UTF-8 (JSON's encoding detection also reads "
+        "UTF-16 and UTF-32). Text that is not valid JSON is a 422 `json_invalid` instead.",
+    }
 }
 
 

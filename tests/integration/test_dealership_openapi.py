@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -79,3 +80,39 @@ def test_no_input_breaks_the_api(api_schema: schemathesis.BaseSchema, mode: Gene
                 assert "detail" in body
 
         answers_well()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/api/dealership"), ("PUT", "/api/dealership/{id}")], ids=["post", "put"]
+)
+async def test_unreadable_and_malformed_bodies_get_what_the_schema_documents(
+    tmp_path: Path, method: str, path: str
+) -> None:
+    app = create_app(
+        ServiceConfig(
+            database_url=f"sqlite+aiosqlite:///{tmp_path / 'bodies.db'}",
+            seed_count=3,
+            cache_settings=CacheSettings(configuration=None),
+        )
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        document = (await client.get("/openapi.json")).json()
+        operation = schemathesis.openapi.from_dict(document)[path][method]
+        documented = document["paths"][path][method.lower()]["responses"]
+        url = path.replace("{id}", "1")
+        json_type = {"content-type": "application/json"}
+
+        not_utf8 = await client.request(method, url, content=b'{"name": "caf\xe9"}', headers=json_type)
+        not_json = await client.request(method, url, content=b'{"name": "caf', headers=json_type)
+
+    assert not_utf8.status_code == 400, not_utf8.text
+    assert not_utf8.json() == {"detail": "There was an error parsing the body"}
+    assert "UTF-8" in documented["400"]["description"]
+    assert not_json.status_code == 422, not_json.text
+    assert [error["type"] for error in not_json.json()["detail"]] == ["json_invalid"]
+    assert not_json.json()["detail"][0]["loc"] == ["body", 9]  # where the unterminated string starts
+    assert "json_invalid" in documented["400"]["description"]  # it says where malformed JSON goes instead
+    for response in (not_utf8, not_json):
+        assert str(response.status_code) in documented
+        operation.validate_response(response)  # status, content type and body as documented; raises otherwise
