@@ -19,6 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from dealership.api import dealership_router, operations_router
 from dealership.bootstrap import ServiceConfig, Services, bootstrap
 from dealership.metrics import CacheStatsCollector, HttpMetrics, PrometheusMiddleware
+from dealership.routing import CaseInsensitivePaths
 from hybridcache.fastapi import configure
 
 __all__ = ["AsciiJSONResponse", "create_app"]
@@ -55,7 +56,8 @@ async def _database_failed(_request: Request, exc: Exception) -> Response:
 
 
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
-    """The dealership application for ``config`` (default: :class:`ServiceConfig`'s defaults).
+    """The dealership application for ``config`` (default: :class:`ServiceConfig`'s defaults). Its routes match
+    paths case-insensitively, as ASP.NET Core's do (:class:`~dealership.routing.CaseInsensitivePaths`).
 
     Building the app opens nothing; its lifespan prepares the database, starts the cache and closes both at
     shutdown. Under ``httpx.ASGITransport`` (which does not run lifespans) enter
@@ -79,6 +81,9 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     app.state.metrics_registry = registry
     registry.register(CacheStatsCollector(lambda: live["services"].cache.stats() if live else None))
     app.add_middleware(PrometheusMiddleware, metrics=HttpMetrics(registry))
+    # Added last, so outermost: paths match routes whatever their letter case (as in ASP.NET Core), and the
+    # metrics middleware inside sees the scope the router fills in (its route template label).
+    app.add_middleware(CaseInsensitivePaths, routes=app.router.routes)
     app.add_exception_handler(RequestValidationError, _validation_failed)
     app.add_exception_handler(DBAPIError, _database_failed)
     app.add_exception_handler(PoolTimeoutError, _database_failed)

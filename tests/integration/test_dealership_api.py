@@ -340,6 +340,116 @@ async def test_delete_answers_204_then_404(api: Instance) -> None:
     assert listed.headers["X-Total-Count"] == str(SEED_COUNT - 1)
 
 
+# -- routes match case-insensitively, as in ASP.NET Core ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sent", "canonical"),
+    [
+        ("/api/Dealership/1", "/api/dealership/1"),
+        ("/API/dealership?page=1&size=10", "/api/dealership?page=1&size=10"),
+        ("/Api/DealerShip?Page=2&SIZE=3", "/api/dealership?Page=2&SIZE=3"),  # query names stay as sent: ignored
+        ("/api/DEALERSHIP/search?term=Ab", "/api/dealership/search?term=Ab"),
+        ("/API/DEALERSHIP/SEARCH?term=FoRd&size=100", "/api/dealership/search?term=FoRd&size=100"),
+        ("/api/dealership/Search?size=10", "/api/dealership/search?size=10"),  # 422: term missing
+        ("/HEALTH", "/health"),
+    ],
+)
+async def test_a_path_in_any_letter_case_gets_the_lower_case_routes_answer(
+    api: Instance, sent: str, canonical: str
+) -> None:
+    expected = await api.get(canonical)
+    response = await api.get(sent)
+
+    assert response.status_code == expected.status_code
+    assert response.json() == expected.json()
+    for header in ("content-type", "X-Total-Count"):
+        assert response.headers.get(header) == expected.headers.get(header)
+
+
+async def test_cache_stats_answer_in_any_letter_case(api: Instance) -> None:
+    response = await api.get("/api/cache/Stats")
+
+    assert response.status_code == 200
+    assert list(response.json()) == list(await api.stats())
+
+
+async def test_the_search_term_and_a_path_value_keep_their_case(api: Instance) -> None:
+    await api.get("/api/DEALERSHIP/search", params={"term": "Ab"})  # cached as Dealership:Search:Ab:10
+
+    before = await api.stats()
+    same_term = await api.get("/api/dealership/search", params={"term": "Ab"})
+    middle = await api.stats()
+    lower_term = await api.get("/api/dealership/search", params={"term": "ab"})
+    after = await api.stats()
+
+    assert same_term.status_code == lower_term.status_code == 200
+    assert middle["handlerRuns"] == before["handlerRuns"]  # the same key: "Ab" reached the query unchanged
+    assert middle["l1Hits"] == before["l1Hits"] + 1
+    assert after["handlerRuns"] == middle["handlerRuns"] + 1  # "ab" is another key
+    long_term = "Xy" * 51
+    echoed = await api.get("/API/Dealership/Search", params={"term": long_term})
+    assert echoed.status_code == 422
+    assert [error["input"] for error in echoed.json()["detail"]] == [long_term]
+    not_an_id = await api.get("/API/DEALERSHIP/AbC")
+    assert not_an_id.status_code == 422
+    assert [(error["loc"], error["input"]) for error in not_an_id.json()["detail"]] == [(["path", "id"], "AbC")]
+    # "Search" is the literal of GET /search only: for DELETE it is an id value, kept as sent.
+    delete = await api.client.delete("/API/Dealership/Search")
+    assert [error["input"] for error in delete.json()["detail"]] == ["Search"]
+
+
+async def test_writes_in_any_letter_case_and_location_stays_canonical(api: Instance) -> None:
+    created = await api.client.post(
+        "/API/DEALERSHIP", json={"name": "Case Motors", "businessAddress": "1 Upper St", "businessZipCodeId": 3}
+    )
+    assert created.status_code == 201
+    new_id = created.json()["id"]
+    assert created.headers["Location"] == f"/api/dealership/{new_id}"
+
+    updated = await api.client.put(f"/Api/Dealership/{new_id}", json={"name": "Case Cars", "businessAddress": "2 St"})
+    assert updated.status_code == 204
+    assert (await api.get(f"/api/dealership/{new_id}")).json()["name"] == "Case Cars"
+    assert (await api.client.delete(f"/API/dealership/{new_id}")).status_code == 204
+    assert (await api.get(f"/api/dealership/{new_id}")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/dealerships/1",
+        "/API/Nothing",
+        "/api/dealership/1/extra",
+        "/apii/dealership",
+        "/api/dealer\u017fhip/1",  # U+017F, the long s: only ASCII letters match ignoring case
+        "/api/cache/stats/x",
+    ],
+)
+async def test_unknown_paths_stay_404(api: Instance, path: str) -> None:
+    response = await api.get(path)
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+
+
+async def test_a_trailing_slash_redirects_to_the_canonical_path(api: Instance) -> None:
+    response = await api.get("/API/Dealership/?size=3")
+
+    assert response.status_code == 307
+    assert response.headers["location"] == "http://dealership.test/api/dealership?size=3"
+
+
+async def test_metrics_and_openapi_keep_the_canonical_paths(api: Instance) -> None:
+    assert (await api.get("/API/DEALERSHIP/2")).status_code == 200
+
+    metrics = (await api.get("/Metrics")).text
+    paths = (await api.get("/OpenAPI.json")).json()["paths"]
+
+    assert 'http_requests_total{method="GET",route="/api/dealership/{id}",status="200"} 1.0' in metrics
+    assert "<unmatched>" not in metrics
+    assert all(path == path.lower() for path in paths)
+
+
 # -- operations -----------------------------------------------------------------------------------------------
 
 
