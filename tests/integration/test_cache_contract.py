@@ -398,8 +398,8 @@ async def test_entries_expire_after_their_ttl(
 async def test_a_cached_none_expires_after_null_expiration_seconds(cache: HybridCache, make_cache: MakeCache) -> None:
     short = await make_cache(null_expiration_seconds=0.3)
     factory = Factory(None)
+    created = time.monotonic()  # before the call: the entry is no older than this, however slow the call
     await short.get_or_create("k", factory, ttl=60)
-    created = time.monotonic()
 
     async def gone() -> bool:
         return await short.get("k", default=MISSING) is MISSING
