@@ -21,6 +21,7 @@ from dealership.bootstrap import ServiceConfig, Services, bootstrap
 from dealership.metrics import CacheStatsCollector, HttpMetrics, PrometheusMiddleware
 from dealership.routing import CaseInsensitivePaths
 from hybridcache.fastapi import configure
+from hybridcache.prometheus import CacheLatency
 
 __all__ = ["AsciiJSONResponse", "create_app"]
 
@@ -65,12 +66,14 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     """
     config = config or ServiceConfig()
     registry = CollectorRegistry()
+    latency = CacheLatency(registry)
     live: dict[str, Services] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with bootstrap(config) as services:
             configure(app, cache=services.cache, mediator=services.mediator, session_factory=services.session_factory)
+            latency.attach(services.cache)
             app.state.services = live["services"] = services
             try:
                 yield

@@ -18,6 +18,13 @@ One cache: ``register_cache_metrics(cache)`` exports unlabelled series. Several 
 ``register_cache_metrics({"orders": orders_cache, "users": users_cache})``; every series then also carries
 ``cache="<name>"`` (the label name is ``label=``).
 
+Latency: ``register_cache_latency(cache)`` adds the histograms ``hybridcache_l2_read_duration_seconds``
+(labels ``namespace``, ``result`` = ``hit``/``miss``/``error``) and ``hybridcache_factory_duration_seconds``
+(``namespace``, ``result`` = ``ok``/``error``), observed on the slow paths only (an L1 hit records nothing).
+``namespace`` is the first ``:`` segment of the logical key, never user text further in. It works through the
+cache's ``tracer`` hook, next to an OpenTelemetry tracer already set by :func:`hybridcache.telemetry.instrument`
+(call that first: ``instrument`` replaces whatever tracer it finds).
+
 This module imports ``prometheus_client`` when it is imported; without it, importing ``hybridcache.prometheus``
 raises :class:`ImportError` naming the extra to install, and the rest of hybridcache works as usual (importing
 ``hybridcache`` never imports this module).
@@ -27,23 +34,28 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
+import time
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 try:
-    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client import REGISTRY, CollectorRegistry, Histogram
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.registry import Collector
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the package
     raise ImportError("hybridcache.prometheus needs prometheus-client: pip install 'hybridcache[prometheus]'") from exc
 
 from hybridcache.metrics import CacheStats
+from hybridcache.telemetry import CacheTracer, SpanHandle, key_namespace
 
 if TYPE_CHECKING:
     from hybridcache.cache import HybridCache
 
-__all__ = ["CacheStatsCollector", "StatsSource", "register_cache_metrics"]
+__all__ = ["CacheLatency", "CacheStatsCollector", "StatsSource", "register_cache_latency", "register_cache_metrics"]
 
 StatsSource: TypeAlias = Callable[[], CacheStats | None]
 """Returns a cache's current snapshot, or ``None`` while there is none to export (a service not started yet)."""
@@ -162,3 +174,176 @@ def register_cache_metrics(
     collector = CacheStatsCollector(stats, label=label)
     (REGISTRY if registry is None else registry).register(collector)
     return collector
+
+
+# L2 reads take tens of microseconds on a healthy network and up to the operation timeout when not; factories
+# (database queries) milliseconds to seconds.
+_L2_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_FACTORY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class CacheLatency:
+    """The two latency histograms, and :meth:`attach` to record a cache's L2 reads and factory runs in them.
+
+    One instance per registry: its histograms are registered when it is built (a second instance on the same
+    registry raises ``ValueError: Duplicated timeseries``), so several caches share one, told apart by
+    ``<label>="<name>"`` when ``label`` is given.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, label: str | None = None) -> None:
+        if label is not None and (not _LABEL_NAME.fullmatch(label) or label in ("namespace", "result")):
+            raise ValueError(f"label {label!r} is not usable: a Prometheus label name other than namespace/result")
+        names = ([] if label is None else [label]) + ["namespace", "result"]
+        target = REGISTRY if registry is None else registry
+        self._labelled = label is not None
+        self.l2_read = Histogram(
+            _PREFIX + "l2_read_duration_seconds",
+            "Duration of L2 (Redis) reads",
+            names,
+            registry=target,
+            buckets=_L2_BUCKETS,
+        )
+        self.factory = Histogram(
+            _PREFIX + "factory_duration_seconds",
+            "Duration of factory runs",
+            names,
+            registry=target,
+            buckets=_FACTORY_BUCKETS,
+        )
+
+    def attach(self, cache: HybridCache, name: str | None = None) -> None:
+        """Record ``cache``'s L2 reads and factory runs from now on (``name``: its label value, required exactly
+        when this instance was built with a ``label``). A tracer already on the cache keeps working beside it."""
+        if (name is None) == self._labelled:
+            raise ValueError("a cache name is required with a label, and refused without one")
+        recorder = _LatencyRecorder(self, () if name is None else (name,))
+        cache.tracer = recorder if cache.tracer is None else _BothTracers(cache.tracer, recorder)
+
+
+def register_cache_latency(
+    cache: HybridCache | Mapping[str, HybridCache],
+    registry: CollectorRegistry | None = None,
+    *,
+    label: str = "cache",
+) -> CacheLatency:
+    """Add the latency histograms to ``registry`` (default ``prometheus_client.REGISTRY``) and record ``cache``'s
+    L2 reads and factory runs in them; a mapping of names to caches shares them with ``<label>="<name>"``, as
+    :func:`register_cache_metrics` does. Call it after :func:`hybridcache.telemetry.instrument` if you use both."""
+    if isinstance(cache, Mapping):
+        latency = CacheLatency(registry, label=label)
+        for name, each in cache.items():
+            latency.attach(each, name)
+    else:
+        latency = CacheLatency(registry)
+        latency.attach(cache)
+    return latency
+
+
+class _Timing:
+    """One timed operation: observes its duration with ``result`` = the outcome it was told, or ``error``."""
+
+    __slots__ = ("_histogram", "_labels", "_result", "_started")
+
+    def __init__(self, histogram: Histogram, labels: tuple[str, ...], result: str) -> None:
+        self._histogram = histogram
+        self._labels = labels
+        self._result = result
+        self._started = 0.0
+
+    def set_hit(self, hit: bool) -> None:
+        self._result = "hit" if hit else "miss"
+
+    def __enter__(self) -> _Timing:
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        result = "error" if exc_type is not None else self._result
+        self._histogram.labels(*self._labels, result).observe(time.perf_counter() - self._started)
+
+
+class _LatencyRecorder:
+    """:class:`~hybridcache.telemetry.CacheTracer` that only times operations (no spans)."""
+
+    def __init__(self, latency: CacheLatency, cache_labels: tuple[str, ...]) -> None:
+        self._latency = latency
+        self._cache_labels = cache_labels
+
+    def l2_read(self, key: str) -> _Timing:
+        return _Timing(self._latency.l2_read, (*self._cache_labels, key_namespace(key)), "miss")
+
+    def factory(self, key: str) -> _Timing:
+        return _Timing(self._latency.factory, (*self._cache_labels, key_namespace(key)), "ok")
+
+    def invalidation(self, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]) -> _Nothing:
+        return _NOTHING
+
+
+class _Nothing:
+    """An operation nobody times."""
+
+    def set_hit(self, hit: bool) -> None:
+        pass
+
+    def __enter__(self) -> _Nothing:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+_NOTHING = _Nothing()
+
+
+class _BothTracers:
+    """Two tracers on one cache: every operation enters the first's context, then the second's."""
+
+    def __init__(self, first: CacheTracer, second: CacheTracer) -> None:
+        self._first = first
+        self._second = second
+
+    def l2_read(self, key: str) -> _Pair:
+        return _Pair(self._first.l2_read(key), self._second.l2_read(key))
+
+    def factory(self, key: str) -> _Pair:
+        return _Pair(self._first.factory(key), self._second.factory(key))
+
+    def invalidation(self, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]) -> _Pair:
+        return _Pair(self._first.invalidation(keys, prefixes, tags), self._second.invalidation(keys, prefixes, tags))
+
+
+class _Pair:
+    """Enters two operation contexts in order and leaves them in reverse; ``set_hit`` reaches both."""
+
+    __slots__ = ("_inner", "_inner_handle", "_outer", "_outer_handle")
+
+    def __init__(self, outer: AbstractContextManager[SpanHandle], inner: AbstractContextManager[SpanHandle]) -> None:
+        self._outer = outer
+        self._inner = inner
+        self._outer_handle: SpanHandle | None = None
+        self._inner_handle: SpanHandle | None = None
+
+    def set_hit(self, hit: bool) -> None:
+        for handle in (self._outer_handle, self._inner_handle):
+            if handle is not None:
+                handle.set_hit(hit)
+
+    def __enter__(self) -> _Pair:
+        self._outer_handle = self._outer.__enter__()
+        try:
+            self._inner_handle = self._inner.__enter__()
+        except BaseException:
+            self._outer.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        try:
+            self._inner.__exit__(exc_type, exc, tb)
+        finally:
+            suppressed = self._outer.__exit__(exc_type, exc, tb)
+        return suppressed

@@ -472,6 +472,9 @@ async def test_health_stats_and_metrics(api: Instance) -> None:
     assert f"hybridcache_l1_hits_total {float(stats['l1Hits'])}" in text
     assert 'hybridcache_circuit{state="closed"} 1.0' in text
     assert 'http_requests_total{method="GET",route="/api/dealership/{id}",status="200"} 2.0' in text
+    # The first read missed L1 and L2 and ran the handler: both latency histograms have a series for it.
+    assert 'hybridcache_l2_read_duration_seconds_count{namespace="Dealership",result="miss"}' in text
+    assert 'hybridcache_factory_duration_seconds_count{namespace="Dealership",result="ok"}' in text
 
 
 async def test_openapi_docs_are_served(api: Instance) -> None:

@@ -1,12 +1,16 @@
-"""The Prometheus collector of ``hybridcache.prometheus`` over two caches on a real private redis-server: L2 hits,
-invalidations across instances and the Redis/backplane states show in what a registry serves."""
+"""``hybridcache.prometheus`` over caches on a real private redis-server: L2 hits, invalidations across instances and
+the Redis/backplane states show in what a registry serves, and the latency histograms count L2 reads and factory
+runs by namespace and result."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hybridcache.prometheus import register_cache_metrics
+from hybridcache.prometheus import register_cache_latency, register_cache_metrics
 from tests.integration.conftest import CacheEnv, StartCache
 from tests.support.waiting import wait_until
 
@@ -56,3 +60,80 @@ async def test_two_instances_on_redis_show_l2_hits_and_invalidations(
         message="b never counted a's invalidation",
     )
     assert sample(registry, "hybridcache_l1_entries", cache="b") == 0.0
+
+
+async def test_latency_histograms_count_l2_reads_and_factory_runs_by_namespace_and_result(
+    cache_env: CacheEnv, start_cache: StartCache
+) -> None:
+    a = await start_cache(cache_env.settings())
+    b = await start_cache(cache_env.settings())
+    registry = CollectorRegistry()
+    register_cache_latency({"a": a, "b": b}, registry)
+
+    async def load() -> str:
+        return "value"
+
+    async def fails() -> str:
+        raise RuntimeError("database down")
+
+    await a.get_or_create("Item:Search:some user text", load)  # L2 miss, factory ok
+    await b.get_or_create("Item:Search:some user text", load)  # L2 hit
+    await b.get_or_create("Item:Search:some user text", load)  # L1 hit: nothing recorded
+    with pytest.raises(RuntimeError):
+        await a.get_or_create("Other:1", fails)  # L2 miss, factory error
+
+    def count(histogram: str, **labels: str) -> float:
+        return sample(registry, f"hybridcache_{histogram}_duration_seconds_count", **labels)
+
+    assert count("l2_read", cache="a", namespace="Item", result="miss") == 1.0
+    assert count("l2_read", cache="b", namespace="Item", result="hit") == 1.0
+    assert count("factory", cache="a", namespace="Item", result="ok") == 1.0
+    assert count("factory", cache="a", namespace="Other", result="error") == 1.0
+    assert count("l2_read", cache="a", namespace="Other", result="miss") == 1.0
+    assert sample(registry, "hybridcache_l2_read_duration_seconds_sum", cache="b", namespace="Item", result="hit") > 0
+    recorded = {labels for (name, labels) in scrape(registry) if name.endswith("_count")}
+    assert len(recorded) == 5, "an L1 hit was recorded, or a series is missing"
+    assert not any("some user text" in value for labels in recorded for _, value in labels), "user text in a label"
+
+
+async def test_latency_recording_keeps_an_existing_tracer_working(cache_env: CacheEnv, start_cache: StartCache) -> None:
+    """A tracer already on the cache (e.g. OpenTelemetry's) still sees every operation, hit flags included."""
+    cache = await start_cache(cache_env.settings())
+    seen: list[tuple[str, str, bool | None]] = []
+
+    class Operation:
+        def __init__(self, kind: str, key: str) -> None:
+            self.kind, self.key, self.hit = kind, key, None
+
+        def set_hit(self, hit: bool) -> None:
+            self.hit = hit
+
+        def __enter__(self) -> Operation:
+            return self
+
+        def __exit__(self, *exc_info: object) -> None:
+            seen.append((self.kind, self.key, self.hit))
+
+    class RecordingTracer:
+        def l2_read(self, key: str) -> Operation:
+            return Operation("l2", key)
+
+        def factory(self, key: str) -> Operation:
+            return Operation("factory", key)
+
+        def invalidation(self, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]) -> Operation:
+            return Operation("invalidation", ",".join(keys))
+
+    cache.tracer = RecordingTracer()
+    registry = CollectorRegistry()
+    register_cache_latency(cache, registry)
+
+    async def load() -> str:
+        return "value"
+
+    await cache.get_or_create("Item:1", load)
+    await cache.remove("Item:1")
+
+    assert seen == [("l2", "Item:1", False), ("factory", "Item:1", None), ("invalidation", "Item:1", None)]
+    assert sample(registry, "hybridcache_l2_read_duration_seconds_count", namespace="Item", result="miss") == 1.0
+    assert sample(registry, "hybridcache_factory_duration_seconds_count", namespace="Item", result="ok") == 1.0
