@@ -571,6 +571,10 @@ def render_memory(doc: Document, images: list[str]) -> list[str]:
         "Compression verdict (rule in `bench_memory.verdict`: it pays when zlib-1 halves Redis memory per entry, "
         f"is marginal from a fifth to a half, does not pay below): {doc['compression_verdict']}.",
         "",
+        "The option: `CompressionThresholdBytes` (off by default) stores bodies of at least that many bytes "
+        "zlib-1-compressed when that makes them smaller; every instance reads both forms. Memory for CPU: set it "
+        "to about 1024 when searches and lists fill Redis, and leave single entities (a few hundred bytes) plain.",
+        "",
         source_line("memory"),
         "",
     ]

@@ -65,6 +65,7 @@ class CacheState:
     _background: set[asyncio.Future[Any]]
     _dlock: DistributedSingleFlight | None
     _jitter: float
+    _compress_from: int | None
     _fail_safe_duration: float
 
     async def _flush_pending(self) -> bool:

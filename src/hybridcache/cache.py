@@ -133,6 +133,7 @@ class HybridCache(ReadPath, WritePath):
         self._background: set[asyncio.Future[Any]] = set()
         self._dlock: DistributedSingleFlight | None = None
         self._jitter = float(settings.jitter_max_duration_seconds)
+        self._compress_from = settings.compression_threshold_bytes
         self._fail_safe_duration = settings.fail_safe.max_duration_minutes * 60.0
         self.counters = Counters()
         self._started = False

@@ -198,7 +198,7 @@ class FillPath(CacheState):
                 value is None,
                 retain=now + seconds + retain,
             )
-            payload = encode_entry(None if value is None else plan.codec.encode(value), header)
+            payload = encode_entry(None if value is None else plan.codec.encode(value), header, self._compress_from)
             ttl_ms = max(1, int((seconds + retain) * 1000))
             try:
                 if self._stale_set_protection:

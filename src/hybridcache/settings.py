@@ -246,6 +246,8 @@ class CacheSettings(_Section):
         _Expect("null or a number strictly between 0 and 1"),
     ] = None
     jitter_max_duration_seconds: NonNegativeFloat = 0.0
+    # Ours: zlib-compress L2 bodies of at least this many bytes (null: never). See docs/configuration.md.
+    compression_threshold_bytes: OptionalPositiveInt = None
     distributed_lock: DistributedLockSettings = Field(default_factory=DistributedLockSettings)
     protocol: Annotated[Literal[2, 3] | None, BeforeValidator(_protocol), _Expect("2, 3 or null")] = 2
 

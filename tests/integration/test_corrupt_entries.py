@@ -9,6 +9,7 @@ import logging
 import pickle
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import redis.asyncio
 from pydantic import BaseModel, ConfigDict
 
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.serialization import decode_entry
+from hybridcache.serialization import MAX_BODY_BYTES, decode_entry
 from tests.integration.conftest import CacheEnv, Factory, StartCache
 
 KEY = "Dealership:42"
@@ -83,6 +84,13 @@ CASES: dict[str, Callable[[str], bytes]] = {
     "header-not-json": lambda epoch: b"hc1{oops\n" + fresh_json(),
     "header-bad-generations": lambda epoch: envelope(epoch, fresh_json(), g={"p:": "one"}),
     "future-format-version": lambda epoch: envelope(epoch, fresh_json(), v=99),
+    # Bodies flagged as compressed: not zlib, cut short, followed by junk, an unknown codec, and a zlib bomb
+    # that would inflate past MAX_BODY_BYTES (17 MiB of spaces, 17 KB compressed).
+    "compressed-not-zlib": lambda epoch: envelope(epoch, fresh_json(), z=1),
+    "compressed-truncated": lambda epoch: envelope(epoch, zlib.compress(fresh_json())[:-6], z=1),
+    "compressed-trailing-junk": lambda epoch: envelope(epoch, zlib.compress(fresh_json()) + b"junk", z=1),
+    "compressed-unknown-codec": lambda epoch: envelope(epoch, zlib.compress(fresh_json()), z="lz4"),
+    "compressed-bomb": lambda epoch: envelope(epoch, zlib.compress(b" " * (MAX_BODY_BYTES + 1024 * 1024), 9), z=1),
 }
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from hybridcache import serialization
 from hybridcache.serialization import (
     FORMAT_VERSION,
+    MAX_BODY_BYTES,
     CorruptEntryError,
     EntryHeader,
     ValueCodec,
@@ -329,3 +330,17 @@ def test_the_module_never_imports_an_object_deserializer() -> None:
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
     assert not imported & {"pickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle", "jsonpickle", "copyreg"}
+
+
+def test_a_compressed_body_round_trips_and_a_body_above_the_bound_is_stored_plain() -> None:
+    body = codec_for(list[str]).encode(["the same words again"] * 200)
+    packed = encode_entry(body, HEADER, compress_from=64)
+    assert len(packed) < len(body) / 4
+    header, decoded = decode_entry(packed)
+    assert header == HEADER
+    assert decoded == body
+
+    huge = b'"' + b" " * (MAX_BODY_BYTES - 1) + b'"'
+    stored = encode_entry(huge, HEADER, compress_from=64)
+    assert stored.endswith(huge), "a body above MAX_BODY_BYTES must not be compressed (it could not be read back)"
+    assert decode_entry(stored)[1] == huge
