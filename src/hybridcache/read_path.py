@@ -114,9 +114,18 @@ class ReadPath(FillPath):
         """The miss path, run once per key however many callers share it (L2 was already read by the caller)."""
         if stale is None and plan.fail_safe:
             stale = self._stale_from_l1(plan.full_key)
-        self.counters.misses += 1
         if self._dlock is not None:
             return await self._load_with_lock(plan, stale)
+        return await self._miss(plan, stale)
+
+    async def _miss(self, plan: _Plan, stale: _Found | None) -> Any:
+        """Count the miss, then run the factory: counted only now that it is one, never counted and taken back.
+
+        The counters are exported as monotonic counters (Prometheus, OpenTelemetry) and read at any moment; with
+        the distributed lock a load can still turn out to be an L2 hit (another instance filled the key while
+        this one waited), and a miss counted before that and taken back after reads as a counter reset.
+        """
+        self.counters.misses += 1
         return await self._compute(plan, stale)
 
     async def _load_with_lock(self, plan: _Plan, stale: _Found | None) -> Any:
@@ -125,7 +134,7 @@ class ReadPath(FillPath):
             token = await self._dlock.try_acquire(plan.full_key)
         except L2UnavailableError:
             self.counters.l2_errors += 1
-            return await self._compute(plan, stale)
+            return await self._miss(plan, stale)
         if token is not None:
             try:
                 # Double-checked: another instance may have filled the key and released its lease between our L2
@@ -133,7 +142,7 @@ class ReadPath(FillPath):
                 filled = await self._filled_by_another(plan)
                 if filled is not None:
                     return filled.value
-                return await self._compute(plan, stale)
+                return await self._miss(plan, stale)
             finally:
                 await self._dlock.release(plan.full_key, token)
         notice = self._dlock.register(plan.full_key)
@@ -146,15 +155,15 @@ class ReadPath(FillPath):
                     break
         finally:
             self._dlock.unregister(plan.full_key, notice)
-        return await self._compute(plan, stale)
+        return await self._miss(plan, stale)
 
     async def _filled_by_another(self, plan: _Plan) -> _Found | None:
-        """A fresh L2 entry for ``plan``'s key, counted as the L2 hit it turned out to be (not as a miss)."""
+        """A fresh L2 entry for ``plan``'s key, counted as the L2 hit it turned out to be (the miss is counted only
+        when no such entry is found and the factory runs, see :meth:`_miss`)."""
         found = await self._read_l2(plan.full_key, plan.codec, plan.eager_refresh, lambda: plan)
         if found is None or not found.fresh:
             return None
         self.counters.l2_hits += 1
-        self.counters.misses -= 1
         return found
 
     def _read_l2(

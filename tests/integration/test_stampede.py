@@ -196,6 +196,40 @@ async def test_a_lease_taken_after_another_instance_filled_the_key_does_not_run_
         assert (late.counters.l2_hits, late.counters.misses, late.counters.handler_runs) == (1, 0, 0)
 
 
+async def test_a_waiter_served_by_the_holder_never_takes_back_a_counted_miss(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """The counters are exported as Prometheus counters (and OpenTelemetry observable counters), read whenever a
+    scrape comes, and a counter that goes down reads as a reset (rate() then counts its whole value again). A
+    waiter that ends up served by the holder's fill is an L2 hit: a scrape while it waits must not already count
+    it as a miss that the next scrape takes back."""
+    lock = DistributedLockSettings(enabled=True, wait_timeout_milliseconds=10_000)
+    async with AsyncExitStack() as stack:
+        holder, waiter = await _instances(stack, namespace, redis_server, 2, distributed_lock=lock)
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def gated() -> str:
+            started.set()
+            await release.wait()
+            return "filled"
+
+        first = asyncio.create_task(holder.get_or_create("k", gated, ttl=60, type_=str))
+        await asyncio.wait_for(started.wait(), 5)
+        waiting = asyncio.create_task(waiter.get_or_create("k", gated, ttl=60, type_=str))
+        assert waiter._dlock is not None
+        dlock = waiter._dlock
+        await wait_until(lambda: len(dlock) == 1, timeout=5, message="the waiter never registered for the notice")
+        during = waiter.stats()  # what a scrape now would read
+        release.set()
+        assert await asyncio.wait_for(waiting, 5) == "filled"
+        assert await asyncio.wait_for(first, 5) == "filled"
+        after = waiter.stats()
+
+    assert (after.l2_hits, after.misses, after.handler_runs) == (1, 0, 0)
+    assert after.misses >= during.misses, f"misses went from {during.misses} to {after.misses}: a counter reset"
+    assert after.l2_hits >= during.l2_hits
+
+
 async def test_waiters_are_woken_by_the_fill_notice_not_by_polling(redis_server: RedisServer, namespace: str) -> None:
     """Three instances wait while the fourth computes for 0.5 s; they must return right after it, having sent
     only a handful of GETs (a poller at any useful interval would send dozens)."""
