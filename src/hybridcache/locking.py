@@ -4,8 +4,10 @@ The instance that misses first takes a lease lock in Redis (``SET NX PX``), read
 may have filled the key and released its lease since this one's miss), and runs the factory; the others
 register a waiter, check L2 once more, and sleep until the holder announces on the backplane channel that the key
 has been filled (a ``{"f": key}`` notice, published right after the lease is released). Nobody polls.
-If the notice does not come within the wait timeout — the holder died, or the channel is down — a waiter runs
-the factory itself: the lock bounds duplication, it never blocks progress. The lease bounds how long a crashed
+A notice that finds L2 still empty (an earlier round's, or a holder whose store an invalidation refused) sends the
+waiter back for the lease rather than to the factory. If no useful notice comes within the wait timeout — the
+holder died, or the channel is down — a waiter runs the factory itself: the lock bounds duplication, it never
+blocks progress. The lease bounds how long a crashed
 holder can keep others waiting.
 """
 
@@ -90,10 +92,13 @@ class DistributedSingleFlight:
             if not future.done():
                 future.set_result(None)
 
-    async def wait(self, future: asyncio.Future[None]) -> bool:
-        """True when the fill notice came within the wait timeout."""
+    async def wait(self, future: asyncio.Future[None], timeout: float | None = None) -> bool:
+        """True when the fill notice came within ``timeout`` seconds (default: the wait timeout; <= 0: no wait)."""
+        limit = self.wait_timeout if timeout is None else timeout
+        if limit <= 0:
+            return future.done()
         try:
-            async with asyncio.timeout(self.wait_timeout):
+            async with asyncio.timeout(limit):
                 await asyncio.shield(future)
         except TimeoutError:
             return False

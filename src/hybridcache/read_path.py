@@ -129,32 +129,46 @@ class ReadPath(FillPath):
         return await self._compute(plan, stale)
 
     async def _load_with_lock(self, plan: _Plan, stale: _Found | None) -> Any:
-        assert self._dlock is not None
-        try:
-            token = await self._dlock.try_acquire(plan.full_key)
-        except L2UnavailableError:
-            self.counters.l2_errors += 1
-            return await self._miss(plan, stale)
-        if token is not None:
+        """Load under the distributed lease: hold it and compute, or wait for its holder's fill notice.
+
+        A notice that finds nothing in L2 (one from an earlier round, or a holder whose store an invalidation
+        refused) sends the waiter back for the lease instead of straight to the factory, so it cannot run beside
+        a holder still computing. All waiting fits in one ``WaitTimeoutMilliseconds``; after it, or when Redis
+        cannot be asked, the factory runs without the lease (the lease bounds duplication, never progress).
+        """
+        dlock = self._dlock
+        assert dlock is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + dlock.wait_timeout
+        while True:
             try:
-                # Double-checked: another instance may have filled the key and released its lease between our L2
-                # miss and this lease. Without the second read its whole run fits in that gap and we repeat it.
-                filled = await self._filled_by_another(plan)
-                if filled is not None:
-                    return filled.value
+                token = await dlock.try_acquire(plan.full_key)
+            except L2UnavailableError:
+                self.counters.l2_errors += 1
                 return await self._miss(plan, stale)
-            finally:
-                await self._dlock.release(plan.full_key, token)
-        notice = self._dlock.register(plan.full_key)
-        try:
-            for attempt in range(2):  # once right after registering (it may be filled already), once after notice
+            if token is not None:
+                try:
+                    # Double-checked: another instance may have filled the key and released its lease between our
+                    # L2 miss and this lease. Without the second read its whole run fits in that gap and we repeat it.
+                    filled = await self._filled_by_another(plan)
+                    if filled is not None:
+                        return filled.value
+                    return await self._miss(plan, stale)
+                finally:
+                    await dlock.release(plan.full_key, token)
+            notice = dlock.register(plan.full_key)
+            try:
+                # Registered before reading, so a fill between this read and the wait still wakes us.
                 filled = await self._filled_by_another(plan)
                 if filled is not None:
                     return filled.value
-                if attempt == 0 and not await self._dlock.wait(notice):
+                if not await dlock.wait(notice, deadline - loop.time()):
                     break
-        finally:
-            self._dlock.unregister(plan.full_key, notice)
+                filled = await self._filled_by_another(plan)
+                if filled is not None:
+                    return filled.value
+            finally:
+                dlock.unregister(plan.full_key, notice)
         return await self._miss(plan, stale)
 
     async def _filled_by_another(self, plan: _Plan) -> _Found | None:

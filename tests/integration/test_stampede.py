@@ -230,6 +230,45 @@ async def test_a_waiter_served_by_the_holder_never_takes_back_a_counted_miss(
     assert after.l2_hits >= during.l2_hits
 
 
+async def test_a_fill_notice_that_finds_nothing_sends_the_waiter_back_for_the_lease_not_to_the_factory(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """A notice can wake a waiter while the current holder is still computing: one left over from an earlier
+    round of the key, or from a holder whose store an invalidation refused. The waiter finds L2 empty; it must
+    queue behind the holder's lease again rather than run the factory beside it."""
+    lock = DistributedLockSettings(enabled=True, wait_timeout_milliseconds=10_000)
+    async with AsyncExitStack() as stack:
+        holder, waiter = await _instances(stack, namespace, redis_server, 2, distributed_lock=lock)
+        started, release = asyncio.Event(), asyncio.Event()
+        runs = 0
+
+        async def gated() -> str:
+            nonlocal runs
+            runs += 1
+            started.set()
+            await release.wait()
+            return "filled"
+
+        first = asyncio.create_task(holder.get_or_create("k", gated, ttl=60, type_=str))
+        await asyncio.wait_for(started.wait(), 5)
+        waiting = asyncio.create_task(waiter.get_or_create("k", gated, ttl=60, type_=str))
+        assert waiter._dlock is not None
+        dlock = waiter._dlock
+        await wait_until(lambda: len(dlock) == 1, timeout=5, message="the waiter never registered for the notice")
+        dlock.notify(f"{namespace}:v1:k")  # a stale notice: the holder has stored nothing yet
+        assert len(dlock) == 0, "the notice did not wake the waiter"
+        # Woken, it reads L2 (empty), asks for the lease (held) and registers again; a waiter that went to the
+        # factory instead would never register again, and would run it a second time.
+        await wait_until(lambda: len(dlock) == 1 or runs > 1, timeout=5, message="the woken waiter is stuck")
+        assert runs == 1, "the woken waiter ran the factory beside the holder"
+        release.set()
+        assert await asyncio.wait_for(waiting, 5) == "filled"
+        assert await asyncio.wait_for(first, 5) == "filled"
+
+    assert runs == 1
+    assert (waiter.counters.l2_hits, waiter.counters.misses, waiter.counters.handler_runs) == (1, 0, 0)
+
+
 async def test_waiters_are_woken_by_the_fill_notice_not_by_polling(redis_server: RedisServer, namespace: str) -> None:
     """Three instances wait while the fourth computes for 0.5 s; they must return right after it, having sent
     only a handful of GETs (a poller at any useful interval would send dozens)."""
