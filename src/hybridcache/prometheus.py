@@ -21,9 +21,10 @@ One cache: ``register_cache_metrics(cache)`` exports unlabelled series. Several 
 Latency: ``register_cache_latency(cache)`` adds the histograms ``hybridcache_l2_read_duration_seconds``
 (labels ``namespace``, ``result`` = ``hit``/``miss``/``error``) and ``hybridcache_factory_duration_seconds``
 (``namespace``, ``result`` = ``ok``/``error``), observed on the slow paths only (an L1 hit records nothing).
-``namespace`` is the first ``:`` segment of the logical key, never user text further in. It works through the
-cache's ``tracer`` hook, next to an OpenTelemetry tracer already set by :func:`hybridcache.telemetry.instrument`
-(call that first: ``instrument`` replaces whatever tracer it finds).
+``namespace`` is the first ``:`` segment of the logical key (``-`` for a key without one), never user text further
+in; ``error`` on an L2 read means Redis could not answer it (the caller saw a miss). It works through the cache's
+``tracer`` hook, next to an OpenTelemetry tracer already set by :func:`hybridcache.telemetry.instrument` (call
+that first: ``instrument`` replaces whatever tracer it finds).
 
 This module imports ``prometheus_client`` when it is imported; without it, importing ``hybridcache.prometheus``
 raises :class:`ImportError` naming the extra to install, and the rest of hybridcache works as usual (importing
@@ -251,7 +252,11 @@ class _Timing:
         self._started = 0.0
 
     def set_hit(self, hit: bool) -> None:
-        self._result = "hit" if hit else "miss"
+        if self._result != "error":
+            self._result = "hit" if hit else "miss"
+
+    def set_error(self, kind: str) -> None:
+        self._result = "error"
 
     def __enter__(self) -> _Timing:
         self._started = time.perf_counter()
@@ -287,6 +292,9 @@ class _Nothing:
     def set_hit(self, hit: bool) -> None:
         pass
 
+    def set_error(self, kind: str) -> None:
+        pass
+
     def __enter__(self) -> _Nothing:
         return self
 
@@ -315,7 +323,7 @@ class _BothTracers:
 
 
 class _Pair:
-    """Enters two operation contexts in order and leaves them in reverse; ``set_hit`` reaches both."""
+    """Enters two operation contexts in order and leaves them in reverse; ``set_hit``/``set_error`` reach both."""
 
     __slots__ = ("_inner", "_inner_handle", "_outer", "_outer_handle")
 
@@ -329,6 +337,11 @@ class _Pair:
         for handle in (self._outer_handle, self._inner_handle):
             if handle is not None:
                 handle.set_hit(hit)
+
+    def set_error(self, kind: str) -> None:
+        for handle in (self._outer_handle, self._inner_handle):
+            if handle is not None:
+                handle.set_error(kind)
 
     def __enter__(self) -> _Pair:
         self._outer_handle = self._outer.__enter__()

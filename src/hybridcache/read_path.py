@@ -23,7 +23,7 @@ from hybridcache.serialization import CorruptEntryError, EntryHeader, ValueCodec
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from hybridcache.telemetry import CacheTracer
+    from hybridcache.telemetry import CacheTracer, SpanHandle
 
 logger = logging.getLogger("hybridcache")
 
@@ -204,7 +204,7 @@ class ReadPath(FillPath):
         plan: Callable[[], _Plan] | None,
     ) -> _Found | None:
         with tracer.l2_read(full_key[self._namespace_length :]) as span:
-            found = await self._read_l2_untraced(full_key, codec, eager_refresh, plan)
+            found = await self._read_l2_untraced(full_key, codec, eager_refresh, plan, span)
             span.set_hit(found is not None and found.fresh)
             return found
 
@@ -214,16 +214,21 @@ class ReadPath(FillPath):
         codec: ValueCodec,
         eager_refresh: float | None,
         plan: Callable[[], _Plan] | None,
+        span: SpanHandle | None = None,
     ) -> _Found | None:
         assert self._l2 is not None
         if self._pending and not await self._flush_pending():
             self.counters.l2_errors += 1
+            if span is not None:
+                span.set_error("L2UnavailableError")
             return None
         mark = self._log.sequence
         try:
             raw = await self._l2.get(full_key)
         except L2UnavailableError:
             self.counters.l2_errors += 1
+            if span is not None:
+                span.set_error("L2UnavailableError")
             return None
         except CorruptEntryError as exc:  # a value of another Redis type under the key
             await self._discard_corrupt(full_key, exc)

@@ -13,9 +13,10 @@
 * **traces**: a span per L2 read (``hybridcache.l2.read``, kind CLIENT), per factory run (``hybridcache.factory``;
   the factory's own spans nest under it, and its exception is recorded) and per invalidation
   (``hybridcache.invalidate``). Attributes: ``cache.name``, ``cache.namespace`` — only the *first segment* of
-  the logical key (``Dealership`` for ``Dealership:Search:ford:10``), never the key itself nor any user text
-  in it — ``cache.level`` (``l2``/``factory``) and ``cache.hit``. An L1 hit makes no span: that path stays a few
-  dictionary operations.
+  the logical key (``Dealership`` for ``Dealership:Search:ford:10``, ``-`` for a key without a ``:``), never the
+  key itself nor any user text in it — ``cache.level`` (``l2``/``factory``) and ``cache.hit``; an L2 read Redis
+  could not answer also carries ``error.type`` and an error status. An L1 hit makes no span: that path stays a
+  few dictionary operations.
 
 The ``opentelemetry`` packages are imported only by :func:`instrument`; without them hybridcache works as usual
 and :func:`instrument` raises :class:`ImportError` naming the extra to install.
@@ -39,7 +40,15 @@ if TYPE_CHECKING:
     from hybridcache.cache import HybridCache
     from hybridcache.metrics import CacheStats
 
-__all__ = ["CacheTracer", "Instrumentation", "SpanHandle", "instrument", "key_namespace"]
+__all__ = [
+    "FLAT_KEY_NAMESPACE",
+    "CacheTracer",
+    "Instrumentation",
+    "SpanHandle",
+    "instrument",
+    "key_namespace",
+    "prefix_namespace",
+]
 
 _NAME = "hybridcache"
 _MAX_NAMESPACE = 64
@@ -50,6 +59,10 @@ class SpanHandle(Protocol):
     """What the cache may tell a running span."""
 
     def set_hit(self, hit: bool) -> None: ...
+
+    def set_error(self, kind: str) -> None:
+        """The operation failed without raising (an L2 read that Redis could not answer is a miss to the caller);
+        ``kind`` names the error class. ``set_hit`` may still follow: the error wins."""
 
 
 class CacheTracer(Protocol):
@@ -68,20 +81,34 @@ class CacheTracer(Protocol):
     ) -> AbstractContextManager[SpanHandle]: ...
 
 
+# The namespace label of a key without a separator: its text may be anything (an id, a user's input), and one
+# label value per key would grow metric series without bound.
+FLAT_KEY_NAMESPACE = "-"
+
+
 def key_namespace(key: str) -> str:
     """The first ``:`` segment of a logical key, the only part of a key that telemetry records.
 
-    ``Dealership:Search:ford:10`` → ``Dealership``; a key without a separator is its own namespace; the empty
-    prefix (``clear()``) is ``*``. Bounded to 64 characters.
+    ``Dealership:Search:ford:10`` → ``Dealership``. A key without a separator (``user42``) records
+    :data:`FLAT_KEY_NAMESPACE`, never its text. Bounded to 64 characters.
     """
-    head = key.split(SEPARATOR, 1)[0]
+    head, separator, _ = key.partition(SEPARATOR)
+    if not separator:
+        return FLAT_KEY_NAMESPACE
+    return head[:_MAX_NAMESPACE] if head else "*"
+
+
+def prefix_namespace(prefix: str) -> str:
+    """:func:`key_namespace` for an invalidated prefix, which names a namespace even without a separator:
+    ``Dealership`` → ``Dealership``; the empty prefix (``clear()``) is ``*``. Bounded to 64 characters."""
+    head = prefix.split(SEPARATOR, 1)[0]
     return head[:_MAX_NAMESPACE] if head else "*"
 
 
 class _Operation:
     """One traced operation: an OpenTelemetry span, plus a duration histogram when one is given."""
 
-    __slots__ = ("_attributes", "_histogram", "_hit", "_manager", "_name", "_span", "_started", "_tracer")
+    __slots__ = ("_attributes", "_error", "_histogram", "_hit", "_manager", "_name", "_span", "_started", "_tracer")
 
     def __init__(
         self, tracer: Tracer, name: str, attributes: dict[str, AttributeValue], histogram: Histogram | None
@@ -92,6 +119,7 @@ class _Operation:
         self._histogram = histogram
         hit = attributes.get("cache.hit")
         self._hit: bool | None = hit if isinstance(hit, bool) else None
+        self._error: str | None = None
         self._started = 0.0
         self._manager: AbstractContextManager[Span] | None = None
         self._span: Span | None = None
@@ -100,6 +128,14 @@ class _Operation:
         self._hit = hit
         if self._span is not None:
             self._span.set_attribute("cache.hit", hit)
+
+    def set_error(self, kind: str) -> None:
+        from opentelemetry.trace import StatusCode
+
+        self._error = kind
+        if self._span is not None:
+            self._span.set_attribute("error.type", kind)
+            self._span.set_status(StatusCode.ERROR)
 
     def __enter__(self) -> _Operation:
         from opentelemetry.trace import SpanKind
@@ -120,6 +156,8 @@ class _Operation:
                 attributes["cache.hit"] = self._hit
             if exc_type is not None:
                 attributes["error.type"] = exc_type.__qualname__
+            elif self._error is not None:
+                attributes["error.type"] = self._error
             self._histogram.record(elapsed, attributes)
         assert self._manager is not None
         return self._manager.__exit__(exc_type, exc, tb)
@@ -153,7 +191,7 @@ class _Tracer:
         return _Operation(self._tracer, f"{_NAME}.factory", attributes, self._factory_duration)
 
     def invalidation(self, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]) -> _Operation:
-        namespaces = sorted({key_namespace(k) for k in (*keys, *prefixes)})
+        namespaces = sorted({*map(key_namespace, keys), *map(prefix_namespace, prefixes)})
         attributes: dict[str, AttributeValue] = {
             "cache.name": self._cache_name,
             "cache.namespace": ",".join(namespaces)[: _MAX_NAMESPACE * 4],

@@ -10,8 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hybridcache import CacheSettings, HybridCache
 from hybridcache.prometheus import register_cache_latency, register_cache_metrics
 from tests.integration.conftest import CacheEnv, StartCache
+from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 
@@ -108,6 +110,9 @@ async def test_latency_recording_keeps_an_existing_tracer_working(cache_env: Cac
         def set_hit(self, hit: bool) -> None:
             self.hit = hit
 
+        def set_error(self, kind: str) -> None:
+            self.hit = None
+
         def __enter__(self) -> Operation:
             return self
 
@@ -137,3 +142,28 @@ async def test_latency_recording_keeps_an_existing_tracer_working(cache_env: Cac
     assert seen == [("l2", "Item:1", False), ("factory", "Item:1", None), ("invalidation", "Item:1", None)]
     assert sample(registry, "hybridcache_l2_read_duration_seconds_count", namespace="Item", result="miss") == 1.0
     assert sample(registry, "hybridcache_factory_duration_seconds_count", namespace="Item", result="ok") == 1.0
+
+
+async def test_an_l2_read_redis_could_not_answer_is_recorded_as_an_error(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """To its caller a failed L2 read is a miss (the factory answers); the histogram must still tell it apart."""
+    settings = CacheSettings(service_name=namespace, configuration=redis_server.url, operation_timeout_milliseconds=100)
+    async with HybridCache.from_settings(settings) as cache:
+        assert await cache.wait_until_connected(5)
+        registry = CollectorRegistry()
+        register_cache_latency(cache, registry)
+
+        async def load() -> str:
+            return "value"
+
+        redis_server.pause()
+        try:
+            assert await cache.get_or_create("Item:1", load) == "value"
+        finally:
+            redis_server.resume()
+
+    assert cache.counters.l2_errors >= 1
+    assert sample(registry, "hybridcache_l2_read_duration_seconds_count", namespace="Item", result="error") == 1.0
+    counted = {labels for name, labels in scrape(registry) if name == "hybridcache_l2_read_duration_seconds_count"}
+    assert counted == {frozenset({("namespace", "Item"), ("result", "error")})}, "the failed read was also a miss"

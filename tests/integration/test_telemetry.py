@@ -20,9 +20,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from hybridcache import HybridCache
-from hybridcache.telemetry import Instrumentation, instrument, key_namespace
+from hybridcache import CacheSettings, HybridCache
+from hybridcache.telemetry import FLAT_KEY_NAMESPACE, Instrumentation, instrument, key_namespace, prefix_namespace
 from tests.integration.conftest import CacheEnv, StartCache
+from tests.support.redis_server import RedisServer
 
 SECRET = "Pat's secret search"  # user text inside a key: must never reach telemetry
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -182,6 +183,27 @@ async def test_the_factory_span_records_its_failure_and_nests_the_factorys_own_s
     assert query.parent.span_id == factory.context.span_id
 
 
+async def test_an_l2_read_redis_could_not_answer_is_an_error_span_and_an_error_in_the_histogram(
+    redis_server: RedisServer, namespace: str, telemetry: Telemetry
+) -> None:
+    settings = CacheSettings(service_name=namespace, configuration=redis_server.url, operation_timeout_milliseconds=100)
+    async with HybridCache.from_settings(settings) as cache:
+        assert await cache.wait_until_connected(5)
+        telemetry.instrument(cache)
+        redis_server.pause()
+        try:
+            assert await cache.get_or_create("Dealership:1", load_value) == await load_value()
+        finally:
+            redis_server.resume()
+
+    [span] = telemetry.spans("hybridcache.l2.read")
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes is not None
+    assert span.attributes["error.type"] == "L2UnavailableError"
+    durations = {attributes for (name, attributes) in telemetry.metrics() if name == "hybridcache.l2.read.duration"}
+    assert [dict(a).get("error.type") for a in durations] == ["L2UnavailableError"]
+
+
 async def test_uninstrument_stops_spans_and_metrics(
     cache_env: CacheEnv, start_cache: StartCache, telemetry: Telemetry
 ) -> None:
@@ -207,11 +229,14 @@ async def test_an_l1_only_cache_traces_invalidations_and_factories(
     assert invalidation.attributes["cache.namespace"] == "*"
 
 
-def test_key_namespace_is_the_first_segment_bounded() -> None:
+def test_key_namespace_is_the_first_segment_bounded_and_never_a_flat_keys_text() -> None:
     assert key_namespace("Dealership:Search:ford:10") == "Dealership"
-    assert key_namespace("Dealership") == "Dealership"
-    assert key_namespace("") == "*"
+    assert key_namespace("user42") == key_namespace("user43") == FLAT_KEY_NAMESPACE, "one series per flat key"
+    assert key_namespace(":x") == "*"
     assert key_namespace("x" * 500 + ":1") == "x" * 64
+    assert prefix_namespace("Dealership") == "Dealership"
+    assert prefix_namespace("Dealership:Search") == "Dealership"
+    assert prefix_namespace("") == "*"
 
 
 def test_hybridcache_works_without_opentelemetry_installed() -> None:
