@@ -145,7 +145,12 @@ class FillPath(CacheState):
         )
 
     def _refresh_later(self, plan: _Plan) -> None:
-        """Start one background refresh of ``plan``'s key (eager refresh); errors are logged, never raised."""
+        """Start one background refresh of ``plan``'s key (eager refresh); errors are logged, never raised.
+
+        With the distributed lock the refresh runs under the key's lease, so of the instances that reach a hot
+        key's refresh point together one refreshes it; the others skip theirs (the holder is refreshing or
+        loading the key, and its value reaches them through L2). Without Redis to ask, it refreshes anyway.
+        """
         refresh_key = plan.full_key + "\x00refresh"
         if refresh_key in self._flights:
             return
@@ -153,13 +158,31 @@ class FillPath(CacheState):
 
         async def refresh() -> None:
             try:
-                await self._compute(plan, None)
+                await self._refresh_under_lease(plan)
             except Exception as exc:  # the entry in hand stays valid until it expires
                 logger.warning("Eager refresh of %s failed: %s: %s", plan.full_key, exc.__class__.__name__, exc)
 
         task = asyncio.ensure_future(self._flights.run(refresh_key, refresh))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def _refresh_under_lease(self, plan: _Plan) -> None:
+        dlock = self._dlock
+        if dlock is None:
+            await self._compute(plan, None)
+            return
+        try:
+            token = await dlock.try_acquire(plan.full_key)
+        except L2UnavailableError:
+            self.counters.l2_errors += 1
+            await self._compute(plan, None)
+            return
+        if token is None:
+            return
+        try:
+            await self._compute(plan, None)
+        finally:
+            await dlock.release(plan.full_key, token)
 
     async def _capture(self, plan: _Plan) -> _Capture:
         """What a value about to be computed depends on: Redis's generations, ours, and our log position."""

@@ -11,13 +11,15 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.settings import MemoryCacheSettings
+from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 TTL = 0.4
 FACTORY_SECONDS = 0.05
@@ -217,3 +219,67 @@ async def test_without_jitter_entries_created_together_expire_together(
 
     assert all(55_000 < pttl <= 60_000 for pttl in pttls), pttls
     assert max(pttls) - min(pttls) < 1_000, sorted(pttls)
+
+
+class _Clock:
+    """One simulated clock for several caches (monotonic and wall): time moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.elapsed = 0.0
+        self._wall_start = time.time()
+
+    def monotonic(self) -> float:
+        return 1_000.0 + self.elapsed
+
+    def wall(self) -> float:
+        return self._wall_start + self.elapsed
+
+
+async def test_with_the_distributed_lock_one_instance_refreshes_a_hot_key_for_all(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Two instances hold the same entry (one computed it, the other read it from L2), so both reach its refresh
+    point together. Under the key's lease one refreshes; the other skips, and gets the value through L2."""
+    settings = CacheSettings(
+        service_name=namespace,
+        configuration=redis_server.url,
+        operation_timeout_milliseconds=2_000,
+        distributed_lock=DistributedLockSettings(enabled=True),
+    )
+    clock = _Clock()
+    gate = asyncio.Event()
+    runs = 0
+
+    async def version() -> int:
+        nonlocal runs
+        runs += 1
+        if runs > 1:  # the refreshes wait, so that both instances' refreshes would overlap
+            await gate.wait()
+        return runs
+
+    async with AsyncExitStack() as stack:
+        a, b = [
+            await stack.enter_async_context(HybridCache(settings, clock=clock.monotonic, wall_clock=clock.wall))
+            for _ in range(2)
+        ]
+        assert await a.wait_until_connected(5)
+        assert await b.wait_until_connected(5)
+        assert await a.get_or_create("k", version, ttl=20, type_=int, eager_refresh=0.5) == 1
+        assert await b.get_or_create("k", version, ttl=20, type_=int, eager_refresh=0.5) == 1
+        assert b.counters.l2_hits == 1
+
+        clock.elapsed = 11.0  # past the refresh point (half of the 20 s TTL), within both L1 entries' lifetime
+        assert await a.get_or_create("k", version, ttl=20, type_=int, eager_refresh=0.5) == 1
+        assert await b.get_or_create("k", version, ttl=20, type_=int, eager_refresh=0.5) == 1
+        assert (a.counters.l1_hits, b.counters.l1_hits) == (1, 1)
+        await wait_until(
+            lambda: len(a._background) + len(b._background) == 1,
+            timeout=5,
+            message="both instances are refreshing the key (or neither is)",
+        )
+        assert runs == 2, "a second instance ran its refresh beside the lease holder"
+        gate.set()
+        await wait_until(lambda: not a._background and not b._background, timeout=5, message="refresh never ended")
+
+    assert runs == 2
+    assert a.counters.eager_refreshes == b.counters.eager_refreshes == 1
