@@ -340,8 +340,10 @@ class _Pair:
 
     def set_error(self, kind: str) -> None:
         for handle in (self._outer_handle, self._inner_handle):
-            if handle is not None:
-                handle.set_error(kind)
+            # Optional: a tracer written before SpanHandle.set_error existed is told nothing (never an error).
+            set_error = getattr(handle, "set_error", None)
+            if set_error is not None:
+                set_error(kind)
 
     def __enter__(self) -> _Pair:
         self._outer_handle = self._outer.__enter__()

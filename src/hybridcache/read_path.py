@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hybridcache")
 
 
+def _report_error(span: SpanHandle | None, kind: str) -> None:
+    """Tell ``span`` its operation failed, if it can be told: ``SpanHandle.set_error`` came after tracers were
+    written against ``set_hit`` alone, and such a tracer must not turn a degraded read into an exception."""
+    set_error = getattr(span, "set_error", None)
+    if set_error is not None:
+        set_error(kind)
+
+
 class _LeaderGone(Exception):
     """The caller reading L2 for a key was cancelled or failed before telling its followers anything."""
 
@@ -167,6 +175,10 @@ class ReadPath(FillPath):
                 filled = await self._filled_by_another(plan)
                 if filled is not None:
                     return filled.value
+                if loop.time() >= deadline:
+                    # Woken for nothing with the wait used up: a notice landing during each read (the key
+                    # invalidated again and again) must not keep this loop going past its one deadline.
+                    break
             finally:
                 dlock.unregister(plan.full_key, notice)
         return await self._miss(plan, stale)
@@ -219,16 +231,14 @@ class ReadPath(FillPath):
         assert self._l2 is not None
         if self._pending and not await self._flush_pending():
             self.counters.l2_errors += 1
-            if span is not None:
-                span.set_error("L2UnavailableError")
+            _report_error(span, "L2UnavailableError")
             return None
         mark = self._log.sequence
         try:
             raw = await self._l2.get(full_key)
         except L2UnavailableError:
             self.counters.l2_errors += 1
-            if span is not None:
-                span.set_error("L2UnavailableError")
+            _report_error(span, "L2UnavailableError")
             return None
         except CorruptEntryError as exc:  # a value of another Redis type under the key
             await self._discard_corrupt(full_key, exc)

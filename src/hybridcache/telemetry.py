@@ -62,7 +62,8 @@ class SpanHandle(Protocol):
 
     def set_error(self, kind: str) -> None:
         """The operation failed without raising (an L2 read that Redis could not answer is a miss to the caller);
-        ``kind`` names the error class. ``set_hit`` may still follow: the error wins."""
+        ``kind`` names the error class. ``set_hit`` may still follow: the error wins. Optional at run time: a
+        handle written before this method existed (``set_hit`` only) is told nothing, and the read still works."""
 
 
 class CacheTracer(Protocol):

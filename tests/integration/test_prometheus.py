@@ -5,6 +5,7 @@ runs by namespace and result."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -15,6 +16,9 @@ from hybridcache.prometheus import register_cache_latency, register_cache_metric
 from tests.integration.conftest import CacheEnv, StartCache
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
+
+if TYPE_CHECKING:
+    from hybridcache.telemetry import CacheTracer
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -167,3 +171,58 @@ async def test_an_l2_read_redis_could_not_answer_is_recorded_as_an_error(
     assert sample(registry, "hybridcache_l2_read_duration_seconds_count", namespace="Item", result="error") == 1.0
     counted = {labels for name, labels in scrape(registry) if name == "hybridcache_l2_read_duration_seconds_count"}
     assert counted == {frozenset({("namespace", "Item"), ("result", "error")})}, "the failed read was also a miss"
+
+
+@pytest.mark.parametrize("with_latency", [False, True], ids=["alone", "beside-latency"])
+async def test_a_tracer_written_before_set_error_existed_still_lets_reads_survive_a_redis_outage(
+    redis_server: RedisServer, namespace: str, with_latency: bool
+) -> None:
+    """``SpanHandle.set_error`` came after tracers were written against ``set_hit`` alone: such a tracer must not
+    turn an L2 read Redis could not answer (a miss to the caller) into an AttributeError raised to the caller."""
+    seen: list[tuple[str, bool | None]] = []
+
+    class Operation:  # set_hit only, as every SpanHandle was before set_error
+        def __init__(self, kind: str) -> None:
+            self.kind = kind
+            self.hit: bool | None = None
+
+        def set_hit(self, hit: bool) -> None:
+            self.hit = hit
+
+        def __enter__(self) -> Operation:
+            return self
+
+        def __exit__(self, *exc_info: object) -> None:
+            seen.append((self.kind, self.hit))
+
+    class OlderTracer:
+        def l2_read(self, key: str) -> Operation:
+            return Operation("l2")
+
+        def factory(self, key: str) -> Operation:
+            return Operation("factory")
+
+        def invalidation(self, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]) -> Operation:
+            return Operation("invalidation")
+
+    settings = CacheSettings(service_name=namespace, configuration=redis_server.url, operation_timeout_milliseconds=100)
+    registry = CollectorRegistry()
+    async with HybridCache.from_settings(settings) as cache:
+        assert await cache.wait_until_connected(5)
+        cache.tracer = cast("CacheTracer", OlderTracer())
+        if with_latency:
+            register_cache_latency(cache, registry)
+
+        async def load() -> str:
+            return "value"
+
+        redis_server.pause()
+        try:
+            assert await cache.get_or_create("Item:1", load) == "value"
+        finally:
+            redis_server.resume()
+
+    assert cache.counters.l2_errors >= 1
+    assert seen == [("l2", False), ("factory", None)]
+    if with_latency:
+        assert sample(registry, "hybridcache_l2_read_duration_seconds_count", namespace="Item", result="error") == 1.0

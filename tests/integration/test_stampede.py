@@ -8,8 +8,9 @@ SingleFlight itself is unit-tested in tests/unit/test_single_flight.py; these te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -267,6 +268,80 @@ async def test_a_fill_notice_that_finds_nothing_sends_the_waiter_back_for_the_le
 
     assert runs == 1
     assert (waiter.counters.l2_hits, waiter.counters.misses, waiter.counters.handler_runs) == (1, 0, 0)
+
+
+async def test_notices_that_keep_finding_nothing_cannot_keep_a_waiter_past_its_wait_timeout(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Each notice that finds L2 empty sends the waiter back for the lease; when one lands during every L2 read (a
+    key invalidated again and again while its holder computes) the waiter must still give up waiting after one
+    ``WaitTimeoutMilliseconds`` and run the factory itself, not go round for as long as the notices keep coming."""
+    wait_ms = 300
+    lock = DistributedLockSettings(enabled=True, wait_timeout_milliseconds=wait_ms)
+    async with AsyncExitStack() as stack:
+        holder, waiter = await _instances(stack, namespace, redis_server, 2, distributed_lock=lock)
+        started, release = asyncio.Event(), asyncio.Event()
+
+        async def gated() -> str:
+            started.set()
+            await release.wait()
+            return "holder's"
+
+        async def own() -> str:
+            return "waiter's"
+
+        full_key = f"{namespace}:v1:k"
+        assert waiter._dlock is not None
+        dlock = waiter._dlock
+        reads = 0
+
+        class NoticeDuringEveryRead:
+            """Delivers a notice for the key while each of the waiter's L2 reads is in flight."""
+
+            @contextlib.contextmanager
+            def l2_read(self, key: str) -> Iterator[_Quiet]:
+                nonlocal reads
+                reads += 1
+                dlock.notify(full_key)
+                yield _Quiet()
+
+            @contextlib.contextmanager
+            def factory(self, key: str) -> Iterator[_Quiet]:
+                yield _Quiet()
+
+            @contextlib.contextmanager
+            def invalidation(
+                self, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]
+            ) -> Iterator[_Quiet]:
+                yield _Quiet()
+
+        first = asyncio.create_task(holder.get_or_create("k", gated, ttl=60, type_=str))
+        try:
+            await asyncio.wait_for(started.wait(), 5)
+            waiter.tracer = NoticeDuringEveryRead()
+            began = time.perf_counter()
+            try:
+                value = await asyncio.wait_for(waiter.get_or_create("k", own, ttl=60, type_=str), 5)
+            except TimeoutError:
+                pytest.fail(f"the waiter still went round after 5 s ({reads} L2 reads); its timeout: {wait_ms} ms")
+            elapsed = time.perf_counter() - began
+        finally:
+            release.set()
+            await asyncio.wait_for(first, 5)
+
+    assert value == "waiter's"
+    assert elapsed < wait_ms / 1000 + 2, f"the waiter ran its factory only after {elapsed:.2f} s"
+    assert waiter.counters.misses == 1
+
+
+class _Quiet:
+    """A span handle that records nothing."""
+
+    def set_hit(self, hit: bool) -> None:
+        pass
+
+    def set_error(self, kind: str) -> None:
+        pass
 
 
 async def test_waiters_are_woken_by_the_fill_notice_not_by_polling(redis_server: RedisServer, namespace: str) -> None:
