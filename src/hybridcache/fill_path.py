@@ -154,7 +154,6 @@ class FillPath(CacheState):
         refresh_key = plan.full_key + "\x00refresh"
         if refresh_key in self._flights:
             return
-        self.counters.eager_refreshes += 1
 
         async def refresh() -> None:
             try:
@@ -167,22 +166,23 @@ class FillPath(CacheState):
         task.add_done_callback(self._background.discard)
 
     async def _refresh_under_lease(self, plan: _Plan) -> None:
+        """Refresh ``plan``'s key, under its lease when the distributed lock is on (counted only when it runs)."""
         dlock = self._dlock
-        if dlock is None:
-            await self._compute(plan, None)
-            return
-        try:
-            token = await dlock.try_acquire(plan.full_key)
-        except L2UnavailableError:
-            self.counters.l2_errors += 1
-            await self._compute(plan, None)
-            return
-        if token is None:
-            return
+        token = None
+        if dlock is not None:
+            try:
+                token = await dlock.try_acquire(plan.full_key)
+            except L2UnavailableError:
+                self.counters.l2_errors += 1
+            else:
+                if token is None:
+                    return  # another instance holds the lease: it is refreshing or loading the key
+        self.counters.eager_refreshes += 1
         try:
             await self._compute(plan, None)
         finally:
-            await dlock.release(plan.full_key, token)
+            if dlock is not None and token is not None:
+                await dlock.release(plan.full_key, token)
 
     async def _capture(self, plan: _Plan) -> _Capture:
         """What a value about to be computed depends on: Redis's generations, ours, and our log position."""

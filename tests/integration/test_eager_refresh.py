@@ -282,4 +282,4 @@ async def test_with_the_distributed_lock_one_instance_refreshes_a_hot_key_for_al
         await wait_until(lambda: not a._background and not b._background, timeout=5, message="refresh never ended")
 
     assert runs == 2
-    assert a.counters.eager_refreshes == b.counters.eager_refreshes == 1
+    assert a.counters.eager_refreshes + b.counters.eager_refreshes == 1, "a skipped refresh was counted"
