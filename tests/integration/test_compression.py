@@ -18,7 +18,7 @@ RESULTS = [{"id": n, "name": f"Dealership {n}", "address": f"{n} Main Street, Sp
 
 async def _stored(raw: redis.asyncio.Redis, env: CacheEnv, key: str) -> tuple[bytes, dict[str, object]]:
     payload = await raw.get(env.redis_key(key))
-    assert payload is not None, f"{key} was not stored in Redis"
+    assert isinstance(payload, bytes), f"{key} was not stored in Redis"
     header_end = payload.index(b"\n")
     return payload, orjson.loads(payload[3:header_end])
 

@@ -109,7 +109,8 @@ async def test_latency_recording_keeps_an_existing_tracer_working(cache_env: Cac
 
     class Operation:
         def __init__(self, kind: str, key: str) -> None:
-            self.kind, self.key, self.hit = kind, key, None
+            self.kind, self.key = kind, key
+            self.hit: bool | None = None
 
         def set_hit(self, hit: bool) -> None:
             self.hit = hit
