@@ -149,6 +149,19 @@ async def test_latency_recording_keeps_an_existing_tracer_working(cache_env: Cac
     assert sample(registry, "hybridcache_factory_duration_seconds_count", namespace="Item", result="ok") == 1.0
 
 
+async def _read_while_paused(cache: HybridCache, server: RedisServer) -> None:
+    """One ``get_or_create`` of ``Item:1`` while ``server`` is frozen: its L2 read fails, the factory answers."""
+
+    async def load() -> str:
+        return "value"
+
+    server.pause()
+    try:
+        assert await cache.get_or_create("Item:1", load) == "value"
+    finally:
+        server.resume()
+
+
 async def test_an_l2_read_redis_could_not_answer_is_recorded_as_an_error(
     redis_server: RedisServer, namespace: str
 ) -> None:
@@ -159,14 +172,7 @@ async def test_an_l2_read_redis_could_not_answer_is_recorded_as_an_error(
         registry = CollectorRegistry()
         register_cache_latency(cache, registry)
 
-        async def load() -> str:
-            return "value"
-
-        redis_server.pause()
-        try:
-            assert await cache.get_or_create("Item:1", load) == "value"
-        finally:
-            redis_server.resume()
+        await _read_while_paused(cache, redis_server)
 
     assert cache.counters.l2_errors >= 1
     assert sample(registry, "hybridcache_l2_read_duration_seconds_count", namespace="Item", result="error") == 1.0
@@ -214,14 +220,7 @@ async def test_a_tracer_written_before_set_error_existed_still_lets_reads_surviv
         if with_latency:
             register_cache_latency(cache, registry)
 
-        async def load() -> str:
-            return "value"
-
-        redis_server.pause()
-        try:
-            assert await cache.get_or_create("Item:1", load) == "value"
-        finally:
-            redis_server.resume()
+        await _read_while_paused(cache, redis_server)
 
     assert cache.counters.l2_errors >= 1
     assert seen == [("l2", False), ("factory", None)]
