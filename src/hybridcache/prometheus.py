@@ -23,8 +23,7 @@ Latency: ``register_cache_latency(cache)`` adds the histograms ``hybridcache_l2_
 (``namespace``, ``result`` = ``ok``/``error``), observed on the slow paths only (an L1 hit records nothing).
 ``namespace`` is the first ``:`` segment of the logical key (``-`` for a key without one), never user text further
 in; ``error`` on an L2 read means Redis could not answer it (the caller saw a miss). It works through the cache's
-``tracer`` hook, next to an OpenTelemetry tracer already set by :func:`hybridcache.telemetry.instrument` (call
-that first: ``instrument`` replaces whatever tracer it finds).
+``tracer`` hook (:func:`hybridcache.telemetry.add_tracer`), beside OpenTelemetry's, in either order.
 
 This module imports ``prometheus_client`` when it is imported; without it, importing ``hybridcache.prometheus``
 raises :class:`ImportError` naming the extra to install, and the rest of hybridcache works as usual (importing
@@ -35,11 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 import time
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
@@ -51,7 +48,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
     raise ImportError("hybridcache.prometheus needs prometheus-client: pip install 'hybridcache[prometheus]'") from exc
 
 from hybridcache.metrics import CacheStats
-from hybridcache.telemetry import CacheTracer, SpanHandle, key_namespace
+from hybridcache.telemetry import add_tracer, key_namespace
 
 if TYPE_CHECKING:
     from hybridcache.cache import HybridCache
@@ -217,8 +214,7 @@ class CacheLatency:
         when this instance was built with a ``label``). A tracer already on the cache keeps working beside it."""
         if (name is None) == self._labelled:
             raise ValueError("a cache name is required with a label, and refused without one")
-        recorder = _LatencyRecorder(self, () if name is None else (name,))
-        cache.tracer = recorder if cache.tracer is None else _BothTracers(cache.tracer, recorder)
+        add_tracer(cache, _LatencyRecorder(self, () if name is None else (name,)))
 
 
 def register_cache_latency(
@@ -229,7 +225,7 @@ def register_cache_latency(
 ) -> CacheLatency:
     """Add the latency histograms to ``registry`` (default ``prometheus_client.REGISTRY``) and record ``cache``'s
     L2 reads and factory runs in them; a mapping of names to caches shares them with ``<label>="<name>"``, as
-    :func:`register_cache_metrics` does. Call it after :func:`hybridcache.telemetry.instrument` if you use both."""
+    :func:`register_cache_metrics` does. It works beside :func:`hybridcache.telemetry.instrument`, in any order."""
     if isinstance(cache, Mapping):
         latency = CacheLatency(registry, label=label)
         for name, each in cache.items():
@@ -303,62 +299,3 @@ class _Nothing:
 
 
 _NOTHING = _Nothing()
-
-
-class _BothTracers:
-    """Two tracers on one cache: every operation enters the first's context, then the second's."""
-
-    def __init__(self, first: CacheTracer, second: CacheTracer) -> None:
-        self._first = first
-        self._second = second
-
-    def l2_read(self, key: str) -> _Pair:
-        return _Pair(self._first.l2_read(key), self._second.l2_read(key))
-
-    def factory(self, key: str) -> _Pair:
-        return _Pair(self._first.factory(key), self._second.factory(key))
-
-    def invalidation(self, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]) -> _Pair:
-        return _Pair(self._first.invalidation(keys, prefixes, tags), self._second.invalidation(keys, prefixes, tags))
-
-
-class _Pair:
-    """Enters two operation contexts in order and leaves them in reverse; ``set_hit``/``set_error`` reach both."""
-
-    __slots__ = ("_inner", "_inner_handle", "_outer", "_outer_handle")
-
-    def __init__(self, outer: AbstractContextManager[SpanHandle], inner: AbstractContextManager[SpanHandle]) -> None:
-        self._outer = outer
-        self._inner = inner
-        self._outer_handle: SpanHandle | None = None
-        self._inner_handle: SpanHandle | None = None
-
-    def set_hit(self, hit: bool) -> None:
-        for handle in (self._outer_handle, self._inner_handle):
-            if handle is not None:
-                handle.set_hit(hit)
-
-    def set_error(self, kind: str) -> None:
-        for handle in (self._outer_handle, self._inner_handle):
-            # Optional: a tracer written before SpanHandle.set_error existed is told nothing (never an error).
-            set_error = getattr(handle, "set_error", None)
-            if set_error is not None:
-                set_error(kind)
-
-    def __enter__(self) -> _Pair:
-        self._outer_handle = self._outer.__enter__()
-        try:
-            self._inner_handle = self._inner.__enter__()
-        except BaseException:
-            self._outer.__exit__(*sys.exc_info())
-            raise
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None:
-        try:
-            self._inner.__exit__(exc_type, exc, tb)
-        finally:
-            suppressed = self._outer.__exit__(exc_type, exc, tb)
-        return suppressed

@@ -19,6 +19,7 @@ from hybridcache.generations import fields_for
 from hybridcache.memory import L1Entry
 from hybridcache.redis import L2UnavailableError
 from hybridcache.serialization import CorruptEntryError, EntryHeader, ValueCodec, codec_for, decode_entry
+from hybridcache.telemetry import report_error
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -26,14 +27,6 @@ if TYPE_CHECKING:
     from hybridcache.telemetry import CacheTracer, SpanHandle
 
 logger = logging.getLogger("hybridcache")
-
-
-def _report_error(span: SpanHandle | None, kind: str) -> None:
-    """Tell ``span`` its operation failed, if it can be told: ``SpanHandle.set_error`` came after tracers were
-    written against ``set_hit`` alone, and such a tracer must not turn a degraded read into an exception."""
-    set_error = getattr(span, "set_error", None)
-    if set_error is not None:
-        set_error(kind)
 
 
 class _LeaderGone(Exception):
@@ -231,14 +224,14 @@ class ReadPath(FillPath):
         assert self._l2 is not None
         if self._pending and not await self._flush_pending():
             self.counters.l2_errors += 1
-            _report_error(span, "L2UnavailableError")
+            report_error(span, "L2UnavailableError")
             return None
         mark = self._log.sequence
         try:
             raw = await self._l2.get(full_key)
         except L2UnavailableError:
             self.counters.l2_errors += 1
-            _report_error(span, "L2UnavailableError")
+            report_error(span, "L2UnavailableError")
             return None
         except CorruptEntryError as exc:  # a value of another Redis type under the key
             await self._discard_corrupt(full_key, exc)

@@ -24,6 +24,7 @@ and :func:`instrument` raises :class:`ImportError` naming the extra to install.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -45,9 +46,12 @@ __all__ = [
     "CacheTracer",
     "Instrumentation",
     "SpanHandle",
+    "add_tracer",
     "instrument",
     "key_namespace",
     "prefix_namespace",
+    "remove_tracer",
+    "report_error",
 ]
 
 _NAME = "hybridcache"
@@ -203,6 +207,92 @@ class _Tracer:
         return _Operation(self._tracer, f"{_NAME}.invalidate", attributes, None)
 
 
+def report_error(span: SpanHandle | None, kind: str) -> None:
+    """``span.set_error(kind)`` if the span has it: ``set_error`` came after tracers were written against
+    ``set_hit`` alone, and such a tracer must not turn a degraded read into an exception."""
+    set_error = getattr(span, "set_error", None)
+    if set_error is not None:
+        set_error(kind)
+
+
+def add_tracer(cache: HybridCache, tracer: CacheTracer) -> None:
+    """Hook ``tracer`` into ``cache``, beside any tracer already there (each sees every operation, in the order
+    they were added). :func:`instrument` and :func:`hybridcache.prometheus.register_cache_latency` use it."""
+    cache.tracer = tracer if cache.tracer is None else _Chain(cache.tracer, tracer)
+
+
+def remove_tracer(cache: HybridCache, tracer: CacheTracer) -> None:
+    """Unhook ``tracer`` from ``cache``, leaving the others in place."""
+    cache.tracer = _without(cache.tracer, tracer)
+
+
+def _without(current: CacheTracer | None, tracer: CacheTracer) -> CacheTracer | None:
+    if current is tracer:
+        return None
+    if not isinstance(current, _Chain):
+        return current
+    first, second = _without(current.first, tracer), _without(current.second, tracer)
+    if first is None or second is None:
+        return first or second
+    return current if (first, second) == (current.first, current.second) else _Chain(first, second)
+
+
+class _Chain:
+    """Two tracers on one cache: every operation enters the first's context, then the second's."""
+
+    def __init__(self, first: CacheTracer, second: CacheTracer) -> None:
+        self.first = first
+        self.second = second
+
+    def l2_read(self, key: str) -> _Pair:
+        return _Pair(self.first.l2_read(key), self.second.l2_read(key))
+
+    def factory(self, key: str) -> _Pair:
+        return _Pair(self.first.factory(key), self.second.factory(key))
+
+    def invalidation(self, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]) -> _Pair:
+        return _Pair(self.first.invalidation(keys, prefixes, tags), self.second.invalidation(keys, prefixes, tags))
+
+
+class _Pair:
+    """Enters two operation contexts in order and leaves them in reverse; ``set_hit``/``set_error`` reach both."""
+
+    __slots__ = ("_inner", "_inner_handle", "_outer", "_outer_handle")
+
+    def __init__(self, outer: AbstractContextManager[SpanHandle], inner: AbstractContextManager[SpanHandle]) -> None:
+        self._outer = outer
+        self._inner = inner
+        self._outer_handle: SpanHandle | None = None
+        self._inner_handle: SpanHandle | None = None
+
+    def set_hit(self, hit: bool) -> None:
+        for handle in (self._outer_handle, self._inner_handle):
+            if handle is not None:
+                handle.set_hit(hit)
+
+    def set_error(self, kind: str) -> None:
+        report_error(self._outer_handle, kind)
+        report_error(self._inner_handle, kind)
+
+    def __enter__(self) -> _Pair:
+        self._outer_handle = self._outer.__enter__()
+        try:
+            self._inner_handle = self._inner.__enter__()
+        except BaseException:
+            self._outer.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        try:
+            self._inner.__exit__(exc_type, exc, tb)
+        finally:
+            suppressed = self._outer.__exit__(exc_type, exc, tb)
+        return suppressed
+
+
 class Instrumentation:
     """What :func:`instrument` set up; :meth:`uninstrument` stops tracing and empties the metric callbacks."""
 
@@ -214,8 +304,7 @@ class Instrumentation:
     def uninstrument(self) -> None:
         """Stop tracing this cache; its observable instruments report nothing from now on."""
         self.active = False
-        if self.cache.tracer is self.tracer:
-            self.cache.tracer = None
+        remove_tracer(self.cache, self.tracer)
 
 
 def instrument(
@@ -225,8 +314,8 @@ def instrument(
 ) -> Instrumentation:
     """Export ``cache``'s counters as OpenTelemetry metrics and trace its L2 reads, factory runs and invalidations.
 
-    ``None`` providers mean the global ones (``opentelemetry.metrics`` / ``opentelemetry.trace``). Instrumenting a
-    cache again replaces its tracer (metrics would be registered twice: call it once per cache). Raises
+    ``None`` providers mean the global ones (``opentelemetry.metrics`` / ``opentelemetry.trace``). Its tracer is
+    added beside any other on the cache (:func:`add_tracer`); call it once per cache. Raises
     :class:`ImportError` when ``opentelemetry-api`` is not installed (``pip install 'hybridcache[otel]'``).
     """
     try:
@@ -331,5 +420,5 @@ def instrument(
         ),
         description="The Redis circuit breaker's state: 1 for the current state, 0 for the others",
     )
-    cache.tracer = tracer
+    add_tracer(cache, tracer)
     return handle

@@ -19,8 +19,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import CollectorRegistry
 
 from hybridcache import CacheSettings, HybridCache
+from hybridcache.prometheus import register_cache_latency
 from hybridcache.telemetry import FLAT_KEY_NAMESPACE, Instrumentation, instrument, key_namespace, prefix_namespace
 from tests.integration.conftest import CacheEnv, StartCache
 from tests.support.redis_server import RedisServer
@@ -202,6 +204,34 @@ async def test_an_l2_read_redis_could_not_answer_is_an_error_span_and_an_error_i
     assert span.attributes["error.type"] == "L2UnavailableError"
     durations = {attributes for (name, attributes) in telemetry.metrics() if name == "hybridcache.l2.read.duration"}
     assert [dict(a).get("error.type") for a in durations] == ["L2UnavailableError"]
+
+
+@pytest.mark.parametrize("otel_first", [True, False], ids=["otel-first", "latency-first"])
+async def test_spans_and_latency_histograms_share_the_tracer_hook_in_either_order(
+    cache_env: CacheEnv, start_cache: StartCache, telemetry: Telemetry, otel_first: bool
+) -> None:
+    cache = await start_cache(cache_env.settings())
+    registry = CollectorRegistry()
+    if otel_first:
+        handle = telemetry.instrument(cache)
+        register_cache_latency(cache, registry)
+    else:
+        register_cache_latency(cache, registry)
+        handle = telemetry.instrument(cache)
+
+    def factory_runs_timed() -> float | None:
+        return registry.get_sample_value(
+            "hybridcache_factory_duration_seconds_count", {"namespace": "Dealership", "result": "ok"}
+        )
+
+    await cache.get_or_create(search_key("one"), load_value)
+    assert len(telemetry.spans("hybridcache.factory")) == 1
+    assert factory_runs_timed() == 1.0
+
+    handle.uninstrument()  # the spans stop; the histograms keep going
+    await cache.get_or_create(search_key("two"), load_value)
+    assert len(telemetry.spans("hybridcache.factory")) == 1
+    assert factory_runs_timed() == 2.0
 
 
 async def test_uninstrument_stops_spans_and_metrics(
