@@ -28,26 +28,6 @@ import redis.asyncio
 
 from hybridcache import HybridCache
 from tests.integration.conftest import L1_L2, L2_ONLY, CacheEnv
-from tests.integration.test_cache_contract import (  # noqa: F401  (collected here, on Sentinel's fixtures)
-    cache,
-    reader,
-    test_a_cached_none_is_a_hit_not_a_miss,
-    test_a_factory_exception_propagates_and_caches_nothing,
-    test_an_l2_read_comes_back_as_the_declared_model,
-    test_clear,
-    test_clear_leaves_other_services_alone,
-    test_concurrent_reads_of_a_cold_key_run_the_factory_once,
-    test_entries_expire_after_their_ttl,
-    test_get_and_set,
-    test_invalidate_keys_prefixes_and_tags_at_once,
-    test_miss_then_hit,
-    test_remove,
-    test_remove_by_prefix_is_not_served_through_l2_either,
-    test_remove_by_prefix_matches_whole_segments,
-    test_remove_by_tag,
-    test_the_redis_entry_is_an_envelope_under_the_documented_key,
-    test_typed_round_trip,
-)
 from tests.integration.test_cluster import (
     Endpoint,
     assert_consistent,
@@ -61,45 +41,7 @@ from tests.integration.test_cluster import (
     running_caches,
 )
 from tests.integration.test_consistency import HEARTBEAT
-from tests.integration.test_eager_refresh import (  # noqa: F401  (collected here, on Sentinel's fixtures)
-    jittered,
-    test_entries_created_together_get_different_ttls_with_jitter,
-    test_under_eager_refresh_no_caller_waits_for_the_factory,
-    test_without_eager_refresh_the_same_stream_does_wait_for_the_factory,
-    test_without_jitter_entries_created_together_expire_together,
-)
-from tests.integration.test_fail_safe import (  # noqa: F401  (collected here, on Sentinel's fixtures)
-    test_a_failing_factory_serves_the_stale_value_with_a_warning,
-    test_a_hard_timeout_with_fail_safe_and_a_stale_value_serves_it,
-    test_a_hard_timeout_without_stale_raises_and_the_result_lands_later,
-    test_a_soft_timeout_serves_stale_fast_and_the_slow_result_lands_later,
-    test_a_soft_timeout_without_a_stale_value_waits_for_the_factory,
-    test_a_throttled_fallback_is_dropped_by_an_invalidation,
-    test_after_a_fallback_the_factory_is_not_retried_during_the_throttle,
-    test_an_entry_cached_without_fail_safe_leaves_no_fallback,
-    test_an_invalidated_value_is_never_served_as_a_fallback,
-    test_an_invalidation_from_another_instance_also_removes_the_fallback,
-    test_fail_safe_enabled_in_settings_applies_when_the_call_does_not_say,
-    test_timeouts_default_to_the_settings,
-    test_without_fail_safe_the_factory_exception_reaches_the_caller_unchanged,
-)
-from tests.integration.test_invalidation import (  # noqa: F401  (collected here, on Sentinel's fixtures)
-    test_an_instance_skips_its_own_messages,
-    test_invalidation_reaches_every_instance_within_deadline,
-    test_one_invalidate_call_is_one_message,
-    test_prefix_matches_whole_segments_on_other_instances,
-    test_repeated_invalidations_all_propagate,
-)
-from tests.integration.test_stampede import (  # noqa: F401  (collected here, on Sentinel's fixtures)
-    test_a_burst_of_distinct_cold_keys_keeps_the_breaker_closed_on_a_healthy_redis,
-    test_a_thousand_concurrent_callers_on_a_cold_key_run_the_factory_once,
-    test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills,
-    test_callers_after_the_fill_hit_the_cache_without_a_new_run,
-    test_cancelling_one_caller_does_not_cancel_the_shared_run,
-    test_the_factory_exception_reaches_every_caller_and_nothing_is_cached,
-    test_waiters_are_woken_by_the_fill_notice_not_by_polling,
-    test_with_the_distributed_lock_four_instances_run_the_factory_once_in_total,
-)
+from tests.integration.topology_suites import *  # noqa: F403  (collected here, on Sentinel's fixtures)
 from tests.support.redis_sentinel import RedisSentinelSetup
 from tests.support.waiting import wait_until
 
