@@ -7,8 +7,8 @@ has been filled (a ``{"f": key}`` notice, published right after the lease is rel
 A notice that finds L2 still empty (an earlier round's, or a holder whose store an invalidation refused) sends the
 waiter back for the lease rather than to the factory. If no useful notice comes within the wait timeout — the
 holder died, or the channel is down — a waiter runs the factory itself: the lock bounds duplication, it never
-blocks progress. The lease bounds how long a crashed
-holder can keep others waiting.
+blocks progress. The lease bounds how long a crashed holder can keep others waiting. An eager refresh, too, runs
+only under the key's lease (see ``fill_path.py``).
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ class RedisL2:
         # cluster; through the client itself for a client pinned to a single connection.
         pool = client.connection_pool if isinstance(client, Redis) and client.connection is None else None
         self._get_connections = GetConnections(pool) if type(pool) is ConnectionPool else None
-        self._get_pool = pool
+        self._get_pool = pool if self._get_connections is None else None
         self.breaker = breaker
         self._instance_name = instance_name
         self._namespace_length = len(namespace)
