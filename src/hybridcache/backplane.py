@@ -141,7 +141,7 @@ class Backplane:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(self._heartbeat_timeout):
                         if pubsub is not None:
-                            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                            await pubsub.aclose()
                         if connection is not None and self._subscriber is not None:
                             await connection.aclose()
             if self.connected:  # we had a working subscription: retry quickly

@@ -123,7 +123,7 @@ async def follow_sentinel_master(*clients: AnyRedis) -> tuple[str, int] | None:
         pool = getattr(client, "connection_pool", None)
         if isinstance(pool, SentinelConnectionPool) and pool.is_master:
             previous = pool.master_address
-            host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            host, port = await pool.get_master_address()
             address = (str(host), int(port))
             if previous is not None and tuple(previous) != address:
                 logger.warning("Sentinel names a new master %s:%d; moving connections there", *address)
@@ -184,9 +184,7 @@ async def connect(
 
     if endpoint.service_name is not None:
         sentinel_options = _sentinel_options(endpoint, node)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves the constructor unannotated
-            list(endpoint.hosts), sentinel_kwargs=sentinel_options, **request_options
-        )
+        sentinel = Sentinel(list(endpoint.hosts), sentinel_kwargs=sentinel_options, **request_options)
         request = sentinel.master_for(
             endpoint.service_name,
             connection_pool_class=_SentinelPool,

@@ -73,7 +73,7 @@ class GetConnections:
     def _take(self) -> AbstractConnection:
         if self._idle:
             return self._idle.pop()
-        connection: AbstractConnection = self._pool.make_connection()  # type: ignore[no-untyped-call]
+        connection: AbstractConnection = self._pool.make_connection()
         self._made.append(connection)
         return connection
 
@@ -85,7 +85,7 @@ class GetConnections:
 
 async def get_pooled(pool: ConnectionPool, redis_key: str) -> Any:
     """``GET`` on a connection checked out of ``pool`` (used for Sentinel, whose pool tracks the master)."""
-    connection = await pool.get_connection()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+    connection = await pool.get_connection()
     try:
         await connection.send_packed_command(connection.pack_command("GET", redis_key), False)
         return await connection.read_response()

@@ -245,11 +245,7 @@ class RedisClusterProcess:
     def cluster_client(self, **kwargs: Any) -> redis.RedisCluster:
         """A blocking cluster client (follows redirections); the caller closes it."""
         kwargs.setdefault("socket_timeout", 5)
-        live = [
-            redis.cluster.ClusterNode(_HOST, port)  # type: ignore[no-untyped-call]  # unannotated in redis-py
-            for port, s in self.nodes.items()
-            if s.is_running
-        ]
+        live = [redis.cluster.ClusterNode(_HOST, port) for port, s in self.nodes.items() if s.is_running]
         return redis.RedisCluster(startup_nodes=live, decode_responses=True, **kwargs)
 
     # -- inspection -----------------------------------------------------------------------------------------
