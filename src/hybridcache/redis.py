@@ -188,6 +188,30 @@ class RedisL2:
         self.breaker.record_success()
         return result
 
+    async def _call_past_breaker(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run a request-path call that an open circuit may not refuse: publishing queued invalidations.
+
+        Other instances serve what a queued invalidation covers until it is published, so its retries probe
+        Redis on their own backoff (50 ms doubling to 1 s) instead of waiting out ``BreakDurationSeconds``.
+        The outcome still reaches the breaker: a failure counts like any other, and a success that began while
+        the circuit was open closes it (Redis answered; see :meth:`CircuitBreaker.record_success_past_gate`).
+        """
+        breaker = self.breaker
+        openings = breaker.openings
+        if not self._slots.try_take():
+            await self._wait_for_slot()
+        try:
+            result = await operation()
+        except BaseException as exc:
+            unavailable = self._failure(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+        finally:
+            self._slots.give_back()
+        breaker.record_success_past_gate(openings)
+        return result
+
     async def aclose(self) -> None:
         """Close the connections this adapter made itself (the clients' pools are their owner's to close)."""
         if self._get_connections is not None:
@@ -297,17 +321,21 @@ class RedisL2:
         stored = await self._call(lambda: self._set_if_current(keys=keys, args=args))
         return bool(stored)
 
-    async def invalidate(self, full_keys: Sequence[str], fields: Sequence[str], *, sender: str) -> dict[str, Any]:
+    async def invalidate(
+        self, full_keys: Sequence[str], fields: Sequence[str], *, sender: str, past_breaker: bool = False
+    ) -> dict[str, Any]:
         """Remove exact keys, bump prefix/tag generations and publish one message; returns that message.
 
         Standalone: one atomic script. Cluster: each key is removed in its own slot first, then the generations
         are bumped and the message published (``SPUBLISH``) in the meta slot — so when the message arrives, the
-        keys are already gone.
+        keys are already gone. ``past_breaker`` (the retry of a queued invalidation) is not refused by an open
+        circuit (:meth:`_call_past_breaker`).
         """
+        call = self._call_past_breaker if past_breaker else self._call
         keys = [self.generations_key, self.sequence_key]
         if self.cluster:
             for full_key in full_keys:
-                await self._call(self._removal(full_key))
+                await call(self._removal(full_key))
         else:
             for full_key in full_keys:
                 keys += (self.redis_key(full_key), self.key_generation_key(full_key))
@@ -320,7 +348,7 @@ class RedisL2:
             orjson.dumps(list(full_keys)),
             *fields,
         ]
-        reply = await self._call(lambda: self._invalidate(keys=keys, args=args))
+        reply = await call(lambda: self._invalidate(keys=keys, args=args))
         return parse_message(reply)
 
     def _removal(self, full_key: str) -> Callable[[], Awaitable[Any]]:

@@ -125,6 +125,26 @@ class CircuitBreaker:
             self._transition(CircuitState.CLOSED, "probe succeeded")
         # OPEN: a call that began before the circuit opened finished late; it proves too little to close it.
 
+    @property
+    def openings(self) -> int:
+        """How many times the circuit has opened: a caller past the gate notes it to tell, when its call
+        succeeds, whether the call began while the current break was already in force."""
+        return self.transitions["open"]
+
+    def record_success_past_gate(self, openings_at_start: int) -> None:
+        """A call that did not ask :meth:`allow_request` (a queued invalidation retrying on its own backoff)
+        succeeded. If it began while the circuit was already open or half-open, Redis answered after the break
+        began: that is what a probe proves, so the circuit closes now instead of after ``break_duration``.
+        A call that began before the circuit opened proves too little, as in :meth:`record_success`."""
+        if self._allow_all:
+            self._failures = 0
+            return
+        if openings_at_start == self.openings:
+            self._failures = 0
+            self._probe_started = None
+            self._allow_all = True
+            self._transition(CircuitState.CLOSED, "a call past the gate succeeded")
+
     def record_failure(self) -> None:
         """The allowed call failed: count it; at the threshold (or on a failed probe) open the circuit."""
         if not self.enabled:

@@ -130,26 +130,33 @@ class WritePath(CacheState):
             self._retry_task = asyncio.create_task(self._retry_pending(), name="hybridcache-invalidation-retry")
 
     async def _retry_pending(self) -> None:
-        """Publish queued invalidations, backing off while Redis stays unavailable, until none is left."""
+        """Publish queued invalidations, backing off while Redis stays unavailable, until none is left.
+
+        The retries do not wait for the circuit breaker (``BreakDurationSeconds``, 60 s by default): every other
+        instance serves what they cover until they are published, so they probe Redis on this backoff instead.
+        """
         delay = 0.05
         while self._pending:
-            if await self._flush_pending():
+            if await self._flush_pending(past_breaker=True):
                 return
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 1.0)
 
-    async def _flush_pending(self) -> bool:
+    async def _flush_pending(self, *, past_breaker: bool = False) -> bool:
         """Publish queued invalidations in order; True when the queue is empty afterwards.
 
         L2 reads call this first while anything is queued: an entry that was invalidated during an outage must
         not be served (or used as a fail-safe fallback) just because Redis answers again before the retry ran.
+        They call it through the breaker (an open circuit answers at once); the retry task calls it past it.
         """
         async with self._flush_lock:
             while self._pending:
                 full_keys, fields = self._pending[0]
                 try:
                     assert self._l2 is not None
-                    message = await self._l2.invalidate(full_keys, fields, sender=self.instance_id)
+                    message = await self._l2.invalidate(
+                        full_keys, fields, sender=self.instance_id, past_breaker=past_breaker
+                    )
                 except L2UnavailableError:
                     return False
                 self._pending.popleft()

@@ -517,6 +517,48 @@ async def test_an_invalidation_queued_while_the_circuit_was_open_is_published_on
         assert await versions_seen(writer, db, *KEYS) == db.versions
 
 
+async def test_a_write_during_a_3s_freeze_reaches_another_instance_within_the_pause_plus_1_5s(
+    redis_server: RedisServer, namespace: str, protocol: int
+) -> None:
+    """At default settings (BreakDurationSeconds 60): Redis frozen for 3 s, the writer's invalidation fails and
+    its circuit opens. Its queued invalidation must not wait out the 60 s break: the retries probe Redis on their
+    own backoff, so the other instance serves the write within the pause + 1.5 s (issue 13, item 1)."""
+    pause = 3.0
+    db = Database(BY_KEY)
+    settings = CacheSettings(service_name=namespace, configuration=redis_server.url, protocol=protocol)
+    assert settings.circuit_breaker.break_duration_seconds == 60
+    async with running_caches(settings) as (writer, reader):
+        await warm_l1(reader, db, BY_KEY)
+        await warm_l1(writer, db, BY_KEY)
+        loop = asyncio.get_running_loop()
+        redis_server.pause()
+        paused_at = loop.time()
+        try:
+            db.bump(BY_KEY)
+            await writer.remove(BY_KEY)
+            assert writer.stats().pending_invalidations == 1
+            # Requests during the freeze open the writer's circuit (FailureThreshold consecutive failures).
+            for attempt in range(40):
+                if writer.health()["circuit"] == "open":
+                    break
+                await writer.get_or_create(f"Other:{attempt}", db.loader(BY_KEY))
+            assert writer.health()["circuit"] == "open"
+            await asyncio.sleep(max(0.0, pause - (loop.time() - paused_at)))  # hold the freeze for its length
+        finally:
+            redis_server.resume()
+        resumed_at = loop.time()
+
+        async def serves_the_write() -> bool:
+            return await read(reader, db, BY_KEY) == db.versions[BY_KEY]
+
+        await wait_until(
+            serves_the_write, timeout=10.0, interval=0.02, message="the other instance kept serving the old value"
+        )
+        delay = loop.time() - resumed_at
+        assert delay <= 1.5, f"the other instance served the write {delay:.2f}s after Redis resumed (bound 1.5 s)"
+        assert writer.stats().pending_invalidations == 0
+
+
 # ------------------------------------------------------------------------------------- shutdown
 
 

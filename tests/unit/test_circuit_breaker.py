@@ -338,3 +338,31 @@ async def test_concurrent_callers_after_the_break_run_exactly_one_probe(
     assert state(breaker) is CircuitState.CLOSED
     assert await asyncio.gather(*(breaker.call(probe) for _ in range(50))) == ["pong"] * 50
     assert runs == 51
+
+
+def test_a_success_past_the_gate_that_began_while_open_closes_the_circuit(breaker: CircuitBreaker) -> None:
+    """A queued invalidation's retry does not ask the gate; when it reaches Redis during the break, Redis has
+    answered after the circuit opened, which is what a probe would have shown."""
+    _open(breaker)
+    openings = breaker.openings
+    breaker.record_success_past_gate(openings)
+    assert state(breaker) is CircuitState.CLOSED
+    assert breaker.allow_request()
+
+
+def test_a_success_past_the_gate_that_began_before_the_circuit_opened_proves_nothing(
+    breaker: CircuitBreaker,
+) -> None:
+    openings = breaker.openings  # the call starts while closed...
+    _open(breaker)  # ...and the circuit opens while it is in flight
+    breaker.record_success_past_gate(openings)
+    assert state(breaker) is CircuitState.OPEN
+    assert not breaker.allow_request()
+
+
+def test_a_success_past_the_gate_while_closed_resets_the_failure_count(breaker: CircuitBreaker) -> None:
+    for _ in range(breaker.failure_threshold - 1):
+        breaker.record_failure()
+    breaker.record_success_past_gate(breaker.openings)
+    breaker.record_failure()
+    assert state(breaker) is CircuitState.CLOSED
