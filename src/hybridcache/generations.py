@@ -81,6 +81,23 @@ class GenerationTable:
                 return False
         return True
 
+    def known_stale(self, epoch: str, generations: Mapping[str, int], fields: Iterable[str]) -> bool:
+        """True when this table itself knows a counter in ``fields`` moved past what ``generations`` recorded.
+
+        Unlike :meth:`is_current`, an epoch other than the table's is no evidence either way. This is the check
+        that still holds while the table is not trusted: it may have missed bumps, but the bumps it did apply
+        (this instance's own invalidations, messages received before trust was lost) are facts, so an entry
+        they made stale is never served, whatever else says it may be.
+        """
+        if epoch != self.epoch:
+            return False
+        counters = self._counters
+        for field in fields:
+            now = counters.get(field)
+            if now is not None and generations.get(field, 0) < now:
+                return True
+        return False
+
     def advance(self, updates: Mapping[str, int]) -> None:
         """Merge counters learnt from an invalidation (they only ever grow, so replays are harmless)."""
         counters = self._counters

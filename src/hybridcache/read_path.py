@@ -102,7 +102,12 @@ class ReadPath(FillPath):
     def _revalidate(self, entry: L1Entry) -> bool:
         table = self._table
         if not table.trusted:
-            # Invalidations may be passing us by: serve only what is young enough to be within the bound.
+            # Invalidations may be passing us by: serve only what is young enough to be within the bound, and
+            # never what the bumps the table did apply already made stale (untrusted serves less, never more).
+            if table.known_stale(entry.epoch, entry.generations, entry.fields):
+                assert self._l1 is not None
+                self._l1.remove(entry.key)
+                return False
             return entry.created >= self._clock() - self._disconnected_ttl
         if table.is_current(entry.epoch, entry.generations, entry.fields):
             entry.checked = table.version

@@ -264,3 +264,13 @@ def test_covers_since_agrees_with_the_boundary_rule(prefixes: list[str], key: st
     later = prefixes[mark:]
     expected = any(key == p or key.startswith(p + ":") for p in later)
     assert log.covers_since(mark, NS + key, N, ()) is expected
+
+
+def test_known_stale_is_what_the_table_applied_and_an_unknown_epoch_proves_nothing() -> None:
+    table = GenerationTable("e1", trusted=False)
+    table.advance({"t:shops": 3})
+    assert table.known_stale("e1", {"t:shops": 2}, ("p:Shop", "t:shops"))
+    assert not table.known_stale("e1", {"t:shops": 3}, ("p:Shop", "t:shops"))
+    assert not table.known_stale("e1", {}, ("p:Shop",))  # a field the table never saw move
+    assert not table.known_stale("e0", {"t:shops": 2}, ("t:shops",))  # another epoch: no evidence either way
+    assert not table.is_current("e0", {"t:shops": 2}, ("t:shops",))  # ...where is_current says no
