@@ -178,8 +178,22 @@ class Backplane:
                     raise HeartbeatTimeoutError(f"no reply to PING within {self._heartbeat_timeout}s")
             elif now >= next_heartbeat and self._table.trusted:
                 await self._follow_master(pubsub)
+                seen = self.last_sequence
                 async with asyncio.timeout(self._heartbeat_timeout):
                     published = await self._l2.sequence(guarded=False)
+                if published < seen:
+                    # Redis numbers a message before publishing it, so its counter is never below one we received:
+                    # it went back (expired, evicted, flushed) or we took a forged number. Gap detection counts
+                    # from Redis's number again, and the table is reloaded from Redis.
+                    self.gaps_detected += 1
+                    logger.warning(
+                        "Invalidation message counter went back (message %d received, Redis is at %d); resynchronising",
+                        seen,
+                        published,
+                    )
+                    await self._resync()
+                    next_heartbeat = now + self._heartbeat_interval
+                    continue
                 nonce = secrets.token_hex(8).encode()
                 await pubsub.ping(nonce)
                 pending = (nonce, published, time.monotonic() + self._heartbeat_timeout)
@@ -227,6 +241,9 @@ class Backplane:
                     "Invalidation messages %d..%d were missed; resynchronising", self.last_sequence + 1, sequence - 1
                 )
                 await self._resync()
+                # The counters just loaded already hold this message's bumps (it was published after them): its
+                # own counters are not adopted, so a forged one cannot outlive the resync that it caused.
+                payload = {**payload, "g": dict.fromkeys(payload["g"], 0)}
             else:
                 self.last_sequence = max(self.last_sequence, sequence)
             self._on_message(payload)
@@ -246,6 +263,12 @@ class Backplane:
         return pending
 
     async def _resync(self) -> None:
+        """Reload the generation table and the message counter from Redis, then trust the table again.
+
+        Trust is dropped first: between noticing a gap and the reply (one round trip, or a timeout) the table is
+        known to have missed something, so L1 is held to the untrusted bound meanwhile.
+        """
+        self._lose_trust()
         async with asyncio.timeout(self._heartbeat_timeout):
             state = await self._l2.generation_state(guarded=False)
         epoch_changed = self._table.replace(state.epoch, state.counters)

@@ -116,12 +116,14 @@ class GenerationTable:
         return result
 
     def replace(self, epoch: str, counters: Mapping[str, int]) -> bool:
-        """Load the authoritative state (after a (re)subscribe). Returns True when the epoch changed."""
+        """Load the authoritative state (after a (re)subscribe or a gap). Returns True when the epoch changed.
+
+        Redis's counters replace ours even in the same epoch: a counter above Redis's can only come from a forged
+        or foreign message, and keeping it would make every entry under its field look stale for good. (Every
+        real bump we applied was made in Redis before its message was sent, so none is lost here.)
+        """
         changed = epoch != self.epoch
-        if changed:
-            self._counters = dict(counters)
-        else:
-            self.advance(counters)
+        self._counters = dict(counters)
         self.epoch = epoch
         self.version += 1
         return changed

@@ -118,8 +118,12 @@ class WritePath(CacheState):
             self._dlock.notify(full_key)
 
     def _on_resync(self, epoch_changed: bool) -> None:
-        # Anything computed or cached before this point may have missed an invalidation.
+        # Anything computed or cached before this point may have missed an invalidation: no in-flight load may
+        # store its result, and no caller arriving from now on may join one (as a delivered message detaches the
+        # loads it covers, a resync detaches all of them).
         self._log.record((), [self._namespace], ())
+        self._flights.forget_where(lambda _: True)
+        self._leads.clear()
         if self._l1 is not None:
             self._l1.clear()
         logger.info("Invalidation channel subscribed%s; L1 cleared", " (new generation epoch)" if epoch_changed else "")

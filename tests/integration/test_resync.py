@@ -1,0 +1,214 @@
+"""What a resync of the generation table must do, on a real Redis (issue 13, items 3, 7, 11 and 12).
+
+* **Trust Redis's counters** (item 12): one forged message carrying a huge counter must not switch caching off for
+  good, whether its number is the next one (accepted as a message) or a jump (a gap, so a resync).
+* **Notice a message counter that went back** (item 7): when ``seq`` expires, is evicted or flushed, a lost message
+  must still be found, instead of gap detection staying off until the counter climbs past its old value.
+* **Distrust first** (item 11): from the moment a gap is noticed until the resync's reply, the table is not trusted.
+* **Detach in-flight loads** (item 3): a read that starts after a resync must not join a load that read the
+  database before it.
+
+Lost messages are made the way Redis loses them: the bump and the ``INCR`` of the message counter happen, the
+``PUBLISH`` does not. RESP2 and RESP3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from hybridcache import CacheSettings, HybridCache
+from hybridcache.backplane import Backplane
+from hybridcache.redis import RedisL2
+from hybridcache.settings import BackplaneSettings
+from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
+
+HEARTBEAT = BackplaneSettings(
+    heartbeat_interval_seconds=0.1, heartbeat_timeout_seconds=0.3, disconnected_expiration_seconds=0.3
+)
+NOTICE = 1.5  # a heartbeat interval plus its timeout, with slack for a busy machine
+KEY, PREFIX = "Shop:Search:ford", "Shop:Search"
+
+pytestmark = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+
+
+def settings_for(server: RedisServer, namespace: str, protocol: int) -> CacheSettings:
+    return CacheSettings(service_name=namespace, configuration=server.url, protocol=protocol, backplane=HEARTBEAT)
+
+
+def l2_of(cache: HybridCache) -> RedisL2:
+    assert cache._l2 is not None
+    return cache._l2
+
+
+def backplane_of(cache: HybridCache) -> Backplane:
+    assert cache._backplane is not None
+    return cache._backplane
+
+
+@pytest.fixture
+async def admin(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = redis_server.client()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+class Database:
+    def __init__(self) -> None:
+        self.version = 1
+        self.loads = 0
+
+    async def load(self) -> int:
+        self.loads += 1
+        return self.version
+
+
+async def lose_a_prefix_invalidation(admin: Redis, cache: HybridCache, prefix: str) -> None:
+    """What a message lost on its way looks like: the bump and the message number happen, the delivery not."""
+    l2 = l2_of(cache)
+    await admin.hincrby(l2.generations_key, f"p:{prefix}", 1)
+    await admin.incr(l2.sequence_key)
+
+
+async def forge(admin: Redis, cache: HybridCache, sequence: int, generations: dict[str, int]) -> None:
+    l2 = l2_of(cache)
+    epoch = (await admin.hget(l2.generations_key, "__epoch__")).decode()
+    forged = {"i": "intruder", "s": sequence, "e": epoch, "k": [], "g": generations}
+    assert await admin.publish(l2.channel, orjson.dumps(forged)) >= 1
+
+
+async def is_cached(cache: HybridCache, db: Database) -> bool:
+    """Two reads in a row: the second runs no factory."""
+    await cache.get_or_create(KEY, db.load)
+    loads = db.loads
+    await cache.get_or_create(KEY, db.load)
+    return db.loads == loads
+
+
+# ------------------------------------------------------------------------------------- item 12
+
+
+@pytest.mark.parametrize("jump", [1, 50], ids=["next-number", "a-gap"])
+async def test_a_forged_huge_counter_does_not_switch_caching_off(
+    redis_server: RedisServer, namespace: str, protocol: int, admin: Redis, jump: int
+) -> None:
+    db = Database()
+    async with HybridCache(settings_for(redis_server, namespace, protocol)) as cache:
+        assert await cache.wait_until_connected(5.0)
+        assert await is_cached(cache, db)
+        backplane = backplane_of(cache)
+        await forge(admin, cache, backplane.last_sequence + jump, {f"p:{PREFIX}": 10**12})
+        await wait_until(
+            lambda: backplane.messages_received > 0, timeout=NOTICE, message="the forged message never arrived"
+        )
+        await wait_until(
+            lambda: is_cached(cache, db),
+            timeout=NOTICE,
+            interval=0.05,
+            message="one forged message switched caching off (every read ran the factory)",
+        )
+        assert cache._table.current(f"p:{PREFIX}") == 0, "the mirror kept the forged counter"
+
+
+# ------------------------------------------------------------------------------------- item 7
+
+
+async def test_a_lost_message_is_found_after_the_message_counter_went_back(
+    redis_server: RedisServer, namespace: str, protocol: int, admin: Redis
+) -> None:
+    db = Database()
+    settings = settings_for(redis_server, namespace, protocol)
+    async with HybridCache(settings) as reader, HybridCache(settings) as writer:
+        assert await reader.wait_until_connected(5.0)
+        assert await writer.wait_until_connected(5.0)
+        backplane = backplane_of(reader)
+        for n in range(3):
+            await writer.remove(f"Other:{n}")
+        await wait_until(lambda: backplane.last_sequence == 3, timeout=NOTICE, message="messages not received")
+        assert await is_cached(reader, db)
+
+        await admin.delete(l2_of(reader).sequence_key)  # the counter expired or was evicted
+        await writer.remove("Other:again")  # numbered 1 now
+        db.version = 2
+        await lose_a_prefix_invalidation(admin, reader, PREFIX)  # numbered 2, never delivered
+
+        async def fresh() -> bool:
+            return await reader.get_or_create(KEY, db.load) == db.version
+
+        await wait_until(
+            fresh,
+            timeout=NOTICE,
+            interval=0.02,
+            message="a message lost after the counter went back was never noticed",
+        )
+
+
+# ------------------------------------------------------------------------------------- item 11
+
+
+async def test_the_table_is_not_trusted_while_a_gap_is_being_resynchronised(
+    redis_server: RedisServer, namespace: str, protocol: int, admin: Redis
+) -> None:
+    async with HybridCache(settings_for(redis_server, namespace, protocol)) as cache:
+        assert await cache.wait_until_connected(5.0)
+        backplane = backplane_of(cache)
+        l2 = l2_of(cache)
+        trusted_when_asked: list[bool] = []
+        generation_state = l2.generation_state
+
+        async def observed(*, guarded: bool = True) -> Any:
+            trusted_when_asked.append(cache._table.trusted)  # what L1 is being held to during the round trip
+            return await generation_state(guarded=guarded)
+
+        l2.generation_state = observed  # type: ignore[method-assign]
+        await forge(admin, cache, backplane.last_sequence + 5, {})
+        await wait_until(lambda: trusted_when_asked, timeout=NOTICE, message="no resync after a gap")
+        assert trusted_when_asked[0] is False, "the table was still trusted while the gap was being resynchronised"
+        await wait_until(lambda: cache._table.trusted, timeout=NOTICE, message="trust never came back")
+
+
+# ------------------------------------------------------------------------------------- item 3
+
+
+async def test_a_read_after_a_resync_does_not_join_a_load_from_before_it(
+    redis_server: RedisServer, namespace: str, protocol: int, admin: Redis
+) -> None:
+    db = Database()
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def slow_load() -> int:
+        version = db.version  # the database is read when the factory starts
+        started.set()
+        await release.wait()
+        return version
+
+    async with HybridCache(settings_for(redis_server, namespace, protocol)) as cache:
+        assert await cache.wait_until_connected(5.0)
+        backplane = backplane_of(cache)
+        first = asyncio.create_task(cache.get_or_create(KEY, slow_load))
+        try:
+            await asyncio.wait_for(started.wait(), 5.0)
+            db.version = 2
+            resyncs = backplane.resyncs
+            await lose_a_prefix_invalidation(admin, cache, PREFIX)  # the heartbeat finds it and resyncs
+            await wait_until(lambda: backplane.resyncs > resyncs, timeout=NOTICE, message="no resync")
+
+            second = asyncio.create_task(cache.get_or_create(KEY, db.load))
+            await wait_until(
+                second.done, timeout=2.0, message="a read after the resync joined the load that began before it"
+            )
+            assert second.result() == 2
+        finally:
+            release.set()
+            await first
+        assert first.result() == 1  # its own callers asked before the write: the old value is theirs
+        assert await cache.get_or_create(KEY, db.load) == 2
