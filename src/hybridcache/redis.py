@@ -131,6 +131,7 @@ class RedisL2:
         self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
         self._meta_ttl_ms = meta_ttl_ms
         self._capture = client.register_script(redis_scripts.CAPTURE)
+        self._capture_fields = client.register_script(redis_scripts.CAPTURE_FIELDS)
         self._set_if_current = client.register_script(redis_scripts.SET_IF_CURRENT)
         self._remove_key = client.register_script(redis_scripts.REMOVE_KEY)
         self._invalidate = client.register_script(redis_scripts.INVALIDATE)
@@ -302,9 +303,10 @@ class RedisL2:
             generations = {f: int(g) for f, g in zip(fields, counters, strict=True) if g != "0"}
             return Capture(epoch=epoch, key_generation=key_generation, generations=generations)
         if mirror is None:
-            keys = [self.generations_key, self.generations_key]  # both arguments in the meta slot
-            reply = await self._call(lambda: self._capture(keys=keys, args=[new_epoch(), self._meta_ttl_ms, *fields]))
-            epoch, _, *counters = (_text(item) for item in reply)
+            keys = [self.generations_key]
+            args = [new_epoch(), self._meta_ttl_ms, *fields]
+            reply = await self._call(lambda: self._capture_fields(keys=keys, args=args))
+            epoch, *counters = (_text(item) for item in reply)
             mirror = epoch, {f: int(g) for f, g in zip(fields, counters, strict=True) if g != "0"}
         raw = await self._call(lambda: self.client.get(self.key_generation_key(full_key)))
         return Capture(epoch=mirror[0], key_generation=_text(raw) if raw is not None else "0", generations=mirror[1])

@@ -34,6 +34,17 @@ return result
 """
 )
 
+# Cluster: the meta slot's half of CAPTURE (the exact key's generation lives in another slot and is read apart).
+# KEYS: gens. ARGV: candidate epoch, meta TTL, fields...
+CAPTURE_FIELDS: Final = (
+    EPOCH_FUNCTION
+    + """
+local result = {current_epoch(KEYS[1], ARGV[1], ARGV[2])}
+for i = 3, #ARGV do result[#result + 1] = redis.call('HGET', KEYS[1], ARGV[i]) or '0' end
+return result
+"""
+)
+
 # KEYS: entry, key generation[, gens]. ARGV: payload, TTL ms, captured key generation[, epoch, field, gen, ...].
 # Without the gens key (cluster) only the exact key's generation is checked here; stamps cover the rest.
 SET_IF_CURRENT: Final = """

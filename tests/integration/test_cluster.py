@@ -349,6 +349,27 @@ async def test_misses_and_l2_hits_never_touch_the_meta_slot(redis_cluster: Redis
         assert calls.get("get", 0) < 100, f"{2 * len(keys)} reads sent GETs to the meta master: {calls}"
 
 
+@pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
+async def test_misses_with_the_backplane_off_store_their_values(
+    redis_cluster: RedisClusterProcess, namespace: str, protocol: int
+) -> None:
+    """``Backplane:Enabled=false`` leaves the local table untrusted for good, so every miss captures the prefix/tag
+    generations from the meta slot itself (issue 13, item 10: that capture ran a GET on the generations hash,
+    answered WRONGTYPE, and 50 misses made 50 L2 errors, stored nothing and opened the breaker)."""
+    settings = CacheSettings(
+        service_name=namespace, configuration=redis_cluster.url, protocol=protocol, backplane={"enabled": False}
+    )
+    async with HybridCache(settings) as writer, HybridCache(settings) as reader_:
+        keys = [f"Dealership:Search:{n}" for n in range(50)]
+        for key in keys:
+            assert await writer.get_or_create(key, const(key), tags=("dealerships",)) == key
+        assert writer.stats().l2_errors == 0
+        assert writer.health()["circuit"] == "closed"
+        for key in keys:
+            assert await reader_.get_or_create(key, const("wrong")) == key
+        assert reader_.stats().l2_hits == len(keys), "the values were not stored in Redis"
+
+
 async def test_a_mixed_workload_never_fails_a_call(
     redis_cluster: RedisClusterProcess, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
