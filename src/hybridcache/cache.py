@@ -42,7 +42,7 @@ from hybridcache.locking import DistributedSingleFlight
 from hybridcache.memory import MemoryStore
 from hybridcache.metrics import CacheStats, Counters
 from hybridcache.redis import L2UnavailableError, RedisL2
-from hybridcache.resilience import CircuitBreaker, SingleFlight
+from hybridcache.resilience import CircuitBreaker, SingleFlight, cancel_and_wait
 from hybridcache.serialization import codec_for
 from hybridcache.settings import CacheSettings
 
@@ -53,7 +53,7 @@ from hybridcache._state import _NEVER, TtlLike
 from hybridcache.errors import FactoryTimeoutError
 from hybridcache.fill_path import _Found, _no_factory
 from hybridcache.read_path import ReadPath, _LeaderGone
-from hybridcache.write_path import WritePath
+from hybridcache.write_path import DEFAULT_CLOSE_FLUSH_TIMEOUT, WritePath
 
 __all__ = ["CacheConnectionError", "FactoryTimeoutError", "HybridCache", "TtlLike"]
 
@@ -261,17 +261,24 @@ class HybridCache(ReadPath, WritePath):
             "Redis is not reachable (%s); serving from L1 and the factory until it is", self.settings.redis_endpoint
         )
 
-    async def close(self) -> None:
-        """Stop the backplane and close the Redis connections this cache opened."""
+    async def close(self, *, flush_timeout: float = DEFAULT_CLOSE_FLUSH_TIMEOUT) -> None:
+        """Publish what is still queued, stop the backplane and close the Redis connections this cache opened.
+
+        Invalidations queued while Redis was unreachable are what keeps every other instance from serving the
+        old values, so they are not dropped with the process: for up to ``flush_timeout`` seconds close() keeps
+        trying to publish them (past an open circuit, 50 ms apart). Any it still could not publish are logged at
+        ERROR with their keys and fields; other instances may serve what they cover until it expires.
+        """
+        if self._retry_task is not None:
+            await cancel_and_wait(self._retry_task)
+            self._retry_task = None
+        await self._flush_before_close(flush_timeout)
         if self.instance_registry is not None:
             await self.instance_registry.close(timeout=self.settings.operation_timeout_milliseconds / 1000)
             self.instance_registry = None
         if self._backplane is not None:
             await self._backplane.close()
             self._backplane = None
-        if self._retry_task is not None:
-            self._retry_task.cancel()
-            self._retry_task = None
         if self._background:
             # Let background refreshes and timed-out factories finish storing, within a bound.
             await asyncio.wait(list(self._background), timeout=self.settings.operation_timeout_milliseconds / 1000)

@@ -10,20 +10,20 @@ queue is empty. Messages from other instances and (re)subscriptions arrive throu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hybridcache._state import CacheState
 from hybridcache.keys import SEPARATOR
 from hybridcache.redis import L2UnavailableError
 
-if TYPE_CHECKING:
-    pass
-
-from hybridcache._state import CacheState
-
 logger = logging.getLogger("hybridcache")
+
+# How long HybridCache.close() keeps trying to publish invalidations still queued (seconds).
+DEFAULT_CLOSE_FLUSH_TIMEOUT = 2.0
 
 
 def _covers(full_prefix: str, full_key: str) -> bool:
@@ -167,6 +167,31 @@ class WritePath(CacheState):
                 self._after_publish(full_keys, fields, message)
                 logger.info("Published queued invalidation event #%s", message["s"])
         return True
+
+    async def _flush_before_close(self, flush_timeout: float) -> None:
+        """close()'s last attempt at the queue: keep publishing (past the breaker) until empty or the deadline,
+        then log at ERROR, with their keys and fields, the invalidations that could not be published."""
+        if self._l2 is None or not self._pending:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + flush_timeout
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                while self._pending:
+                    if await self._flush_pending(past_breaker=True):
+                        break
+                    await asyncio.sleep(0.05)
+        if self._pending:
+            lost = [key for keys, _ in self._pending for key in keys]
+            fields = sorted({field for _, queued in self._pending for field in queued})
+            logger.error(
+                "Closing with %d invalidation(s) not published within %gs; other instances may serve what they "
+                "cover until it expires: keys %s, fields %s",
+                len(self._pending),
+                flush_timeout,
+                lost,
+                fields,
+            )
 
     def _after_publish(self, full_keys: list[str], fields: list[str], message: dict[str, Any]) -> None:
         self.counters.invalidations_published += 1

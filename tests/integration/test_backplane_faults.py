@@ -13,6 +13,7 @@ recovery path they target actually ran; ``stats()`` reports the first two as ``b
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -560,6 +561,69 @@ async def test_a_write_during_a_3s_freeze_reaches_another_instance_within_the_pa
 
 
 # ------------------------------------------------------------------------------------- shutdown
+
+
+async def test_close_publishes_queued_invalidations_when_redis_answers_within_its_deadline(
+    redis_server: RedisServer, namespace: str, protocol: int
+) -> None:
+    """A service stopped while Redis was unreachable must not take its queued invalidations with it: close()
+    keeps trying (past the breaker) within its deadline, so the other instances learn of the write (item 9)."""
+    db = Database(BY_KEY)
+    settings = settings_for(redis_server, namespace, protocol)
+    async with running_caches(settings, count=1) as (reader,):
+        writer = HybridCache(settings)
+        await writer.start()
+        assert await writer.wait_until_connected(5.0)
+        await warm_l1(reader, db, BY_KEY)
+        await warm_l1(writer, db, BY_KEY)
+        redis_server.pause()
+        try:
+            db.bump(BY_KEY)
+            await writer.remove(BY_KEY)
+            assert writer.stats().pending_invalidations == 1
+            closing = asyncio.create_task(writer.close(flush_timeout=5.0))
+            await asyncio.sleep(0.3)  # the stop arrives while Redis is still frozen
+            assert not closing.done(), "close() gave up on the queued invalidation at once"
+        finally:
+            redis_server.resume()
+        await asyncio.wait_for(closing, 6.0)
+        assert writer.stats().pending_invalidations == 0
+
+        async def serves_the_write() -> bool:
+            return await read(reader, db, BY_KEY) == db.versions[BY_KEY]
+
+        # By the message, or by the resync after the freeze: either way the key is gone from Redis.
+        await wait_until(
+            serves_the_write,
+            timeout=RECOVERY,
+            interval=0.02,
+            message="the invalidation queued before close() never reached the other instance",
+        )
+
+
+async def test_close_names_what_it_could_not_publish_and_returns_within_its_deadline(
+    redis_server: RedisServer, namespace: str, protocol: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = Database(BY_KEY)
+    writer = HybridCache(settings_for(redis_server, namespace, protocol))
+    await writer.start()
+    assert await writer.wait_until_connected(5.0)
+    await warm_l1(writer, db, BY_KEY)
+    redis_server.pause()
+    try:
+        await writer.remove(BY_KEY)
+        await writer.remove_by_tag(TAG)
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="hybridcache"):
+            await asyncio.wait_for(writer.close(flush_timeout=0.5), 5.0)
+        took = time.monotonic() - started
+    finally:
+        redis_server.resume()
+    assert took < 0.5 + 1.0, f"close() took {took:.2f}s with a 0.5 s flush deadline"
+    lost = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Closing with 2 invalidation(s)")]
+    assert lost, "close() dropped queued invalidations without a word"
+    assert f"{namespace}:v1:{BY_KEY}" in lost[0]
+    assert f"t:{TAG}" in lost[0]
 
 
 async def test_close_returns_even_when_it_races_a_heartbeat(
