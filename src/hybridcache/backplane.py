@@ -137,6 +137,9 @@ class Backplane:
             else:
                 outage_logged = False
             finally:
+                # Both at once: health() must not report Redis up while the table is already distrusted (closing
+                # the old connection below can take up to a heartbeat timeout on a frozen server).
+                had_subscription, self.connected = self.connected, False
                 self._lose_trust()
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(self._heartbeat_timeout):
@@ -144,9 +147,8 @@ class Backplane:
                             await pubsub.aclose()
                         if connection is not None and self._subscriber is not None:
                             await connection.aclose()
-            if self.connected:  # we had a working subscription: retry quickly
+            if had_subscription:  # we had a working subscription: retry quickly
                 backoff = 0.05
-            self.connected = False
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 2.0)
 
