@@ -91,6 +91,10 @@ class Backplane:
         self.gaps_detected = 0
         self.resyncs = 0
         self.connected = False
+        # Set by the cache when Redis answers with another generation epoch than the table's (the hash was flushed
+        # or evicted and recreated): the loop resyncs at its next turn, at most once per heartbeat interval.
+        self._resync_requested = False
+        self._last_requested_resync = -float("inf")
 
     async def start(self) -> None:
         if self._task is None:
@@ -104,6 +108,10 @@ class Backplane:
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
+
+    def request_resync(self) -> None:
+        """Ask the subscriber loop to reload the table from Redis soon (safe to call on every request)."""
+        self._resync_requested = True
 
     async def wait_trusted(self, timeout: float) -> bool:
         """Wait until the subscription is confirmed; False on timeout."""
@@ -173,6 +181,17 @@ class Backplane:
             if message is not None:
                 pending = await self._handle(message, pending)
             now = time.monotonic()
+            if self._resync_requested and self._table.trusted:
+                self._resync_requested = False
+                if now - self._last_requested_resync >= self._heartbeat_interval:
+                    self._last_requested_resync = now
+                    self.gaps_detected += 1
+                    logger.warning(
+                        "Redis holds another generation epoch than this instance (its generations were flushed or "
+                        "evicted); resynchronising"
+                    )
+                    await self._resync()
+                    continue
             if not self._table.trusted and now > subscribe_deadline:
                 raise HeartbeatTimeoutError("subscription was not acknowledged in time")
             if pending is not None:

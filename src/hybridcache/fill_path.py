@@ -197,6 +197,11 @@ class FillPath(CacheState):
                 remote = await self._l2.capture(plan.full_key, fields, mirror)
             except L2UnavailableError:
                 self.counters.l2_errors += 1
+            else:
+                if remote.epoch != table.epoch and table.trusted and self._backplane is not None:
+                    # Redis lost the generation hash (FLUSHDB, eviction) and drew a new epoch: until the table
+                    # learns it, every stamp of the new epoch is rejected here and caching is off. Learn it now.
+                    self._backplane.request_resync()
         return _Capture(remote, snapshot, mark, fields)
 
     async def _store(self, plan: _Plan, value: Any, capture: _Capture) -> None:

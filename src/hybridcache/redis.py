@@ -2,7 +2,7 @@
 
 Layout in Redis (``I`` = InstanceName, ``N`` = ``{ServiceName}:{CacheVersion}:``, ``K`` = ``I N <key>``):
   ``K``                                the entry (envelope bytes), always with a TTL
-  ``{K}:hc-kgen``                      generation of that exact key (bumped when the key is removed)
+  ``{K}:hc-kgen``                      capture token of that exact key (random; deleted when the key is removed)
   ``{K}:hc-lock``                      the distributed single-flight lease for that key
   ``{I hybridcache:N}gens``            hash: ``__epoch__``, ``__server__`` and the prefix/tag generation counters
   ``{I hybridcache:N}seq``             number of the last invalidation message
@@ -50,6 +50,9 @@ T = TypeVar("T")
 _WRONG_TYPE: Final = object()
 logger = logging.getLogger("hybridcache.redis")
 SERVER_FIELD = "__server__"
+# How long a capture token outlives the capture that created it: a load (factory run) that takes longer than this
+# has its store refused, as if the key had been removed meanwhile. Removals delete the token at once.
+CAPTURE_TOKEN_TTL_MS: Final = 3_600_000
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
@@ -72,7 +75,7 @@ class Capture:
     """The generations a value is about to be computed under (read before the factory runs)."""
 
     epoch: str
-    key_generation: str
+    key_token: str  # the exact key's capture token: a store is refused once it was removed or vanished
     generations: dict[str, int]
 
 
@@ -132,6 +135,7 @@ class RedisL2:
         self._meta_ttl_ms = meta_ttl_ms
         self._capture = client.register_script(redis_scripts.CAPTURE)
         self._capture_fields = client.register_script(redis_scripts.CAPTURE_FIELDS)
+        self._capture_key = client.register_script(redis_scripts.CAPTURE_KEY)
         self._set_if_current = client.register_script(redis_scripts.SET_IF_CURRENT)
         self._remove_key = client.register_script(redis_scripts.REMOVE_KEY)
         self._invalidate = client.register_script(redis_scripts.INVALIDATE)
@@ -151,8 +155,9 @@ class RedisL2:
             )
         return f"{{{redis_key}}}:{suffix}"
 
-    def key_generation_key(self, full_key: str) -> str:
-        """Where the exact key's generation lives: always in the entry's own slot."""
+    def key_token_key(self, full_key: str) -> str:
+        """Where the exact key's capture token lives (``redis_scripts.CAPTURE_TOKEN_FUNCTION``): always in the
+        entry's own slot."""
         return self._companion(full_key, "hc-kgen")
 
     def lock_key(self, full_key: str) -> str:
@@ -289,32 +294,35 @@ class RedisL2:
     async def capture(
         self, full_key: str, fields: Sequence[str], mirror: tuple[str, dict[str, int]] | None = None
     ) -> Capture:
-        """Read the generations ``full_key`` depends on, creating the epoch if Redis has none.
+        """Read the generations ``full_key`` depends on and its capture token, creating the epoch and the token
+        if Redis has none.
 
-        On a cluster the exact key's generation is read from the entry's slot, and the prefix/tag generations are
-        taken from ``mirror`` (the trusted local table: epoch and snapshot) when given, so a miss never touches
-        the meta slot; a lagging mirror only makes the stamp older (an extra miss), never newer.
+        On a cluster the token is read (or created) in the entry's slot, and the prefix/tag generations are taken
+        from ``mirror`` (the trusted local table: epoch and snapshot) when given, so a miss never touches the meta
+        slot; a lagging mirror only makes the stamp older (an extra miss), never newer.
         """
         if not self.cluster:
-            keys = [self.generations_key, self.key_generation_key(full_key)]
-            args: list[EncodableT] = [new_epoch(), self._meta_ttl_ms, *fields]
+            keys = [self.generations_key, self.key_token_key(full_key)]
+            args: list[EncodableT] = [new_epoch(), self._meta_ttl_ms, new_epoch(), CAPTURE_TOKEN_TTL_MS, *fields]
             reply = await self._call(lambda: self._capture(keys=keys, args=args))
-            epoch, key_generation, *counters = (_text(item) for item in reply)
+            epoch, key_token, *counters = (_text(item) for item in reply)
             generations = {f: int(g) for f, g in zip(fields, counters, strict=True) if g != "0"}
-            return Capture(epoch=epoch, key_generation=key_generation, generations=generations)
+            return Capture(epoch=epoch, key_token=key_token, generations=generations)
         if mirror is None:
             keys = [self.generations_key]
             args = [new_epoch(), self._meta_ttl_ms, *fields]
             reply = await self._call(lambda: self._capture_fields(keys=keys, args=args))
             epoch, *counters = (_text(item) for item in reply)
             mirror = epoch, {f: int(g) for f, g in zip(fields, counters, strict=True) if g != "0"}
-        raw = await self._call(lambda: self.client.get(self.key_generation_key(full_key)))
-        return Capture(epoch=mirror[0], key_generation=_text(raw) if raw is not None else "0", generations=mirror[1])
+        token_keys = [self.key_token_key(full_key)]
+        token_args: list[EncodableT] = [new_epoch(), CAPTURE_TOKEN_TTL_MS]
+        raw = await self._call(lambda: self._capture_key(keys=token_keys, args=token_args))
+        return Capture(epoch=mirror[0], key_token=_text(raw), generations=mirror[1])
 
     async def set_if_current(self, full_key: str, payload: bytes, ttl_ms: int, capture: Capture) -> bool:
         """Store the entry only if no generation it depends on moved since ``capture`` (atomically)."""
-        keys = [self.redis_key(full_key), self.key_generation_key(full_key)]
-        args: list[EncodableT] = [payload, ttl_ms, capture.key_generation]
+        keys = [self.redis_key(full_key), self.key_token_key(full_key)]
+        args: list[EncodableT] = [payload, ttl_ms, capture.key_token]
         if not self.cluster:
             keys.append(self.generations_key)
             args.append(capture.epoch)
@@ -340,7 +348,7 @@ class RedisL2:
                 await call(self._removal(full_key))
         else:
             for full_key in full_keys:
-                keys += (self.redis_key(full_key), self.key_generation_key(full_key))
+                keys += (self.redis_key(full_key), self.key_token_key(full_key))
         args: list[EncodableT] = [
             new_epoch(),
             self._meta_ttl_ms,
@@ -354,8 +362,8 @@ class RedisL2:
         return parse_message(reply)
 
     def _removal(self, full_key: str) -> Callable[[], Awaitable[Any]]:
-        keys = [self.redis_key(full_key), self.key_generation_key(full_key)]
-        return lambda: self._remove_key(keys=keys, args=[self._meta_ttl_ms])
+        keys = [self.redis_key(full_key), self.key_token_key(full_key)]
+        return lambda: self._remove_key(keys=keys)
 
     async def publish(self, payload: bytes) -> None:
         """Publish a notice on the invalidation channel (not numbered: not an invalidation)."""

@@ -307,7 +307,7 @@ async def test_an_entry_its_generation_and_its_lock_share_a_slot_and_entries_spr
         try:
             for key in keys:
                 full = f"{namespace}:v1:{key}"
-                entry, kgen, lock = l2.redis_key(full), l2.key_generation_key(full), l2.lock_key(full)
+                entry, kgen, lock = l2.redis_key(full), l2.key_token_key(full), l2.lock_key(full)
                 assert key_slot(entry.encode()) == key_slot(kgen.encode()) == key_slot(lock.encode()), key
                 assert client.exists(kgen) == 1, f"{kgen} is not where the layout says"
                 masters.add(redis_cluster.master_for_key(entry))
