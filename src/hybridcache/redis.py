@@ -14,9 +14,10 @@ tag keeps it: its companions take the same tag.) On a standalone server or Senti
 characters, and every check-and-act is a single atomic script; on a cluster the conditional set checks the
 exact key's generation atomically and prefix/tag generations are enforced by the stamps every reader verifies.
 
-The generation hash remembers the ``run_id`` of the server that wrote its epoch. A resync that finds another
-server (a restart with persistence, a failover to a replica that may lag) draws a new epoch, so counters that
-went backwards can never make an old stamp current again.
+The generation hash remembers the ``run_id`` of the server that wrote its epoch, and capture tokens the server
+that created them. Every script that trusts either checks it against the server running it: another server (a
+restart with persistence, a failover to a replica that may lag) means a new epoch and a new token, so counters
+that went backwards can never make an old stamp current again.
 
 Each request-path call goes through the circuit breaker: while it is open no socket is touched and
 :class:`L2UnavailableError` is raised at once. Driver errors are wrapped in that exception (``from`` the original).
@@ -387,12 +388,17 @@ class RedisL2:
         raw = await self._call(lambda: self.background.get(self.sequence_key), guarded=guarded)
         return int(raw or 0)
 
-    async def current_generations(self, fields: Sequence[str]) -> tuple[str | None, dict[str, int]]:
-        """Epoch and counters read straight from Redis (used while the local mirror is not trusted)."""
-        reply = await self._call(lambda: self.client.hmget(self.generations_key, [EPOCH_FIELD, *fields]))
-        epoch, *counters = reply
-        generations = {f: int(g) for f, g in zip(fields, counters, strict=True) if g is not None}
-        return (None if epoch is None else _text(epoch)), generations
+    async def current_generations(self, fields: Sequence[str]) -> tuple[str, dict[str, int]]:
+        """Epoch and counters read straight from Redis (used while the local mirror is not trusted).
+
+        A script rather than an HMGET: the epoch is drawn anew when the hash was written by another server (a
+        restored snapshot, a promoted replica), so a stamp made before can never match counters that went back.
+        """
+        keys = [self.generations_key]
+        args: list[EncodableT] = [new_epoch(), self._meta_ttl_ms, *fields]
+        reply = await self._call(lambda: self._capture_fields(keys=keys, args=args))
+        epoch, *counters = (_text(item) for item in reply)
+        return epoch, {f: int(g) for f, g in zip(fields, counters, strict=True) if g != "0"}
 
     async def ping(self) -> bool:
         return bool(await self._call(self.client.ping))
