@@ -24,7 +24,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 # The installer itself: the uv release pinned (with its hashes) in tools/uv-requirements.txt.
 $(UV): tools/uv-requirements.txt
-	@echo "==> [1/2] installing uv (pinned, hash-checked) into $(TOOLS)/uv: about 5 s"
+	@echo "==> [1/2] installing uv (pinned, hash-checked) into $(TOOLS)/uv: a few seconds"
 	test -x $(TOOLS)/uv/bin/python || $(PYTHON) -m venv $(TOOLS)/uv
 	$(TOOLS)/uv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
 	  -r tools/uv-requirements.txt
@@ -32,13 +32,13 @@ $(UV): tools/uv-requirements.txt
 
 # What the service needs to run (kept small so `make run` on a fresh clone starts quickly).
 $(RUNTIME): $(UV) pyproject.toml uv.lock
-	@echo "==> [2/2] installing the service's packages from uv.lock into $(VENV): about 5 s"
+	@echo "==> [2/2] installing the service's 25 packages from uv.lock into $(VENV): a few seconds"
 	$(UV) sync --locked --no-dev --extra dealership --extra hiredis --inexact
 	touch $(RUNTIME)
 
 # Everything the tests, lint and type checks use: every extra and the dev group, exactly as locked.
 $(STAMP): $(RUNTIME)
-	@echo "==> installing every extra and the dev tools from uv.lock into $(VENV): about 10 s"
+	@echo "==> installing every extra and the dev tools from uv.lock into $(VENV): a few seconds"
 	$(UV) sync --locked --all-extras
 	touch $(STAMP)
 
