@@ -1,0 +1,266 @@
+"""Remove one protection at a time and check that some test fails without it.
+
+Every guarantee in docs/invalidation.md rests on a handful of protections in the read, fill and write paths and in
+the Lua scripts. A protection whose removal leaves every test green is not protected by the suite: this script
+finds them. For each mutation below it copies ``src/`` and ``tests/`` to a scratch directory (the work tree is
+never touched), applies the one edit, runs the tests named for it there with the repository's interpreter, and
+reports whether they failed (the mutation was *caught*) or passed (it *survived*).
+
+Usage (from the repository root, with the dev environment installed)::
+
+    .venv/bin/python tools/mutation_check.py [--json PATH] [NAME ...]
+
+With no NAME every mutation runs. Exit status 1 when a mutation survived or an edit no longer applies (the code
+moved: update the mutation). The table it prints is the one in docs/invalidation.md §6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One protection removed: ``find`` (which must occur exactly once in ``path``) replaced by ``replace``."""
+
+    name: str
+    what: str
+    path: str
+    find: str
+    replace: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = (
+    Mutation(
+        "conditional-set",
+        "L2 store is a plain SET instead of the conditional script",
+        "src/hybridcache/fill_path.py",
+        "                if self._stale_set_protection:\n                    stored = await self._l2.set_if_current(",
+        "                if False:\n                    stored = await self._l2.set_if_current(",
+        (
+            "tests/integration/test_backplane_faults.py::test_a_restart_changes_the_epoch_and_old_stamps_never_become_current",
+        ),
+    ),
+    Mutation(
+        "l1-store-log-check",
+        "a computed value enters L1 although an invalidation covering it was applied during the load",
+        "src/hybridcache/fill_path.py",
+        "        if self._stale_set_protection and self._log.covers_since(\n            capture.mark,",
+        "        if False and self._log.covers_since(\n            capture.mark,",
+        ("tests/integration/test_write_path_races.py",),
+    ),
+    Mutation(
+        "l1-put-stamp-check",
+        "_put_l1 does not re-check the stamp against the trusted table",
+        "src/hybridcache/fill_path.py",
+        '            if not table.is_current(epoch or "", generations, fields):\n                return',
+        "            if False:\n                return",
+        ("tests/integration/test_write_path_races.py",),
+    ),
+    Mutation(
+        "l2-promotion-log-check",
+        "an L2 hit is promoted to L1 although an invalidation of it was applied while its GET was in flight",
+        "src/hybridcache/read_path.py",
+        "        if self._l1 is not None and not self._log.covers_since(mark, full_key,",
+        "        if self._l1 is not None and True or self._log.covers_since(mark, full_key,",
+        ("tests/integration/test_write_path_races.py",),
+    ),
+    Mutation(
+        "l2-stamp-check",
+        "an L2 entry is served without checking its stamp against the generations",
+        "src/hybridcache/read_path.py",
+        "            if not current:\n                self.counters.stale_reads_rejected += 1",
+        "            if False:\n                self.counters.stale_reads_rejected += 1",
+        ("tests/integration/test_invalidation.py",),
+    ),
+    Mutation(
+        "untrusted-l1-age-limit",
+        "while untrusted, L1 serves entries of any age",
+        "src/hybridcache/read_path.py",
+        "            return entry.created >= self._clock() - self._disconnected_ttl",
+        "            return True",
+        ("tests/integration/test_backplane_faults.py",),
+    ),
+    Mutation(
+        "untrusted-known-stale",
+        "while untrusted, L1 serves entries the table knows are stale (item 2)",
+        "src/hybridcache/read_path.py",
+        "            if table.known_stale(entry.epoch, entry.generations, entry.fields):",
+        "            if False:",
+        ("tests/integration/test_untrusted_table.py",),
+    ),
+    Mutation(
+        "detach-loads-on-invalidation",
+        "an invalidation does not detach in-flight loads of the keys it covers",
+        "src/hybridcache/write_path.py",
+        "                flights.forget(full_key)\n                leads.pop(full_key, None)",
+        "                pass",
+        ("tests/integration/test_invalidation.py",),
+    ),
+    Mutation(
+        "second-local-apply",
+        "the writer does not apply its invalidation again after the script returned",
+        "src/hybridcache/write_path.py",
+        '        self._apply_locally(\n            full_keys, [f[2:] for f in fields if f.startswith("p:")],',
+        '        (lambda *_: None)(\n            full_keys, [f[2:] for f in fields if f.startswith("p:")],',
+        ("tests/integration/test_write_path_races.py",),
+    ),
+    Mutation(
+        "queued-skips-l2",
+        "with invalidations queued, L2 is read without publishing them first",
+        "src/hybridcache/read_path.py",
+        "        if self._pending and not await self._flush_pending():",
+        "        if False:",
+        ("tests/integration/test_write_path_races.py",),
+    ),
+    Mutation(
+        "retry-past-breaker",
+        "queued invalidations wait for the circuit breaker (item 1)",
+        "src/hybridcache/write_path.py",
+        "            if await self._flush_pending(past_breaker=True):\n                return",
+        "            if await self._flush_pending(past_breaker=False):\n                return",
+        (
+            "tests/integration/test_backplane_faults.py::test_a_write_during_a_3s_freeze_reaches_another_instance_within_the_pause_plus_1_5s",
+        ),
+    ),
+    Mutation(
+        "close-flush",
+        "close() drops queued invalidations (item 9)",
+        "src/hybridcache/cache.py",
+        "        await self._flush_before_close(flush_timeout)",
+        "        pass",
+        (
+            "tests/integration/test_backplane_faults.py::test_close_publishes_queued_invalidations_when_redis_answers_within_its_deadline",
+        ),
+    ),
+    Mutation(
+        "resync-detaches-loads",
+        "a resync leaves in-flight loads attached (item 3)",
+        "src/hybridcache/write_path.py",
+        "        self._flights.forget_where(lambda _: True)\n        self._leads.clear()\n        if self._l1",
+        "        if self._l1",
+        ("tests/integration/test_resync.py",),
+    ),
+    Mutation(
+        "resync-distrusts-first",
+        "the table stays trusted while a gap is resynchronised (item 11)",
+        "src/hybridcache/backplane.py",
+        "        self._lose_trust()\n        async with asyncio.timeout(self._heartbeat_timeout):\n            state",
+        "        async with asyncio.timeout(self._heartbeat_timeout):\n            state",
+        ("tests/integration/test_resync.py",),
+    ),
+    Mutation(
+        "resync-trusts-redis",
+        "a same-epoch resync keeps counters above Redis's (item 12)",
+        "src/hybridcache/generations.py",
+        "        self._counters = dict(counters)\n        self.epoch = epoch",
+        "        if changed:\n            self._counters = dict(counters)\n"
+        "        else:\n            self.advance(counters)\n        self.epoch = epoch",
+        ("tests/integration/test_resync.py",),
+    ),
+    Mutation(
+        "gap-message-counters-dropped",
+        "the message that revealed a gap is applied with its own counters (item 12)",
+        "src/hybridcache/backplane.py",
+        '                payload = {**payload, "g": dict.fromkeys(payload["g"], 0)}',
+        "                pass",
+        ("tests/integration/test_resync.py",),
+    ),
+    Mutation(
+        "sequence-went-back",
+        "a message counter below the last number received goes unnoticed (item 7)",
+        "src/hybridcache/backplane.py",
+        "                if published < seen:",
+        "                if False:",
+        ("tests/integration/test_resync.py",),
+    ),
+    Mutation(
+        "capture-token-compare",
+        "the conditional set does not compare the key's capture token (item 4)",
+        "src/hybridcache/redis_scripts.py",
+        "if redis.call('GET', KEYS[2]) ~= ARGV[3] or string.sub(ARGV[3], -(#server + 1)) ~= '@' .. server then",
+        "if false then",
+        ("tests/integration/test_vanished_meta_keys.py", "tests/integration/test_restored_snapshot.py"),
+    ),
+    Mutation(
+        "epoch-server-check",
+        "scripts accept a generation hash written by another server (item 5)",
+        "src/hybridcache/redis_scripts.py",
+        "  if not epoch or stored[2] ~= server then",
+        "  if not epoch then",
+        ("tests/integration/test_restored_snapshot.py",),
+    ),
+    Mutation(
+        "new-epoch-resync",
+        "a capture that finds a new epoch in Redis does not ask for a resync (item 6)",
+        "src/hybridcache/fill_path.py",
+        "                    self._backplane.request_resync()",
+        "                    pass",
+        ("tests/integration/test_vanished_meta_keys.py",),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    what: str
+    result: str  # "caught", "survived" or "does not apply"
+    seconds: float
+    tests: tuple[str, ...]
+
+
+def run(mutation: Mutation, python: str) -> Outcome:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hc-mutation-") as scratch:
+        work = Path(scratch)
+        for part in ("src", "tests"):
+            shutil.copytree(ROOT / part, work / part, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
+        target = work / mutation.path
+        text = target.read_text(encoding="utf-8")
+        if text.count(mutation.find) != 1:
+            return Outcome(mutation.name, mutation.what, "does not apply", 0.0, mutation.tests)
+        target.write_text(text.replace(mutation.find, mutation.replace), encoding="utf-8")
+        environment = {**os.environ, "PYTHONPATH": f"{work / 'src'}{os.pathsep}{work}"}
+        command = [python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests]
+        completed = subprocess.run(command, cwd=work, env=environment, capture_output=True, text=True, check=False)
+    result = "caught" if completed.returncode == 1 else "survived" if completed.returncode == 0 else "error"
+    if result == "error":
+        print(completed.stdout[-2000:], completed.stderr[-2000:], sep="\n", file=sys.stderr)
+    return Outcome(mutation.name, mutation.what, result, time.monotonic() - started, mutation.tests)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="mutations to run (default: all)")
+    parser.add_argument("--json", type=Path, help="also write the outcomes here")
+    arguments = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not arguments.names or m.name in arguments.names]
+    outcomes = []
+    print(f"{'mutation':32} {'result':15} {'seconds':>8}  what it removes")
+    for mutation in chosen:
+        outcome = run(mutation, sys.executable)
+        outcomes.append(outcome)
+        print(f"{outcome.name:32} {outcome.result:15} {outcome.seconds:8.1f}  {outcome.what}", flush=True)
+    if arguments.json:
+        arguments.json.write_text(json.dumps([o.__dict__ for o in outcomes], indent=2) + "\n", encoding="utf-8")
+    caught = sum(o.result == "caught" for o in outcomes)
+    print(f"{caught} of {len(outcomes)} mutations caught")
+    return 0 if caught == len(outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
