@@ -300,8 +300,7 @@ async def test_an_entry_its_generation_and_its_lock_share_a_slot_and_entries_spr
         assert c._l2 is not None
         l2 = c._l2
         for key in keys:
-            await c.get_or_create(key, const(key))
-        await c.invalidate(keys=keys)  # creates every key's hc-kgen
+            await c.get_or_create(key, const(key))  # each miss creates its key's capture token (hc-kgen)
         masters = set()
         client = redis_cluster.cluster_client()
         try:
@@ -309,8 +308,12 @@ async def test_an_entry_its_generation_and_its_lock_share_a_slot_and_entries_spr
                 full = f"{namespace}:v1:{key}"
                 entry, kgen, lock = l2.redis_key(full), l2.key_token_key(full), l2.lock_key(full)
                 assert key_slot(entry.encode()) == key_slot(kgen.encode()) == key_slot(lock.encode()), key
-                assert client.exists(kgen) == 1, f"{kgen} is not where the layout says"
+                assert client.exists(entry, kgen) == 2, f"{entry} or {kgen} is not where the layout says"
                 masters.add(redis_cluster.master_for_key(entry))
+            await c.invalidate(keys=keys)  # deletes every entry and its token, each in its own slot
+            for key in keys:
+                full = f"{namespace}:v1:{key}"
+                assert client.exists(l2.redis_key(full), l2.key_token_key(full)) == 0, key
             meta = {l2.generations_key, l2.sequence_key, l2.channel}
             assert len({key_slot(k.encode()) for k in meta}) == 1, "meta keys and channel must share one slot"
             assert client.exists(l2.generations_key, l2.sequence_key) == 2
