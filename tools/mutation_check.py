@@ -203,6 +203,14 @@ MUTATIONS = (
         ("tests/integration/test_restored_snapshot.py",),
     ),
     Mutation(
+        "recent-removals",
+        "an L2 entry written before this instance removed the key is served when Redis lost the DEL (item 15)",
+        "src/hybridcache/read_path.py",
+        "            if current and removals and removals.refuses(",
+        "            if False and removals.refuses(",
+        ("tests/integration/test_restored_snapshot.py",),
+    ),
+    Mutation(
         "new-epoch-resync",
         "a capture that finds a new epoch in Redis does not ask for a resync (item 6)",
         "src/hybridcache/fill_path.py",

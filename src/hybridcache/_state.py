@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from hybridcache.backplane import Backplane
-from hybridcache.generations import GenerationTable, InvalidationLog
+from hybridcache.generations import GenerationTable, InvalidationLog, RecentRemovals
 from hybridcache.locking import DistributedSingleFlight
 from hybridcache.memory import MemoryStore
 from hybridcache.metrics import Counters
@@ -57,6 +57,7 @@ class CacheState:
     _backplane: Backplane | None
     _table: GenerationTable
     _log: InvalidationLog
+    _recent_removals: RecentRemovals
     _flights: SingleFlight[str, Any]
     _leads: dict[str, asyncio.Future[Any]]
     _pending: deque[tuple[list[str], list[str]]]

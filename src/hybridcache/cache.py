@@ -35,7 +35,14 @@ from redis.asyncio.cluster import RedisCluster
 from hybridcache.backplane import Backplane
 from hybridcache.clients import RedisClients, connect
 from hybridcache.errors import HybridCacheError
-from hybridcache.generations import GenerationTable, InvalidationLog, new_epoch, prefix_field, tag_field
+from hybridcache.generations import (
+    GenerationTable,
+    InvalidationLog,
+    RecentRemovals,
+    new_epoch,
+    prefix_field,
+    tag_field,
+)
 from hybridcache.instances import InstanceKeys, InstanceRegistry
 from hybridcache.keys import namespace, normalize_prefix, validate_key
 from hybridcache.locking import DistributedSingleFlight
@@ -124,6 +131,7 @@ class HybridCache(ReadPath, WritePath):
         # Without Redis this process is the only authority on generations, so its table is always trusted.
         self._table = GenerationTable(epoch=None if remote else new_epoch(), trusted=not remote)
         self._log = InvalidationLog()
+        self._recent_removals = RecentRemovals()
         self._flights: SingleFlight[str, Any] = SingleFlight()
         # Per key, the caller reading L2 for everyone and then the load it started (see ReadPath._lead).
         self._leads: dict[str, asyncio.Future[Any]] = {}

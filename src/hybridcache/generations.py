@@ -171,3 +171,43 @@ class InvalidationLog:
             if full_key in keys or not prefixes.isdisjoint(key_prefixes) or not record_tags.isdisjoint(key_tags):
                 return True
         return False
+
+
+class RecentRemovals:
+    """Exact keys removed in the last ``window`` seconds, with the wall time each was removed here.
+
+    An exact key has no generation in an entry's stamp: its invalidation is the ``DEL`` of the entry. If Redis loses
+    that ``DEL`` — a failover to a replica that had not received it, or the split brain of a failover, where the old
+    master took it and the promoted replica never will — the old entry is back in L2 with a stamp that still looks
+    current, until the backplane resyncs against the new server (which draws a new epoch). For ``window`` seconds
+    after a key was removed here (or its removal received), an L2 entry of that key *created* before the removal is
+    refused. Creation times come from the storing instance's wall clock, so clock skew between instances can only
+    refuse a fresh entry (an extra miss), within the skew. At most ``capacity`` keys are remembered.
+    """
+
+    __slots__ = ("_removed", "capacity", "window")
+
+    def __init__(self, window: float = 10.0, capacity: int = 100_000) -> None:
+        self._removed: dict[str, float] = {}  # insertion-ordered: the oldest removal first
+        self.window = window
+        self.capacity = capacity
+
+    def record(self, keys: Iterable[str], now: float) -> None:
+        removed = self._removed
+        for key in keys:
+            removed.pop(key, None)
+            removed[key] = now
+        horizon = now - self.window
+        while removed:
+            oldest, at = next(iter(removed.items()))
+            if at >= horizon and len(removed) <= self.capacity:
+                break
+            del removed[oldest]
+
+    def refuses(self, key: str, created: float, now: float) -> bool:
+        """True when ``key`` was removed here after ``created`` and less than ``window`` seconds ago."""
+        at = self._removed.get(key)
+        return at is not None and created <= at and now - at < self.window
+
+    def __len__(self) -> int:
+        return len(self._removed)

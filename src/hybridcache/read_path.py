@@ -252,6 +252,9 @@ class ReadPath(FillPath):
                 if table.trusted
                 else await self._is_current_remotely(header, fields)
             )
+            removals = self._recent_removals
+            if current and removals and removals.refuses(full_key, header.created, self._wall()):
+                current = False  # removed here after it was written: Redis lost the DEL (see RecentRemovals)
             if not current:
                 self.counters.stale_reads_rejected += 1
                 return None

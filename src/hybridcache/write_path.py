@@ -77,6 +77,8 @@ class WritePath(CacheState):
         """
         full_prefixes = [self._namespace + p for p in prefixes]
         self._log.record(full_keys, full_prefixes, tags)
+        if full_keys:
+            self._recent_removals.record(full_keys, self._wall())
         if self._l1 is not None:
             for full_key in full_keys:
                 self._l1.remove(full_key)

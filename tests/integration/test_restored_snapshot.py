@@ -18,6 +18,7 @@ import pytest
 
 from hybridcache import CacheSettings, HybridCache
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import wait_until
 
 KEY = "Car:Search:ford"
 
@@ -105,3 +106,34 @@ async def test_a_load_across_the_restore_does_not_store_what_it_read_before_the_
             assert await admin.get(entry_key) is None, "the load stored what it read before the removal"
         finally:
             await admin.aclose()
+
+
+async def test_an_entry_whose_removal_redis_lost_is_not_served_by_the_instances_that_saw_the_removal(
+    redis_server: RedisServer, namespace: str, protocol: int
+) -> None:
+    """A failover to a replica that had not received the ``DEL`` (or the split brain of a failover: the old master
+    took the removal, the promoted replica never will) puts the removed entry back in L2 with a stamp that still
+    looks current, until each instance resyncs against the new server. Here the entry's old bytes are written back
+    the way such a replica holds them; the writer and the instance that received its message must not serve them
+    (issue 13, item 15: the writer read its own removed value 38 ms after remove() returned, after a failover)."""
+    settings = CacheSettings(service_name=namespace, configuration=redis_server.url, protocol=protocol)
+    entry_key = f"{namespace}:v1:{KEY}"
+    admin = redis_server.client()
+    try:
+        async with HybridCache(settings) as writer, HybridCache(settings) as reader:
+            assert await writer.wait_until_connected(5.0)
+            assert await reader.wait_until_connected(5.0)
+            assert await reader.get_or_create(KEY, version_1) == 1
+            old_bytes = await admin.get(entry_key)
+            assert old_bytes is not None
+            received = reader.stats().invalidations_received
+            await writer.remove(KEY)
+            await wait_until(
+                lambda: reader.stats().invalidations_received > received, timeout=2.0, message="message not received"
+            )
+            await admin.set(entry_key, old_bytes, px=60_000)  # what the lagging replica still holds
+            assert await writer.get_or_create(KEY, version_2) == 2, "the writer served the entry it removed"
+            await admin.set(entry_key, old_bytes, px=60_000)
+            assert await reader.get_or_create(KEY, version_2) == 2, "the reader served the entry it saw removed"
+    finally:
+        await admin.aclose()

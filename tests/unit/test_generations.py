@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hybridcache.generations import (
     GenerationTable,
     InvalidationLog,
+    RecentRemovals,
     fields_for,
     new_epoch,
     prefix_field,
@@ -276,3 +277,18 @@ def test_known_stale_is_what_the_table_applied_and_an_unknown_epoch_proves_nothi
     assert not table.known_stale("e1", {}, ("p:Shop",))  # a field the table never saw move
     assert not table.known_stale("e0", {"t:shops": 2}, ("t:shops",))  # another epoch: no evidence either way
     assert not table.is_current("e0", {"t:shops": 2}, ("t:shops",))  # ...where is_current says no
+
+
+def test_recent_removals_refuse_only_entries_written_before_the_removal_within_the_window() -> None:
+    removals = RecentRemovals(window=10.0, capacity=3)
+    removals.record(["k"], now=100.0)
+    assert removals.refuses("k", created=99.0, now=101.0)
+    assert removals.refuses("k", created=100.0, now=101.0)
+    assert not removals.refuses("k", created=100.5, now=101.0)  # written after the removal: fresh
+    assert not removals.refuses("k", created=99.0, now=110.0)  # the window has passed
+    assert not removals.refuses("other", created=0.0, now=101.0)
+    removals.record(["a", "b", "c"], now=101.0)  # over capacity: the oldest removal is forgotten first
+    assert len(removals) == 3
+    assert not removals.refuses("k", created=99.0, now=101.0)
+    removals.record(["d"], now=112.0)  # pruned by age on every record
+    assert len(removals) == 1
