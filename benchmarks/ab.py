@@ -1,0 +1,83 @@
+"""Compare one benchmark on two commits in one run: ``python -m benchmarks.ab BASE [TARGET] [--bench cache]``.
+
+A change that must not slow a path down ("the L1 hit stays as fast as today") is checked here, not by a timed
+test. Both commits are checked out as git worktrees under a temporary directory; the benchmark runs from each in
+turn, alternating BASE, TARGET, BASE, TARGET… (``--runs`` pairs), with this repository's interpreter and each
+tree's own ``src`` first on the path, so load on this noisy machine falls on both sides alike. Prints, per
+operation, the median of the runs' medians on each side and their ratio (TARGET / BASE), and writes
+``benchmarks/results/ab_<bench>.json``. TARGET defaults to HEAD; extra arguments after ``--`` go to the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import write_results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _run_once(tree: Path, bench: str, extra: list[str]) -> dict[str, float]:
+    """Run ``benchmarks.bench_<bench>`` from ``tree``; the median ns/op of each operation it measured."""
+    environment = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{tree}"}
+    command = [sys.executable, "-m", f"benchmarks.bench_{bench}", *extra]
+    subprocess.run(command, cwd=tree, env=environment, check=True, stdout=subprocess.DEVNULL)
+    document = json.loads((tree / "benchmarks" / "results" / f"{bench}.json").read_text())
+    results: dict[str, Any] = document["results"]
+    return {name: float(row["median_ns"]) for name, row in results.items() if "median_ns" in row}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", help="the commit to compare against (e.g. a tag, a hash, main~3)")
+    parser.add_argument("target", nargs="?", default="HEAD", help="the commit measured (default HEAD)")
+    parser.add_argument("--bench", default="cache", help="benchmark name, as in python -m benchmarks --list")
+    parser.add_argument("--runs", type=int, default=2, help="BASE/TARGET pairs (default 2)")
+    given = sys.argv[1:] if argv is None else argv
+    own, extra = (given[: given.index("--")], given[given.index("--") + 1 :]) if "--" in given else (given, [])
+    arguments = parser.parse_args(own)
+    commits = {
+        side: _git("rev-parse", "--short", ref)
+        for side, ref in (("base", arguments.base), ("target", arguments.target))
+    }
+    samples: dict[str, dict[str, list[float]]] = {"base": {}, "target": {}}
+    with tempfile.TemporaryDirectory(prefix="hc-ab-") as scratch:
+        trees = {side: Path(scratch) / side for side in commits}
+        for side, commit in commits.items():
+            _git("worktree", "add", "--detach", "--quiet", str(trees[side]), commit)
+        try:
+            for run in range(arguments.runs):
+                for side in ("base", "target"):
+                    print(f"run {run + 1}/{arguments.runs}: {side} ({commits[side]})", file=sys.stderr, flush=True)
+                    for name, median in _run_once(trees[side], arguments.bench, extra).items():
+                        samples[side].setdefault(name, []).append(median)
+        finally:
+            for tree in trees.values():
+                _git("worktree", "remove", "--force", str(tree))
+    rows = []
+    print(f"{'operation':44} {'base ns':>11} {'target ns':>11} {'ratio':>7}")
+    for name in samples["base"]:
+        if name not in samples["target"]:
+            continue
+        base, target = statistics.median(samples["base"][name]), statistics.median(samples["target"][name])
+        rows.append({"operation": name, "base_ns": base, "target_ns": target, "ratio": target / base})
+        print(f"{name:44} {base:11.1f} {target:11.1f} {target / base:7.3f}")
+    path = write_results(f"ab_{arguments.bench}", {"commits": commits, "runs": arguments.runs, "rows": rows})
+    print(f"written to {path.relative_to(ROOT)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
