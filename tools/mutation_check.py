@@ -171,6 +171,14 @@ MUTATIONS = (
         ("tests/integration/test_resync.py",),
     ),
     Mutation(
+        "resync-keeps-concurrent-bumps",
+        "a resync answered before this instance's own invalidation undoes its counters",
+        "src/hybridcache/backplane.py",
+        "        self._table.begin_resync()\n",
+        "",
+        ("tests/integration/test_resync.py",),
+    ),
+    Mutation(
         "gap-message-counters-dropped",
         "the message that revealed a gap is applied with its own counters (item 12)",
         "src/hybridcache/backplane.py",

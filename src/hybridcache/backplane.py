@@ -290,6 +290,7 @@ class Backplane:
         known to have missed something, so L1 is held to the untrusted bound meanwhile.
         """
         self._lose_trust()
+        self._table.begin_resync()
         async with asyncio.timeout(self._heartbeat_timeout):
             state = await self._l2.generation_state(guarded=False)
         epoch_changed = self._table.replace(state.epoch, state.counters)

@@ -54,10 +54,12 @@ class GenerationTable:
     was validated at the current version needs no further check: that is the whole cost of an L1 hit.
     """
 
-    __slots__ = ("_counters", "epoch", "trusted", "version")
+    __slots__ = ("_counters", "_during_resync", "epoch", "trusted", "version")
 
     def __init__(self, epoch: str | None = None, *, trusted: bool = True) -> None:
         self._counters: dict[str, int] = {}
+        # Counters applied since the resync in flight read Redis (None when no resync is in flight).
+        self._during_resync: dict[str, int] | None = None
         self.epoch = epoch
         self.trusted = trusted
         self.version = 1
@@ -104,6 +106,11 @@ class GenerationTable:
         for field, generation in updates.items():
             if generation > counters.get(field, 0):
                 counters[field] = generation
+        during = self._during_resync
+        if during is not None:
+            for field, generation in updates.items():
+                if generation > during.get(field, 0):
+                    during[field] = generation
         self.version += 1
 
     def bump_locally(self, fields: Iterable[str]) -> dict[str, int]:
@@ -115,15 +122,27 @@ class GenerationTable:
         self.version += 1
         return result
 
+    def begin_resync(self) -> None:
+        """Note that a resync is about to read Redis: counters applied from now until :meth:`replace` (this
+        instance's own invalidations, whose replies may arrive after Redis answered the resync) are kept."""
+        self._during_resync = {}
+
     def replace(self, epoch: str, counters: Mapping[str, int]) -> bool:
         """Load the authoritative state (after a (re)subscribe or a gap). Returns True when the epoch changed.
 
         Redis's counters replace ours even in the same epoch: a counter above Redis's can only come from a forged
-        or foreign message, and keeping it would make every entry under its field look stale for good. (Every
-        real bump we applied was made in Redis before its message was sent, so none is lost here.)
+        or foreign message, and keeping it would make every entry under its field look stale for good. The one
+        exception is a counter applied after the resync read Redis (see :meth:`begin_resync`): Redis's answer is
+        older than it, so it is kept, or this instance would serve what its own invalidation had just covered.
         """
         changed = epoch != self.epoch
-        self._counters = dict(counters)
+        fresh = dict(counters)
+        during, self._during_resync = self._during_resync, None
+        if during and not changed:
+            for field, generation in during.items():
+                if generation > fresh.get(field, 0):
+                    fresh[field] = generation
+        self._counters = fresh
         self.epoch = epoch
         self.version += 1
         return changed

@@ -212,3 +212,40 @@ async def test_a_read_after_a_resync_does_not_join_a_load_from_before_it(
             await first
         assert first.result() == 1  # its own callers asked before the write: the old value is theirs
         assert await cache.get_or_create(KEY, db.load) == 2
+
+
+# ------------------------------------------------------------------------------------- a resync racing our own bump
+
+
+async def test_a_resync_answered_before_our_own_invalidation_does_not_undo_it(
+    redis_server: RedisServer, namespace: str, protocol: int, admin: Redis
+) -> None:
+    """Found by the multi-process fault checker: the writer served its own old value 3 ms after its tag
+    invalidation returned, a resync having completed in between. Redis answered the resync before the writer's
+    invalidation script ran; the writer applied the script's counters; then the resync's older answer replaced the
+    table. Counters applied after a resync read Redis must survive it. The interleaving is made by running the
+    invalidation between the real resync read and its application (a wrapper; Redis and the scripts are real)."""
+    db = Database()
+    async with HybridCache(settings_for(redis_server, namespace, protocol)) as cache:
+        assert await cache.wait_until_connected(5.0)
+        assert await cache.get_or_create(KEY, db.load) == 1  # in L2 under PREFIX
+        backplane = backplane_of(cache)
+        l2 = l2_of(cache)
+        generation_state = l2.generation_state
+        raced: list[bool] = []
+
+        async def answered_before_the_invalidation(*, guarded: bool = True) -> Any:
+            state = await generation_state(guarded=guarded)  # Redis's answer: before the bump
+            if not raced:
+                raced.append(True)
+                db.version = 2
+                await cache.remove_by_prefix(PREFIX)  # our own invalidation, applied before the answer is
+            return state
+
+        l2.generation_state = answered_before_the_invalidation  # type: ignore[method-assign]
+        resyncs = backplane.resyncs
+        await forge(admin, cache, backplane.last_sequence + 5, {})  # a gap: resync
+        await wait_until(lambda: backplane.resyncs > resyncs, timeout=NOTICE, message="no resync")
+        l2.generation_state = generation_state  # type: ignore[method-assign]
+        assert raced, "the invalidation did not run inside the resync"
+        assert await cache.get_or_create(KEY, db.load) == 2, "the resync undid this instance's own invalidation"
