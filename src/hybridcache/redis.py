@@ -333,14 +333,20 @@ class RedisL2:
         return bool(stored)
 
     async def invalidate(
-        self, full_keys: Sequence[str], fields: Sequence[str], *, sender: str, past_breaker: bool = False
+        self,
+        full_keys: Sequence[str],
+        fields: Sequence[str],
+        *,
+        sender: str,
+        sent_at: float = 0.0,
+        past_breaker: bool = False,
     ) -> dict[str, Any]:
         """Remove exact keys, bump prefix/tag generations and publish one message; returns that message.
 
         Standalone: one atomic script. Cluster: each key is removed in its own slot first, then the generations
         are bumped and the message published (``SPUBLISH``) in the meta slot — so when the message arrives, the
         keys are already gone. ``past_breaker`` (the retry of a queued invalidation) is not refused by an open
-        circuit (:meth:`_call_past_breaker`).
+        circuit (:meth:`_call_past_breaker`). ``sent_at`` (the sender's wall time) travels as the message's ``t``.
         """
         # Two statements, not a conditional expression: mypy 1.11 (our floor) cannot type the join of two generic
         # methods and reports it as "function of unknown type".
@@ -363,6 +369,7 @@ class RedisL2:
             self.channel,
             sender,
             orjson.dumps(list(full_keys)),
+            repr(sent_at),
             *fields,
         ]
         reply = await call(lambda: self._invalidate(keys=keys, args=args))

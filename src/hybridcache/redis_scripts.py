@@ -113,17 +113,18 @@ return 1
 """
 
 # KEYS: gens, seq, then (entry, key token) per removed key (standalone only). ARGV: candidate epoch, meta TTL,
-# publish command, channel, sender, JSON list of full keys, then the fields to bump.
+# publish command, channel, sender, JSON list of full keys, the sender's wall time (seconds; the message's ``t``,
+# see generations.RecentRemovals), then the fields to bump.
 INVALIDATE: Final = (
     EPOCH_FUNCTION
     + """
 local epoch = current_epoch(KEYS[1], ARGV[1], ARGV[2])
 for i = 3, #KEYS, 2 do redis.call('DEL', KEYS[i], KEYS[i + 1]) end
 local gens = {}
-for i = 7, #ARGV do gens[ARGV[i]] = redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end
+for i = 8, #ARGV do gens[ARGV[i]] = redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
-local message = cjson.encode({i = ARGV[5], s = seq, e = epoch, k = cjson.decode(ARGV[6]), g = gens})
+local message = cjson.encode({i = ARGV[5], s = seq, e = epoch, k = cjson.decode(ARGV[6]), t = ARGV[7], g = gens})
 redis.call(ARGV[3], ARGV[4], message)
 return message
 """

@@ -33,13 +33,21 @@ def _covers(full_prefix: str, full_key: str) -> bool:
     return full_key == full_prefix or full_key.startswith(full_prefix + SEPARATOR)
 
 
+def _sent_at(message: dict[str, Any]) -> float | None:
+    """The sender's wall time in an invalidation message (absent from older senders, or unreadable: None)."""
+    try:
+        return float(message["t"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 class WritePath(CacheState):
     """The invalidation side of the cache (a mixin of :class:`~hybridcache.cache.HybridCache`)."""
 
     async def _invalidate(
         self, full_keys: list[str], prefix_list: list[str], tag_list: list[str], fields: list[str]
     ) -> None:
-        self._apply_locally(full_keys, prefix_list, tag_list)
+        self._apply_locally(full_keys, prefix_list, tag_list, removed_at=self._wall())
         for full_key in full_keys:
             logger.info("Removed key: %s", full_key)
         for prefix in prefix_list:
@@ -54,7 +62,7 @@ class WritePath(CacheState):
     async def _publish(self, full_keys: list[str], fields: list[str]) -> bool:
         assert self._l2 is not None
         try:
-            message = await self._l2.invalidate(full_keys, fields, sender=self.instance_id)
+            message = await self._l2.invalidate(full_keys, fields, sender=self.instance_id, sent_at=self._wall())
         except L2UnavailableError as exc:
             self.counters.invalidation_failures += 1
             self._pending.append((full_keys, fields))
@@ -68,17 +76,26 @@ class WritePath(CacheState):
         logger.info("Published invalidation event #%s", message["s"])
         return True
 
-    def _apply_locally(self, full_keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]) -> None:
+    def _apply_locally(
+        self,
+        full_keys: Sequence[str],
+        prefixes: Sequence[str],
+        tags: Sequence[str],
+        *,
+        removed_at: float | None = None,
+    ) -> None:
         """Stop serving what an invalidation covers, here and now.
 
         Besides dropping L1 entries and recording the invalidation (so in-flight factories do not store their
         results), it detaches in-flight loads of covered keys: a caller arriving after the invalidation must start
-        a fresh load rather than share one that began before it.
+        a fresh load rather than share one that began before it. ``removed_at`` (the wall time of the removal at
+        its source: this instance's first apply, or a message's ``t``) is remembered for the exact keys, so an L2
+        entry written before it is refused if Redis loses the ``DEL`` (``generations.RecentRemovals``).
         """
         full_prefixes = [self._namespace + p for p in prefixes]
         self._log.record(full_keys, full_prefixes, tags)
-        if full_keys:
-            self._recent_removals.record(full_keys, self._wall())
+        if full_keys and removed_at is not None:
+            self._recent_removals.record(full_keys, removed_at)
         if self._l1 is not None:
             for full_key in full_keys:
                 self._l1.remove(full_key)
@@ -110,7 +127,7 @@ class WritePath(CacheState):
         generations: dict[str, int] = message["g"]
         prefixes = [f[2:] for f in generations if f.startswith("p:")]
         tags = [f[2:] for f in generations if f.startswith("t:")]
-        self._apply_locally(full_keys, prefixes, tags)
+        self._apply_locally(full_keys, prefixes, tags, removed_at=_sent_at(message))
         if message["e"] == self._table.epoch:
             self._table.advance(generations)
         logger.debug("Received invalidation event #%s from %s", message["s"], message["i"])
@@ -161,7 +178,7 @@ class WritePath(CacheState):
                 try:
                     assert self._l2 is not None
                     message = await self._l2.invalidate(
-                        full_keys, fields, sender=self.instance_id, past_breaker=past_breaker
+                        full_keys, fields, sender=self.instance_id, sent_at=self._wall(), past_breaker=past_breaker
                     )
                 except L2UnavailableError:
                     return False

@@ -13,6 +13,7 @@ directory, and loads the older dump. RESP2 and RESP3.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -137,3 +138,29 @@ async def test_an_entry_whose_removal_redis_lost_is_not_served_by_the_instances_
             assert await reader.get_or_create(KEY, version_2) == 2, "the reader served the entry it saw removed"
     finally:
         await admin.aclose()
+
+
+async def test_a_value_set_right_after_its_removal_is_served_by_the_instances_that_received_the_removal(
+    redis_server: RedisServer, namespace: str, protocol: int
+) -> None:
+    """``set()`` removes the key everywhere, then stores the new value at once: the removal's time that other
+    instances remember is the sender's (the message's ``t``), not when they received it, or the new value (written
+    before the message arrived) would be refused as older than the removal. The setter's clock runs 5 s behind,
+    so a removal time taken from the receiver's clock would refuse every value, whatever the timing."""
+    settings = CacheSettings(service_name=namespace, configuration=redis_server.url, protocol=protocol)
+
+    def clock_behind() -> float:
+        return time.time() - 5.0
+
+    async with HybridCache(settings, wall_clock=clock_behind) as first, HybridCache(settings) as second:
+        assert await first.wait_until_connected(5.0)
+        assert await second.wait_until_connected(5.0)
+        for n in range(20):
+            received = second.stats().invalidations_received
+            await first.set(f"After:{n}", "v1")
+            await wait_until(
+                lambda seen=received: second.stats().invalidations_received > seen,  # type: ignore[misc]
+                timeout=2.0,
+                message="not received",
+            )
+            assert await second.get(f"After:{n}") == "v1", f"the value set after its removal was refused (n={n})"

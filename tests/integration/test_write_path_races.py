@@ -125,11 +125,16 @@ async def test_an_l2_hit_whose_get_raced_a_received_removal_is_not_promoted_to_l
     around the cache's own L2 read; Redis, the script and the message are real)."""
     db = Database()
     settings = CacheSettings(service_name=namespace, configuration=redis_server.url, protocol=protocol)
-    # The writer's clock runs ahead (see the test above): the log check, not RecentRemovals, is under test.
-    async with HybridCache(settings) as reader, HybridCache(settings, wall_clock=clock_ahead) as writer:
+    # The entry is written by an instance whose clock runs ahead of the remover's (see the test above): the log
+    # check, not RecentRemovals, is under test.
+    async with (
+        HybridCache(settings) as reader,
+        HybridCache(settings) as writer,
+        HybridCache(settings, wall_clock=clock_ahead) as filler,
+    ):
         assert await reader.wait_until_connected(5.0)
         assert await writer.wait_until_connected(5.0)
-        assert await writer.get_or_create(KEY, db.load) == 1  # in L2; not in the reader's L1
+        assert await filler.get_or_create(KEY, db.load) == 1  # in L2; not in the reader's L1
         l2 = reader._l2
         assert l2 is not None
         real_get = l2.get
