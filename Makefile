@@ -20,7 +20,7 @@ export UV_PYTHON := $(PYTHON)
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: run test test-fast test-oldest test-latest lint typecheck bench venv lock redis-server clean
+.PHONY: run test test-fast test-faults test-oldest test-latest lint typecheck bench venv lock redis-server clean
 
 # The installer itself: the uv release pinned (with its hashes) in tools/uv-requirements.txt.
 $(UV): tools/uv-requirements.txt
@@ -65,6 +65,10 @@ typecheck: $(STAMP)
 test: $(STAMP) redis-server lint typecheck
 	@echo "==> the whole test suite: about 6 min on 2 cores"
 	$(BIN)/pytest
+
+## The multi-process fault matrix (tests/faults): 3 processes, a fault injected into a private Redis, ~15 s each.
+test-faults: $(STAMP) redis-server
+	HC_FAULT_MATRIX=1 $(BIN)/pytest -q tests/faults
 
 ## The quick loop while developing: skips suites marked slow.
 test-fast: $(STAMP) redis-server
