@@ -74,14 +74,7 @@ class GenerationTable:
 
     def is_current(self, epoch: str, generations: Mapping[str, int], fields: Iterable[str]) -> bool:
         """True when no counter in ``fields`` has moved past what ``generations`` recorded under ``epoch``."""
-        if epoch != self.epoch:
-            return False
-        counters = self._counters
-        for field in fields:
-            now = counters.get(field)
-            if now is not None and generations.get(field, 0) < now:
-                return False
-        return True
+        return epoch == self.epoch and not self._moved_past(generations, fields)
 
     def known_stale(self, epoch: str, generations: Mapping[str, int], fields: Iterable[str]) -> bool:
         """True when this table itself knows a counter in ``fields`` moved past what ``generations`` recorded.
@@ -91,8 +84,9 @@ class GenerationTable:
         (this instance's own invalidations, messages received before trust was lost) are facts, so an entry
         they made stale is never served, whatever else says it may be.
         """
-        if epoch != self.epoch:
-            return False
+        return epoch == self.epoch and self._moved_past(generations, fields)
+
+    def _moved_past(self, generations: Mapping[str, int], fields: Iterable[str]) -> bool:
         counters = self._counters
         for field in fields:
             now = counters.get(field)

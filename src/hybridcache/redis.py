@@ -181,17 +181,7 @@ class RedisL2:
                 raise L2UnavailableError(f"Redis call failed: {exc.__class__.__name__}: {exc}") from exc
         if not self.breaker.allow_request():
             raise L2UnavailableError("Redis circuit is open")
-        if not self._slots.try_take():
-            await self._wait_for_slot()
-        try:
-            result = await operation()
-        except BaseException as exc:
-            unavailable = self._failure(exc)
-            if unavailable is None:
-                raise
-            raise unavailable from exc
-        finally:
-            self._slots.give_back()
+        result = await self._in_a_slot(operation)
         self.breaker.record_success()
         return result
 
@@ -203,12 +193,18 @@ class RedisL2:
         The outcome still reaches the breaker: a failure counts like any other, and a success that began while
         the circuit was open closes it (Redis answered; see :meth:`CircuitBreaker.record_success_past_gate`).
         """
-        breaker = self.breaker
-        openings = breaker.openings
+        openings = self.breaker.openings
+        result = await self._in_a_slot(operation)
+        self.breaker.record_success_past_gate(openings)
+        return result
+
+    async def _in_a_slot(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation`` holding a request slot; a failure is reported to the breaker and wrapped in
+        :class:`L2UnavailableError` when it is Redis's (the caller reports a success its own way)."""
         if not self._slots.try_take():
             await self._wait_for_slot()
         try:
-            result = await operation()
+            return await operation()
         except BaseException as exc:
             unavailable = self._failure(exc)
             if unavailable is None:
@@ -216,8 +212,6 @@ class RedisL2:
             raise unavailable from exc
         finally:
             self._slots.give_back()
-        breaker.record_success_past_gate(openings)
-        return result
 
     async def aclose(self) -> None:
         """Close the connections this adapter made itself (the clients' pools are their owner's to close)."""

@@ -17,6 +17,7 @@ import redis.asyncio
 
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import MemoryCacheSettings
+from tests.support.redis_server import RedisServer
 
 L1_ONLY = "l1-only"
 L2_ONLY = "l2-only"
@@ -115,6 +116,16 @@ def make_cache(cache_mode: str, cache_env: CacheEnv, start_cache: StartCache) ->
 async def raw_redis(cache_env: CacheEnv) -> AsyncIterator[redis.asyncio.Redis]:
     """A plain redis-py client on the test's db: "another client" that inspects or tampers with entries."""
     client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(cache_env.redis_url, socket_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def admin(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    """A plain client on the test's private ``redis_server``: what an operator (or a fault) does to Redis."""
+    client = redis_server.client()
     try:
         yield client
     finally:

@@ -15,7 +15,6 @@ Lost messages are made the way Redis loses them: the bump and the ``INCR`` of th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -50,15 +49,6 @@ def l2_of(cache: HybridCache) -> RedisL2:
 def backplane_of(cache: HybridCache) -> Backplane:
     assert cache._backplane is not None
     return cache._backplane
-
-
-@pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = redis_server.client()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 class Database:

@@ -54,6 +54,17 @@ async def cut_the_subscription_for_good(cache: HybridCache, admin: Redis) -> Non
     )
 
 
+def settings_as_app_user(server: RedisServer, namespace: str, protocol: int) -> CacheSettings:
+    """The cache connects as the ACL user whose subscribe rights the tests take away. DisconnectedExpiration is
+    long enough that the age bound cannot be what keeps an old value out."""
+    return CacheSettings(
+        service_name=namespace,
+        configuration=f"redis://{USER}:{PASSWORD}@{server.host}:{server.port}",
+        protocol=protocol,
+        backplane={"disconnected_expiration_seconds": 30},
+    )
+
+
 def invalidations(cache: HybridCache) -> dict[str, Callable[[], Awaitable[None]]]:
     return {
         "key": lambda: cache.remove(KEY),
@@ -67,13 +78,7 @@ async def test_the_invalidating_instance_never_serves_what_it_invalidated_while_
     redis_server: RedisServer, namespace: str, protocol: int, admin: Redis, kind: str
 ) -> None:
     db = Database()
-    settings = CacheSettings(
-        service_name=namespace,
-        configuration=f"redis://{USER}:{PASSWORD}@{redis_server.host}:{redis_server.port}",
-        protocol=protocol,
-        # Long enough that the age bound cannot be what keeps the old value out.
-        backplane={"disconnected_expiration_seconds": 30},
-    )
+    settings = settings_as_app_user(redis_server, namespace, protocol)
     async with HybridCache(settings) as cache:
         assert await cache.wait_until_connected(5.0)
         await cut_the_subscription_for_good(cache, admin)
@@ -98,12 +103,7 @@ async def test_a_bump_received_before_trust_was_lost_still_rejects_l1_entries(
     invalidations drop no L1 entry, the generations do the rejecting); then its subscription was cut. The L1
     entry that invalidation made stale must stay rejected although it is young enough for the untrusted bound."""
     db = Database()
-    settings = CacheSettings(
-        service_name=namespace,
-        configuration=f"redis://{USER}:{PASSWORD}@{redis_server.host}:{redis_server.port}",
-        protocol=protocol,
-        backplane={"disconnected_expiration_seconds": 30},
-    )
+    settings = settings_as_app_user(redis_server, namespace, protocol)
     async with HybridCache(settings) as reader, HybridCache(settings) as writer:
         assert await reader.wait_until_connected(5.0)
         assert await writer.wait_until_connected(5.0)

@@ -10,7 +10,6 @@ until its TTL. Each test drives a real load across the gap with a factory it hol
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
 def l2_of(cache: HybridCache) -> RedisL2:
     assert cache._l2 is not None
     return cache._l2
-
-
-@pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = redis_server.client()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 class HeldLoad:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -32,15 +31,6 @@ KEY, PREFIX, TAG = "Shop:Search:ford", "Shop:Search", "shops"
 PAUSE_MS = 120  # under OperationTimeoutMilliseconds (250): the script is held, not timed out
 
 pytestmark = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
-
-
-@pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = redis_server.client()
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def clock_ahead() -> float:
