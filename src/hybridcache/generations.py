@@ -96,15 +96,12 @@ class GenerationTable:
 
     def advance(self, updates: Mapping[str, int]) -> None:
         """Merge counters learnt from an invalidation (they only ever grow, so replays are harmless)."""
-        counters = self._counters
+        counters, during = self._counters, self._during_resync
         for field, generation in updates.items():
             if generation > counters.get(field, 0):
                 counters[field] = generation
-        during = self._during_resync
-        if during is not None:
-            for field, generation in updates.items():
-                if generation > during.get(field, 0):
-                    during[field] = generation
+            if during is not None and generation > during.get(field, 0):
+                during[field] = generation  # kept by replace() where higher than Redis's (older) answer
         self.version += 1
 
     def bump_locally(self, fields: Iterable[str]) -> dict[str, int]:

@@ -252,8 +252,9 @@ class ReadPath(FillPath):
                 if table.trusted
                 else await self._is_current_remotely(header, fields)
             )
+            wall = self._wall()
             removals = self._recent_removals
-            if current and removals and removals.refuses(full_key, header.created, self._wall()):
+            if current and removals and removals.refuses(full_key, header.created, wall):
                 current = False  # removed here after it was written: Redis lost the DEL (see RecentRemovals)
             if not current:
                 self.counters.stale_reads_rejected += 1
@@ -262,7 +263,6 @@ class ReadPath(FillPath):
         except CorruptEntryError as exc:
             await self._discard_corrupt(full_key, exc)
             return None
-        wall = self._wall()
         remaining = header.expires - wall
         if remaining <= 0:
             retain = header.retain - wall

@@ -19,13 +19,13 @@ end
 """
 
 # Shared by every script that trusts the generation hash: the epoch, created if missing, and drawn anew when the
-# hash was written by another server. A snapshot restored on restart, or a lagging replica promoted, holds counters
-# that went back; under a new epoch no stamp made before can look current against them.
+# hash was written by another server (``server``: server_id(), read once per script). A snapshot restored on
+# restart, or a lagging replica promoted, holds counters that went back; under a new epoch no stamp made before can
+# look current against them.
 EPOCH_FUNCTION: Final = (
     SERVER_FUNCTION
     + """
-local function current_epoch(gens, candidate, ttl)
-  local server = server_id()
+local function current_epoch(gens, candidate, ttl, server)
   local stored = redis.call('HMGET', gens, '__epoch__', '__server__')
   local epoch = stored[1]
   if not epoch or stored[2] ~= server then
@@ -60,7 +60,8 @@ CAPTURE: Final = (
     EPOCH_FUNCTION
     + CAPTURE_TOKEN_FUNCTION
     + """
-local result = {current_epoch(KEYS[1], ARGV[1], ARGV[2]), capture_token(KEYS[2], ARGV[3], ARGV[4], server_id())}
+local server = server_id()
+local result = {current_epoch(KEYS[1], ARGV[1], ARGV[2], server), capture_token(KEYS[2], ARGV[3], ARGV[4], server)}
 for i = 5, #ARGV do result[#result + 1] = redis.call('HGET', KEYS[1], ARGV[i]) or '0' end
 return result
 """
@@ -81,7 +82,7 @@ return capture_token(KEYS[1], ARGV[1], ARGV[2], server_id())
 CAPTURE_FIELDS: Final = (
     EPOCH_FUNCTION
     + """
-local result = {current_epoch(KEYS[1], ARGV[1], ARGV[2])}
+local result = {current_epoch(KEYS[1], ARGV[1], ARGV[2], server_id())}
 for i = 3, #ARGV do result[#result + 1] = redis.call('HGET', KEYS[1], ARGV[i]) or '0' end
 return result
 """
@@ -118,7 +119,7 @@ return 1
 INVALIDATE: Final = (
     EPOCH_FUNCTION
     + """
-local epoch = current_epoch(KEYS[1], ARGV[1], ARGV[2])
+local epoch = current_epoch(KEYS[1], ARGV[1], ARGV[2], server_id())
 for i = 3, #KEYS, 2 do redis.call('DEL', KEYS[i], KEYS[i + 1]) end
 local gens = {}
 for i = 8, #ARGV do gens[ARGV[i]] = redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end
