@@ -227,6 +227,30 @@ MUTATIONS = (
         "                    pass",
         ("tests/integration/test_vanished_meta_keys.py",),
     ),
+    Mutation(
+        "generations-are-times",
+        "a bump adds one instead of taking the server's time, so a swept field comes back low (item 8)",
+        "src/hybridcache/redis_scripts.py",
+        "math.max(tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') + 1, now)",
+        "tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0') + 1",
+        ("tests/integration/test_generation_retention.py",),
+    ),
+    Mutation(
+        "retention-cuts-lifetime",
+        "an L2 entry keeps its full TTL, outliving a bump the sweep forgets (item 8)",
+        "src/hybridcache/fill_path.py",
+        "            if ttl_ms > life_ms:\n",
+        "            if False:\n",
+        ("tests/integration/test_generation_retention.py",),
+    ),
+    Mutation(
+        "stamp-floor",
+        "a stamp records no floor: an entry stored after Redis forgot a field looks stale to a mirror that has it",
+        "src/hybridcache/redis.py",
+        "        if floor > 0:\n            stamp[FLOOR_FIELD] = floor\n",
+        "",
+        ("tests/integration/test_generation_retention.py",),
+    ),
 )
 
 

@@ -68,6 +68,8 @@ class CacheState:
     _jitter: float
     _compress_from: int | None
     _fail_safe_duration: float
+    _retention: float
+    _retention_cut_logged: bool
 
     async def _flush_pending(self) -> bool:
         """Publish queued invalidations (the write path implements it; the read path calls it)."""

@@ -179,7 +179,7 @@ class Backplane:
         while True:
             message = await pubsub.get_message(timeout=min(0.05, self._heartbeat_interval))
             if message is not None:
-                pending = await self._handle(message, pending)
+                pending = await self._handle(message, pending, pubsub)
             now = time.monotonic()
             if self._resync_requested and self._table.trusted:
                 self._resync_requested = False
@@ -190,7 +190,7 @@ class Backplane:
                         "Redis holds another generation epoch than this instance (its generations were flushed or "
                         "evicted); resynchronising"
                     )
-                    await self._resync()
+                    await self._resync(pubsub)
                     continue
             if not self._table.trusted and now > subscribe_deadline:
                 raise HeartbeatTimeoutError("subscription was not acknowledged in time")
@@ -212,7 +212,7 @@ class Backplane:
                         seen,
                         published,
                     )
-                    await self._resync()
+                    await self._resync(pubsub)
                     next_heartbeat = now + self._heartbeat_interval
                     continue
                 nonce = secrets.token_hex(8).encode()
@@ -239,7 +239,7 @@ class Backplane:
                 raise MasterChangedError(f"the sentinels name {master[0]}:{master[1]} the master, not {host}:{port}")
 
     async def _handle(
-        self, message: dict[str, Any], pending: tuple[bytes, int, float] | None
+        self, message: dict[str, Any], pending: tuple[bytes, int, float] | None, pubsub: PubSub
     ) -> tuple[bytes, int, float] | None:
         kind = message["type"]
         if kind in ("message", "smessage"):
@@ -261,7 +261,7 @@ class Backplane:
                 logger.warning(
                     "Invalidation messages %d..%d were missed; resynchronising", self.last_sequence + 1, sequence - 1
                 )
-                await self._resync()
+                await self._resync(pubsub)
                 # The counters just loaded already hold this message's bumps (it was published after them): its
                 # own counters are not adopted, so a forged one cannot outlive the resync that it caused.
                 payload = {**payload, "g": dict.fromkeys(payload["g"], 0)}
@@ -269,7 +269,7 @@ class Backplane:
                 self.last_sequence = max(self.last_sequence, sequence)
             self._on_message(payload)
         elif kind in ("subscribe", "ssubscribe"):
-            await self._resync()
+            await self._resync(pubsub)
         elif kind in ("unsubscribe", "sunsubscribe"):
             # We never unsubscribe, so the server did: on a cluster a node that loses the channel's slot (a
             # failover, a slot migration) drops its shard subscribers but keeps the connection, and redis-py
@@ -279,11 +279,11 @@ class Backplane:
             if self.last_sequence < pending[1]:
                 self.gaps_detected += 1
                 logger.warning("Heartbeat found invalidation %d unseen; resynchronising", pending[1])
-                await self._resync()
+                await self._resync(pubsub)
             return None
         return pending
 
-    async def _resync(self) -> None:
+    async def _resync(self, pubsub: PubSub) -> None:
         """Reload the generation table and the message counter from Redis, then trust the table again.
 
         Trust is dropped first: between noticing a gap and the reply (one round trip, or a timeout) the table is
@@ -291,8 +291,7 @@ class Backplane:
         """
         self._lose_trust()
         self._table.begin_resync()
-        async with asyncio.timeout(self._heartbeat_timeout):
-            state = await self._l2.generation_state(guarded=False)
+        state = await self._l2.generation_state(guarded=False, page_timeout=self._heartbeat_timeout)
         epoch_changed = self._table.replace(state.epoch, state.counters)
         self.last_sequence = state.sequence
         self.resyncs += 1

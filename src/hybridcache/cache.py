@@ -129,7 +129,14 @@ class HybridCache(ReadPath, WritePath):
         self._backplane: Backplane | None = None
         remote = redis is not None or settings.redis_endpoint is not None
         # Without Redis this process is the only authority on generations, so its table is always trusted.
-        self._table = GenerationTable(epoch=None if remote else new_epoch(), trusted=not remote)
+        self._retention = settings.generation_retention_hours * 3600.0
+        self._retention_cut_logged = False
+        self._table = GenerationTable(
+            epoch=None if remote else new_epoch(),
+            trusted=not remote,
+            retention_ms=int(self._retention * 1000),
+            wall_clock=wall_clock,
+        )
         self._log = InvalidationLog()
         self._recent_removals = RecentRemovals()
         self._flights: SingleFlight[str, Any] = SingleFlight()
@@ -198,6 +205,7 @@ class HybridCache(ReadPath, WritePath):
                 max_concurrency=_REQUEST_POOL_SIZE,
                 queue_timeout=self.settings.operation_timeout_milliseconds / 1000,
                 cluster=clients.is_cluster,
+                retention_ms=int(self._retention * 1000),
             )
             logger.info("Redis %s (%s) as L2 for %s", endpoint or "client", clients.topology, self._namespace)
             await self._check_reachable(abort=endpoint.abort_connect if endpoint is not None else False)

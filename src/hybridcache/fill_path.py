@@ -67,6 +67,7 @@ class _Capture:
     snapshot: dict[str, int]
     mark: int
     fields: tuple[str, ...]
+    started: float  # this process's clock before Redis was asked: the entry's life counts from here
 
 
 class FillPath(CacheState):
@@ -187,6 +188,7 @@ class FillPath(CacheState):
     async def _capture(self, plan: _Plan) -> _Capture:
         """What a value about to be computed depends on: Redis's generations, ours, and our log position."""
         mark = self._log.sequence
+        started = self._clock()
         fields = fields_for(plan.full_key, self._namespace_length, plan.tags)
         snapshot = self._table.snapshot(fields)
         remote = None
@@ -202,7 +204,7 @@ class FillPath(CacheState):
                     # Redis lost the generation hash (FLUSHDB, eviction) and drew a new epoch: until the table
                     # learns it, every stamp of the new epoch is rejected here and caching is off. Learn it now.
                     self._backplane.request_resync()
-        return _Capture(remote, snapshot, mark, fields)
+        return _Capture(remote, snapshot, mark, fields, started)
 
     async def _store(self, plan: _Plan, value: Any, capture: _Capture) -> None:
         seconds = plan.seconds
@@ -228,6 +230,15 @@ class FillPath(CacheState):
             )
             payload = encode_entry(None if value is None else plan.codec.encode(value), header, self._compress_from)
             ttl_ms = max(1, int((seconds + retain) * 1000))
+            # No entry outlives its capture by more than the generation retention: after that, a generation
+            # bumped since the capture may have been forgotten (generations.py), and the stamp could look current.
+            life_ms = int((self._retention - (self._clock() - capture.started)) * 1000)
+            if life_ms <= 0:
+                self.counters.stale_sets_prevented += 1
+                return
+            if ttl_ms > life_ms:
+                ttl_ms = life_ms
+                self._warn_retention_cut(plan.full_key, seconds + retain)
             try:
                 if self._stale_set_protection:
                     stored = await self._l2.set_if_current(plan.full_key, payload, ttl_ms, remote)
@@ -249,7 +260,9 @@ class FillPath(CacheState):
             return
         if not self._stale_set_protection:
             remote = None  # pretend the value was computed now: the unprotected cache-aside race
-            capture = _Capture(None, self._table.snapshot(capture.fields), capture.mark, capture.fields)
+            capture = _Capture(
+                None, self._table.snapshot(capture.fields), capture.mark, capture.fields, capture.started
+            )
         epoch, generations = (remote.epoch, remote.generations) if remote else (self._table.epoch, capture.snapshot)
         refresh_in = _NEVER if plan.eager_refresh is None else plan.eager_refresh * seconds
         self._put_l1(
@@ -262,6 +275,16 @@ class FillPath(CacheState):
             refresh_in=refresh_in,
             retain=seconds + retain,
         )
+
+    def _warn_retention_cut(self, full_key: str, wanted: float) -> None:
+        if not self._retention_cut_logged:
+            self._retention_cut_logged = True
+            logger.warning(
+                "L2 lifetime of %s cut from %.0f s to GenerationRetentionHours (%.0f s); logged once per cache",
+                full_key,
+                wanted,
+                self._retention,
+            )
 
     def _put_l1(
         self,

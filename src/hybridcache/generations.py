@@ -9,6 +9,16 @@ them in a :class:`GenerationTable`, kept current by the invalidation messages, s
 dict lookups and no I/O. If Redis loses the hash (restart without persistence), a new epoch is drawn and every
 entry stamped with the old one is rejected, so a reset counter can never make an old stamp current again.
 
+**Generations are times.** A bump sets a field to ``max(old + 1, now)`` in milliseconds of the server's clock, so a
+field that was dropped and is bumped again comes back higher than anything it held before. That is what lets the
+hash forget: a field whose last bump is older than the *retention* (``GenerationRetentionHours``) is deleted (a
+few fields per invalidation, see ``redis_scripts.INVALIDATE``), and no entry lives longer than the retention after
+its capture, so no entry made stale by that bump is left to be judged by it. A stamp also records a *floor*
+(:data:`FLOOR_FIELD`): the capture time minus the retention. A field the stamp does not name was at most the floor
+when captured — it was absent, or old enough to be forgotten — and any later bump lands above the floor.
+Counters written by older releases (small integers, below :data:`FIRST_TIMESTAMP`) are never forgotten; their next
+bump turns them into times.
+
 :class:`InvalidationLog` is the in-process complement for the stale-set race on L1: a factory that started before
 an invalidation of its key (exact, prefix or tag) must not put its result into L1 afterwards.
 """
@@ -17,12 +27,20 @@ from __future__ import annotations
 
 import functools
 import secrets
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from hybridcache.keys import ancestors
 
 EPOCH_FIELD = "__epoch__"
+# In a stamp: the capture time minus the retention, the value recorded for every field the stamp does not name.
+FLOOR_FIELD = "~"
+# Generations at or above this are times in milliseconds (2001-09-09); below it, counters of older releases.
+FIRST_TIMESTAMP = 10**12
+# A mirror forgets a field this long after Redis may: late is harmless (a stamp's floor covers what Redis dropped),
+# early is not, so the margin absorbs clock differences between this host and the Redis server.
+MIRROR_MARGIN_MS = 15 * 60 * 1000
 
 
 def prefix_field(prefix: str) -> str:
@@ -47,6 +65,17 @@ def new_epoch() -> str:
     return secrets.token_hex(8)
 
 
+def next_generation(current: int, now_ms: int) -> int:
+    """What a bump makes of ``current``: the clock's time, or one more when the field is already there."""
+    return max(current + 1, now_ms)
+
+
+def is_behind(stamp: Mapping[str, int], current: Mapping[str, int]) -> bool:
+    """True when some counter in ``current`` moved past what ``stamp`` recorded for it."""
+    floor = stamp.get(FLOOR_FIELD, 0)
+    return any(stamp.get(field, floor) < generation for field, generation in current.items())
+
+
 class GenerationTable:
     """This process's mirror of the generation counters, plus whether it may be trusted right now.
 
@@ -54,12 +83,25 @@ class GenerationTable:
     was validated at the current version needs no further check: that is the whole cost of an L1 hit.
     """
 
-    __slots__ = ("_counters", "_during_resync", "epoch", "trusted", "version")
+    __slots__ = ("_clock", "_counters", "_during_resync", "_keep_ms", "epoch", "trusted", "version")
 
-    def __init__(self, epoch: str | None = None, *, trusted: bool = True) -> None:
+    def __init__(
+        self,
+        epoch: str | None = None,
+        *,
+        trusted: bool = True,
+        retention_ms: int | None = None,
+        margin_ms: int = MIRROR_MARGIN_MS,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """``retention_ms``: forget fields whose last bump is older than this (plus ``margin_ms``); None: never."""
+        # Insertion-ordered by last change, so the fields to forget first are at the front (after a resync, which
+        # loads in Redis's order, they drain within the retention).
         self._counters: dict[str, int] = {}
         # Counters applied since the resync in flight read Redis (None when no resync is in flight).
         self._during_resync: dict[str, int] | None = None
+        self._keep_ms = None if retention_ms is None else retention_ms + margin_ms
+        self._clock = wall_clock
         self.epoch = epoch
         self.trusted = trusted
         self.version = 1
@@ -88,9 +130,10 @@ class GenerationTable:
 
     def _moved_past(self, generations: Mapping[str, int], fields: Iterable[str]) -> bool:
         counters = self._counters
+        floor = generations.get(FLOOR_FIELD, 0)
         for field in fields:
             now = counters.get(field)
-            if now is not None and generations.get(field, 0) < now:
+            if now is not None and generations.get(field, floor) < now:
                 return True
         return False
 
@@ -99,19 +142,40 @@ class GenerationTable:
         counters, during = self._counters, self._during_resync
         for field, generation in updates.items():
             if generation > counters.get(field, 0):
+                counters.pop(field, None)  # to the back: the front holds the oldest changes
                 counters[field] = generation
             if during is not None and generation > during.get(field, 0):
                 during[field] = generation  # kept by replace() where higher than Redis's (older) answer
         self.version += 1
+        self._forget_old()
 
     def bump_locally(self, fields: Iterable[str]) -> dict[str, int]:
-        """Increment counters in this process only (L1-only mode, where this table is the authority)."""
+        """Bump counters in this process only (L1-only mode, where this table is the authority)."""
         counters = self._counters
+        now_ms = int(self._clock() * 1000)
         result = {}
         for field in fields:
-            counters[field] = result[field] = counters.get(field, 0) + 1
+            generation = next_generation(counters.pop(field, 0), now_ms)
+            counters[field] = result[field] = generation
         self.version += 1
+        self._forget_old()
         return result
+
+    def _forget_old(self) -> None:
+        """Drop fields last bumped more than the retention (plus the margin) ago, oldest first.
+
+        No version change: an entry that a forgotten bump made stale has expired (entries live at most the
+        retention), and forgetting makes no current entry stale.
+        """
+        if self._keep_ms is None:
+            return
+        counters = self._counters
+        horizon = int(self._clock() * 1000) - self._keep_ms
+        while counters:
+            field, generation = next(iter(counters.items()))
+            if not FIRST_TIMESTAMP <= generation < horizon:
+                return
+            del counters[field]
 
     def begin_resync(self) -> None:
         """Note that a resync is about to read Redis: counters applied from now until :meth:`replace` (this
@@ -136,6 +200,7 @@ class GenerationTable:
         self._counters = fresh
         self.epoch = epoch
         self.version += 1
+        self._forget_old()
         return changed
 
     def set_trusted(self, trusted: bool) -> None:

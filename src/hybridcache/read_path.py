@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from hybridcache._state import _NEVER, TtlLike, seconds_of
 from hybridcache.fill_path import FillPath, _Found, _Plan
-from hybridcache.generations import fields_for
+from hybridcache.generations import fields_for, is_behind
 from hybridcache.memory import L1Entry
 from hybridcache.redis import L2UnavailableError
 from hybridcache.serialization import CorruptEntryError, EntryHeader, ValueCodec, codec_for, decode_entry
@@ -293,8 +293,7 @@ class ReadPath(FillPath):
             epoch, counters = await self._l2.current_generations(fields)
         except L2UnavailableError:
             return False
-        recorded = header.generations
-        return epoch == header.epoch and all(recorded.get(f, 0) >= g for f, g in counters.items())
+        return epoch == header.epoch and not is_behind(header.generations, counters)
 
     async def _discard_corrupt(self, full_key: str, exc: CorruptEntryError) -> None:
         self.counters.corrupt_entries += 1

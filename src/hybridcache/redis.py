@@ -25,10 +25,11 @@ Each request-path call goes through the circuit breaker: while it is open no soc
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -42,7 +43,7 @@ from redis.typing import EncodableT
 from hybridcache import redis_scripts
 from hybridcache.direct_get import GetConnections, get_on_cluster, get_pooled
 from hybridcache.errors import HybridCacheError
-from hybridcache.generations import EPOCH_FIELD, new_epoch
+from hybridcache.generations import EPOCH_FIELD, FLOOR_FIELD, new_epoch
 from hybridcache.resilience import CircuitBreaker, RequestSlots
 from hybridcache.serialization import CorruptEntryError
 
@@ -54,6 +55,8 @@ SERVER_FIELD = "__server__"
 # How long a capture token outlives the capture that created it: a load (factory run) that takes longer than this
 # has its store refused, as if the key had been removed meanwhile. Removals delete the token at once.
 CAPTURE_TOKEN_TTL_MS: Final = 3_600_000
+# How many fields of the generation hash one resync reads per round trip (HSCAN COUNT).
+SYNC_PAGE: Final = 2_000
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
@@ -101,6 +104,7 @@ class RedisL2:
         breaker: CircuitBreaker,
         background_client: Redis | RedisCluster | None = None,
         meta_ttl_ms: int = 7 * 24 * 3600 * 1000,
+        retention_ms: int = 7 * 24 * 3600 * 1000,
         max_concurrency: int = 64,
         queue_timeout: float = 0.25,
         cluster: bool | None = None,
@@ -125,6 +129,7 @@ class RedisL2:
         self.cluster = isinstance(client, RedisCluster) if cluster is None else cluster
         meta = f"{{{instance_name}hybridcache:{namespace}}}"
         self.generations_key = f"{meta}gens"
+        self.sweep_key = f"{meta}gens-sweep"
         self.sequence_key = f"{meta}seq"
         # Pub/sub ignores database numbers while keys do not: caches of one name on two databases of one server
         # must not hear each other's invalidations (their message numbers are per database).
@@ -134,6 +139,9 @@ class RedisL2:
         self.channel = f"{meta}invalidation" if database == 0 else f"{meta}invalidation:db{database}"
         self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
         self._meta_ttl_ms = meta_ttl_ms
+        # Generations last bumped longer ago are forgotten, and no entry outlives its capture by more (see
+        # generations.py): a stamp's floor is the capture's server time minus this.
+        self.retention_ms = retention_ms
         self._capture = client.register_script(redis_scripts.CAPTURE)
         self._capture_fields = client.register_script(redis_scripts.CAPTURE_FIELDS)
         self._capture_key = client.register_script(redis_scripts.CAPTURE_KEY)
@@ -300,19 +308,26 @@ class RedisL2:
             keys = [self.generations_key, self.key_token_key(full_key)]
             args: list[EncodableT] = [new_epoch(), self._meta_ttl_ms, new_epoch(), CAPTURE_TOKEN_TTL_MS, *fields]
             reply = await self._call(lambda: self._capture(keys=keys, args=args))
-            epoch, key_token, *counters = (_text(item) for item in reply)
-            generations = {f: int(g) for f, g in zip(fields, counters, strict=True) if g != "0"}
-            return Capture(epoch=epoch, key_token=key_token, generations=generations)
+            epoch, key_token, now_ms, *counters = (_text(item) for item in reply)
+            return Capture(epoch, key_token, self._stamp(fields, counters, int(now_ms)))
         if mirror is None:
             keys = [self.generations_key]
             args = [new_epoch(), self._meta_ttl_ms, *fields]
             reply = await self._call(lambda: self._capture_fields(keys=keys, args=args))
-            epoch, *counters = (_text(item) for item in reply)
-            mirror = epoch, {f: int(g) for f, g in zip(fields, counters, strict=True) if g != "0"}
+            epoch, now_ms, *counters = (_text(item) for item in reply)
+            mirror = epoch, self._stamp(fields, counters, int(now_ms))
         token_keys = [self.key_token_key(full_key)]
         token_args: list[EncodableT] = [new_epoch(), CAPTURE_TOKEN_TTL_MS]
         raw = await self._call(lambda: self._capture_key(keys=token_keys, args=token_args))
         return Capture(epoch=mirror[0], key_token=_text(raw), generations=mirror[1])
+
+    def _stamp(self, fields: Sequence[str], counters: Sequence[str], now_ms: int) -> dict[str, int]:
+        """The generations a capture records: its floor, and the fields whose counters are above it."""
+        floor = now_ms - self.retention_ms
+        stamp = {f: int(g) for f, g in zip(fields, counters, strict=True) if int(g) > floor}
+        if floor > 0:
+            stamp[FLOOR_FIELD] = floor
+        return stamp
 
     async def set_if_current(self, full_key: str, payload: bytes, ttl_ms: int, capture: Capture) -> bool:
         """Store the entry only if no generation it depends on moved since ``capture`` (atomically)."""
@@ -322,7 +337,8 @@ class RedisL2:
             keys.append(self.generations_key)
             args.append(capture.epoch)
             for field, generation in capture.generations.items():
-                args += (field, generation)
+                if field != FLOOR_FIELD:
+                    args += (field, generation)
         stored = await self._call(lambda: self._set_if_current(keys=keys, args=args))
         return bool(stored)
 
@@ -349,7 +365,7 @@ class RedisL2:
             call = self._call_past_breaker
         else:
             call = self._call
-        keys = [self.generations_key, self.sequence_key]
+        keys = [self.generations_key, self.sequence_key, self.sweep_key]
         if self.cluster:
             for full_key in full_keys:
                 await call(self._removal(full_key))
@@ -364,6 +380,7 @@ class RedisL2:
             sender,
             orjson.dumps(list(full_keys)),
             repr(sent_at),
+            self.retention_ms,
             *fields,
         ]
         reply = await call(lambda: self._invalidate(keys=keys, args=args))
@@ -380,16 +397,28 @@ class RedisL2:
         else:
             await self._call(lambda: self.client.publish(self.channel, payload))
 
-    async def generation_state(self, *, guarded: bool = True) -> GenerationState:
-        """The whole generation table and the last message number, read atomically (new epoch on a new server)."""
+    async def generation_state(self, *, guarded: bool = True, page_timeout: float | None = None) -> GenerationState:
+        """The whole generation table and the last message number (new epoch on a new server).
+
+        The message number and the epoch are read first, atomically; the hash follows in pages of
+        :data:`SYNC_PAGE` fields (each within ``page_timeout``), so a large hash never holds the server for long. A
+        field may be seen twice (the higher value is kept) and a bump made while the pages are read may be missed:
+        its message is numbered after the one read first, so the caller receives it next and applies it.
+        """
         keys = [self.generations_key, self.sequence_key]
         args: list[EncodableT] = [new_epoch(), self._meta_ttl_ms]
-        sequence, flat = await self._call(lambda: self._sync(keys=keys, args=args), guarded=guarded)
-        pairs = [_text(item) for item in flat] if isinstance(flat, list) else _flatten(flat)
-        table = dict(zip(pairs[::2], pairs[1::2], strict=True))
-        epoch = table.pop(EPOCH_FIELD)
-        table.pop(SERVER_FIELD, None)
-        return GenerationState(int(sequence), epoch, {f: int(g) for f, g in table.items()})
+        async with asyncio.timeout(page_timeout):
+            sequence, epoch = await self._call(lambda: self._sync(keys=keys, args=args), guarded=guarded)
+        counters: dict[str, int] = {}
+        cursor = 0
+        while True:
+            scan = functools.partial(self.client.hscan, self.generations_key, cursor, count=SYNC_PAGE)
+            async with asyncio.timeout(page_timeout):
+                cursor, page = await self._call(scan, guarded=guarded)
+            flat = list(page.items()) if isinstance(page, dict) else list(zip(page[::2], page[1::2], strict=True))
+            _merge_counters(counters, ((_text(f), _text(g)) for f, g in flat))
+            if not cursor:
+                return GenerationState(int(sequence), _text(epoch), counters)
 
     async def sequence(self, *, guarded: bool = True) -> int:
         raw = await self._call(lambda: self.background.get(self.sequence_key), guarded=guarded)
@@ -404,7 +433,7 @@ class RedisL2:
         keys = [self.generations_key]
         args: list[EncodableT] = [new_epoch(), self._meta_ttl_ms, *fields]
         reply = await self._call(lambda: self._capture_fields(keys=keys, args=args))
-        epoch, *counters = (_text(item) for item in reply)
+        epoch, _now_ms, *counters = (_text(item) for item in reply)
         return epoch, {f: int(g) for f, g in zip(fields, counters, strict=True) if g != "0"}
 
     async def ping(self) -> bool:
@@ -444,13 +473,13 @@ def parse_message(raw: bytes | str) -> dict[str, Any]:
     return message
 
 
+def _merge_counters(counters: dict[str, int], pairs: Iterable[tuple[str, str]]) -> None:
+    for field, value in pairs:
+        if field not in (EPOCH_FIELD, SERVER_FIELD):
+            generation = int(value)
+            if generation > counters.get(field, 0):
+                counters[field] = generation
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _flatten(mapping: Any) -> list[str]:
-    # Under RESP3 redis-py may hand HGETALL's reply from Lua back as a map.
-    flat: list[str] = []
-    for field, value in dict(mapping).items():
-        flat += (_text(field), _text(value))
-    return flat

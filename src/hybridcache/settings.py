@@ -250,6 +250,9 @@ class CacheSettings(_Section):
     compression_threshold_bytes: OptionalPositiveInt = None
     distributed_lock: DistributedLockSettings = Field(default_factory=DistributedLockSettings)
     protocol: Annotated[Literal[2, 3] | None, BeforeValidator(_protocol), _Expect("2, 3 or null")] = 2
+    # Ours: prefix/tag generations not bumped for this long are forgotten, and no L2 entry outlives its capture by
+    # more (longer TTLs are cut to it). See docs/invalidation.md, "How the generation hash stays bounded".
+    generation_retention_hours: PositiveFloat = 168.0
 
     @field_validator("configuration")
     @classmethod
@@ -290,6 +293,10 @@ class CacheSettings(_Section):
     @property
     def operation_timeout(self) -> timedelta:
         return _ms(self.operation_timeout_milliseconds)
+
+    @property
+    def generation_retention(self) -> timedelta:
+        return timedelta(hours=self.generation_retention_hours)
 
     @property
     def jitter_max_duration(self) -> timedelta:

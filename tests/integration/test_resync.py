@@ -64,8 +64,15 @@ class Database:
 async def lose_a_prefix_invalidation(admin: Redis, cache: HybridCache, prefix: str) -> None:
     """What a message lost on its way looks like: the bump and the message number happen, the delivery not."""
     l2 = l2_of(cache)
-    await admin.hincrby(l2.generations_key, f"p:{prefix}", 1)
+    await bump(admin, l2.generations_key, f"p:{prefix}")
     await admin.incr(l2.sequence_key)
+
+
+async def bump(admin: Redis, generations_key: str, field: str) -> None:
+    """A bump as the invalidation script makes it: the server's time in ms, or one more (generations.py)."""
+    seconds, microseconds = await admin.time()
+    old = int(await admin.hget(generations_key, field) or 0)
+    await admin.hset(generations_key, field, max(old + 1, seconds * 1000 + microseconds // 1000))
 
 
 async def forge(admin: Redis, cache: HybridCache, sequence: int, generations: dict[str, int]) -> None:
@@ -154,9 +161,9 @@ async def test_the_table_is_not_trusted_while_a_gap_is_being_resynchronised(
         trusted_when_asked: list[bool] = []
         generation_state = l2.generation_state
 
-        async def observed(*, guarded: bool = True) -> Any:
+        async def observed(**options: Any) -> Any:
             trusted_when_asked.append(cache._table.trusted)  # what L1 is being held to during the round trip
-            return await generation_state(guarded=guarded)
+            return await generation_state(**options)
 
         l2.generation_state = observed  # type: ignore[method-assign]
         await forge(admin, cache, backplane.last_sequence + 5, {})
@@ -224,8 +231,8 @@ async def test_a_resync_answered_before_our_own_invalidation_does_not_undo_it(
         generation_state = l2.generation_state
         raced: list[bool] = []
 
-        async def answered_before_the_invalidation(*, guarded: bool = True) -> Any:
-            state = await generation_state(guarded=guarded)  # Redis's answer: before the bump
+        async def answered_before_the_invalidation(**options: Any) -> Any:
+            state = await generation_state(**options)  # Redis's answer: before the bump
             if not raced:
                 raced.append(True)
                 db.version = 2

@@ -7,10 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hybridcache.generations import (
+    FLOOR_FIELD,
     GenerationTable,
     InvalidationLog,
     RecentRemovals,
     fields_for,
+    is_behind,
     new_epoch,
     prefix_field,
     tag_field,
@@ -120,12 +122,62 @@ def test_set_trusted_without_a_change_keeps_the_version() -> None:
     assert table.trusted
 
 
-def test_bump_locally_increments_and_returns_the_new_counters() -> None:
-    table = GenerationTable("e1")
-    assert table.bump_locally(["p:A", "t:x"]) == {"p:A": 1, "t:x": 1}
-    assert table.bump_locally(["p:A"]) == {"p:A": 2}
-    assert table.current("p:A") == 2
+def test_bump_locally_sets_the_clock_time_or_one_more_and_returns_the_new_counters() -> None:
+    now = [1_800_000_000.0]
+    table = GenerationTable("e1", wall_clock=lambda: now[0])
+    assert table.bump_locally(["p:A", "t:x"]) == {"p:A": 1_800_000_000_000, "t:x": 1_800_000_000_000}
+    assert table.bump_locally(["p:A"]) == {"p:A": 1_800_000_000_001}  # same millisecond: one more
+    now[0] += 5
+    assert table.bump_locally(["p:A"]) == {"p:A": 1_800_000_005_000}
+    assert table.current("p:A") == 1_800_000_005_000
     assert len(table) == 2
+
+
+def test_a_field_bumped_after_it_was_forgotten_comes_back_above_every_stamp_made_before() -> None:
+    """Why generations are times: a counter dropped and bumped again would restart at 1, below stamps that
+    recorded it before it was dropped, and an entry those stamps made stale would look current again."""
+    now = [1_800_000_000.0]
+    table = GenerationTable("e1", retention_ms=60_000, margin_ms=0, wall_clock=lambda: now[0])
+    first = table.bump_locally(["t:x"])["t:x"]
+    stamp = table.snapshot(["t:x"])  # an entry computed after that bump
+    now[0] += 61
+    table.bump_locally(["t:other"])  # any change sweeps the front: t:x is past the retention
+    assert table.current("t:x") == 0
+    assert len(table) == 1
+    assert table.is_current("e1", stamp, ["t:x"])
+    again = table.bump_locally(["t:x"])["t:x"]
+    assert again > first
+    assert not table.is_current("e1", stamp, ["t:x"])
+
+
+def test_the_mirror_forgets_oldest_first_and_keeps_counters_of_older_releases() -> None:
+    now = [1_800_000_000.0]
+    table = GenerationTable("e1", retention_ms=10_000, margin_ms=5_000, wall_clock=lambda: now[0])
+    table.advance({"p:legacy": 7})  # a counter written by a release before generations were times
+    table.bump_locally(["p:A"])
+    now[0] += 10
+    table.bump_locally(["p:B"])
+    now[0] += 6  # p:A is 16 s old (> 10 s + 5 s margin), p:B 6 s
+    table.advance({"p:C": 1_800_000_016_000})
+    assert table.current("p:legacy") == 7  # not a time: never forgotten, and it holds the front
+    assert table.current("p:A") != 0
+    table.advance({"p:legacy": 1_800_000_016_001})  # its next bump makes it a time and moves it to the back
+    assert table.current("p:A") == 0
+    assert table.current("p:B") != 0
+    assert table.current("p:C") != 0
+
+
+def test_a_stamp_floor_stands_for_every_field_it_does_not_name() -> None:
+    table = GenerationTable("e1")
+    table.advance({"p:A": 1_800_000_000_000})
+    floor_below = {FLOOR_FIELD: 1_799_999_999_999}
+    floor_above = {FLOOR_FIELD: 1_800_000_000_000}
+    assert not table.is_current("e1", floor_below, ["p:A"])
+    assert table.is_current("e1", floor_above, ["p:A"])
+    assert table.is_current("e1", {**floor_below, "p:A": 1_800_000_000_000}, ["p:A"])
+    assert is_behind(floor_below, {"p:A": 1_800_000_000_000})
+    assert not is_behind(floor_above, {"p:A": 1_800_000_000_000})
+    assert is_behind({}, {"p:A": 1})  # a stamp without a floor (older releases): absent means 0
 
 
 def test_replace_with_the_same_epoch_trusts_redis_even_where_it_is_lower() -> None:

@@ -220,6 +220,11 @@ def test_string_values_from_json_are_coerced_like_dotnet_configuration() -> None
         ),
         ({"Protocol": 4}, {}, "TheTechLoopCache:Protocol: expected 2, 3 or null, got 4"),
         (
+            {"GenerationRetentionHours": 0},
+            {},
+            "TheTechLoopCache:GenerationRetentionHours: expected a positive number, got 0",
+        ),
+        (
             {"ServiceName": "my svc"},
             {},
             "TheTechLoopCache:ServiceName: expected a non-empty name without spaces, : or *?[], got 'my svc'",

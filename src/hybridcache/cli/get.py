@@ -12,7 +12,7 @@ import orjson
 from hybridcache.cli.durations import short_duration
 from hybridcache.cli.exits import EXIT_OK, CommandFailed
 from hybridcache.clients import RedisClients
-from hybridcache.generations import fields_for
+from hybridcache.generations import FIRST_TIMESTAMP, FLOOR_FIELD, fields_for
 from hybridcache.keys import namespace
 from hybridcache.redis import L2UnavailableError, RedisL2
 from hybridcache.resilience import CircuitBreaker
@@ -50,10 +50,10 @@ async def run_get(settings: CacheSettings, clients: RedisClients, key: str, as_j
     if epoch != header.epoch:
         reasons.append(f"generation epoch changed ({header.epoch} → {epoch or 'none'}): Redis lost or replaced it")
     else:
+        floor = header.generations.get(FLOOR_FIELD, 0)
         for field, generation in sorted(counters.items()):
-            recorded = header.generations.get(field, 0)
-            if generation > recorded:
-                reasons.append(f"{_describe(field)} invalidated since (generation {recorded} → {generation})")
+            if generation > header.generations.get(field, floor):
+                reasons.append(f"{_describe(field)} invalidated {_bump_time(generation)}, after the entry was computed")
     now = time.time()
     if reasons:
         status = "stale: never served"
@@ -108,6 +108,14 @@ async def run_get(settings: CacheSettings, clients: RedisClients, key: str, as_j
     ]
     print("\n".join(lines), file=out)
     return EXIT_OK
+
+
+def _bump_time(generation: int) -> str:
+    """A generation as a reader wants it: the server time of the bump (older releases counted: generation N)."""
+    if generation < FIRST_TIMESTAMP:
+        return f"(generation {generation})"
+    moment = datetime.fromtimestamp(generation / 1000, UTC)
+    return "at " + moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
 def _describe(field: str) -> str:
