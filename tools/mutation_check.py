@@ -228,6 +228,17 @@ MUTATIONS = (
         ("tests/integration/test_vanished_meta_keys.py",),
     ),
     Mutation(
+        "resync-follows-master",
+        "a resync trusts the table without moving the subscription to the master the sentinels name (item 15)",
+        "src/hybridcache/backplane.py",
+        "        self._lose_trust()\n        await self._follow_master(pubsub)\n",
+        "        self._lose_trust()\n",
+        (
+            "tests/integration/test_sentinel.py::"
+            "test_a_resync_after_a_failover_moves_the_subscription_to_the_new_master",
+        ),
+    ),
+    Mutation(
         "generations-are-times",
         "a bump adds one instead of taking the server's time, so a swept field comes back low (item 8)",
         "src/hybridcache/redis_scripts.py",

@@ -287,9 +287,13 @@ class Backplane:
         """Reload the generation table and the message counter from Redis, then trust the table again.
 
         Trust is dropped first: between noticing a gap and the reply (one round trip, or a timeout) the table is
-        known to have missed something, so L1 is held to the untrusted bound meanwhile.
+        known to have missed something, so L1 is held to the untrusted bound meanwhile. On Sentinel the
+        subscription must be on the master the sentinels name before the table is trusted: a resync is what a
+        failover causes (a new epoch seen by a capture, a gap), and the state read from the new master while
+        subscribed on the old one would be trusted without ever hearing the new master's messages.
         """
         self._lose_trust()
+        await self._follow_master(pubsub)
         self._table.begin_resync()
         state = await self._l2.generation_state(guarded=False, page_timeout=self._heartbeat_timeout)
         epoch_changed = self._table.replace(state.epoch, state.counters)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 import redis.asyncio
@@ -186,6 +186,65 @@ async def test_consistency_holds_across_a_sentinel_failover(
     assert not stale_after_demotion, f"stale once the old master was demoted: {stale_after_demotion[:5]}"
     assert len(set(after)) == 1, after
     assert after[0] not in before, f"epoch {before} -> {after}: not renewed by the failover"
+
+
+@pytest.mark.slow
+async def test_a_resync_after_a_failover_moves_the_subscription_to_the_new_master(
+    private_sentinel: RedisSentinelSetup, namespace: str
+) -> None:
+    """Issue 13, item 15: one instance's request connections reach the new master before its heartbeat has moved
+    its subscription (they resolve the master when they connect). A read there finds the new master's epoch and
+    asks for a resync; the resync must move the subscription first, or the table is trusted with the new master's
+    state while listening to the old master, which no longer carries anyone's invalidations. The lagging
+    instance's heartbeat is 30 s here, so only the resync can move it."""
+    setup = private_sentinel
+    slow = HEARTBEAT.model_copy(update={"heartbeat_interval_seconds": 30.0, "heartbeat_timeout_seconds": 5.0})
+    async with (
+        running_caches(setup.configuration, namespace, count=1) as (writer,),
+        running_caches(setup.configuration, namespace, count=1, backplane=slow) as (lagging,),
+    ):
+        source = {"K": 1}
+
+        def load() -> Callable[[], Awaitable[int]]:
+            async def factory() -> int:
+                return source["K"]
+
+            return factory
+
+        assert await lagging.get_or_create("K", load()) == 1
+        old_master = setup.master()
+        await asyncio.to_thread(setup.failover, demoted=False)
+        assert setup.master() != old_master
+
+        async def writer_moved() -> bool:
+            await writer.get_or_create("warm", const("w"))
+            return writer._table.epoch != epochs([lagging])[0] and writer.stats().backplane == "connected"
+
+        await wait_until(writer_moved, timeout=10, interval=0.05, message="the writer never moved to the new master")
+        assert lagging._client is not None
+        await lagging._client.connection_pool.disconnect()  # its next request connection resolves the new master
+        resyncs = lagging.stats().backplane_resyncs
+        probes = (f"probe:{n}" for n in itertools.count())
+
+        async def lagging_resynced() -> bool:
+            await lagging.get_or_create(next(probes), const("p"))  # a miss: its capture meets the new epoch
+            return lagging.stats().backplane_resyncs > resyncs and lagging._table.trusted
+
+        await wait_until(lagging_resynced, timeout=10, interval=0.05, message="the lagging instance never resynced")
+        assert lagging._table.epoch == writer._table.epoch
+
+        source["K"] = 2
+        await writer.remove("K")
+
+        async def fresh() -> bool:
+            return await lagging.get_or_create("K", load()) == 2
+
+        await wait_until(
+            fresh,
+            timeout=2.0,
+            interval=0.02,
+            message="the lagging instance kept serving the value the writer removed on the new master",
+        )
 
 
 @pytest.mark.slow
