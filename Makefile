@@ -68,7 +68,7 @@ test: $(STAMP) redis-server lint typecheck
 
 ## The multi-process fault matrix (tests/faults): 3 processes, a fault injected into a private Redis, ~15 s each.
 test-faults: $(STAMP) redis-server
-	HC_FAULT_MATRIX=1 $(BIN)/pytest -q tests/faults
+	$(BIN)/pytest -q tests/faults
 
 ## The quick loop while developing: skips suites marked slow.
 test-fast: $(STAMP) redis-server

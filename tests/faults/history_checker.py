@@ -48,6 +48,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import os
 import random
 import shutil
@@ -82,6 +83,13 @@ DISCONNECTED_EXPIRATION = _DEFAULT_BACKPLANE.disconnected_expiration_seconds
 # Row "backplane connected": until the message is delivered and handled. 50 ms is the deadline the integration
 # suites hold other instances to (PROPAGATION_BOUND in tests/integration/test_consistency.py).
 PROPAGATION_BOUND = 0.05
+# "Handled" needs the reading process to run: a process whose event loop was held (CPU starvation on a busy 2-core
+# machine, a long GC pause) cannot handle a message that is waiting in its socket. Each worker measures how late its
+# health sampler wakes; a wake later than STALL_THRESHOLD is recorded as a stall, and a read that starts during a
+# stall of its own process, or within PROPAGATION_BOUND after it, is held to PROPAGATION_BOUND + the stall (rounded
+# up to STALL_QUANTUM). Stalls are reported with every run.
+STALL_THRESHOLD = 0.02
+STALL_QUANTUM = 0.01
 # Row "connection dropped visibly (CLIENT KILL, restart, ...)": L1 entries younger than
 # DisconnectedExpirationSeconds until the resync; none after. Defaults column: 1 s.
 VISIBLE_DROP_BOUND = DISCONNECTED_EXPIRATION
@@ -201,6 +209,15 @@ class HealthEvent:
         return self.backplane, self.pending, self.resyncs
 
 
+@dataclass(frozen=True, slots=True)
+class Stall:
+    """A span in which a worker's event loop did not run (its health sampler woke this late)."""
+
+    worker: int
+    start: float
+    end: float
+
+
 # -------------------------------------------------------------------------------------------------- the checker
 
 
@@ -215,19 +232,47 @@ class BoundPolicy:
       - the write's invalidation returned inside a ``publish_window`` (the writer may not have been able to
         publish): then not before that window's ``deadline`` (the outage's end + :data:`PUBLISH_RETRY_BOUND`).
       When both apply the later time counts: each is a separately documented allowance.
+    * A read that started during a stall of its own worker, or within ``propagation`` after it: ``propagation`` +
+      the stall's length (rounded up to :data:`STALL_QUANTUM`), at least; the message could not be handled sooner.
     """
 
     propagation: float = PROPAGATION_BOUND
     outage_allowance: float = 0.0
     read_windows: tuple[tuple[float, float], ...] = ()
     publish_windows: tuple[tuple[float, float, float], ...] = ()  # (from, to, deadline) over write.done
+    stalls: tuple[Stall, ...] = ()
+    _stall_starts: dict[int, list[float]] = field(default_factory=dict, compare=False, repr=False)
+    _stall_lists: dict[int, list[Stall]] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by_worker: dict[int, list[Stall]] = defaultdict(list)
+        for stall in sorted(self.stalls, key=lambda s: s.start):
+            by_worker[stall.worker].append(stall)
+        self._stall_lists.update(by_worker)
+        self._stall_starts.update({w: [s.start for s in stalls] for w, stalls in by_worker.items()})
 
     def read_allowance(self, read: Read) -> float:
         """The bound for ``read`` against another worker's write, before any publish deadline."""
+        allowance = max(self.propagation, self.stall_allowance(read))
         for start, end in self.read_windows:
             if start <= read.started <= end:
-                return max(self.propagation, self.outage_allowance)
-        return self.propagation
+                return max(allowance, self.outage_allowance)
+        return allowance
+
+    def stall_allowance(self, read: Read) -> float:
+        """``propagation`` + the longest stall of the reading worker that the read started in or just after; 0 if
+        none."""
+        stalls = self._stall_lists.get(read.worker)
+        if not stalls:
+            return 0.0
+        longest = 0.0
+        index = bisect.bisect_right(self._stall_starts[read.worker], read.started) - 1
+        while index >= 0 and stalls[index].end + self.propagation >= read.started:
+            longest = max(longest, stalls[index].end - stalls[index].start)
+            index -= 1
+        if longest == 0.0:
+            return 0.0
+        return self.propagation + STALL_QUANTUM * math.ceil(round(longest / STALL_QUANTUM, 6))
 
     def publish_deadline(self, write: Write) -> float | None:
         """The documented deadline for a write whose invalidation may not have been published, else None."""
@@ -568,7 +613,11 @@ FAULTS: dict[str, FaultSpec] = {
 
 
 def policy_for(
-    spec: FaultSpec, injections: Sequence[Injection], health: Sequence[HealthEvent], run_end: float
+    spec: FaultSpec,
+    injections: Sequence[Injection],
+    health: Sequence[HealthEvent],
+    run_end: float,
+    stalls: Sequence[Stall] = (),
 ) -> tuple[BoundPolicy, list[dict[str, Any]]]:
     """The run's :class:`BoundPolicy` and, per outage, its window: from the action's start until the last change
     of any worker's recovery state (trust, queued invalidations, resyncs) before the next outage, the run's end,
@@ -616,6 +665,7 @@ def policy_for(
         outage_allowance=spec.outage_allowance or 0.0,
         read_windows=tuple(read_windows),
         publish_windows=tuple(publish_windows),
+        stalls=tuple(stalls),
     )
     return policy, described
 
@@ -672,6 +722,7 @@ class Worker:
         self.reads: list[Read] = []
         self.writes: list[Write] = []
         self.health: list[HealthEvent] = []
+        self.stalls: list[Stall] = []
         self.errors: list[str] = []
         self.factory_runs = 0
         self.deadline = 0.0
@@ -777,7 +828,13 @@ class Worker:
 
     async def _monitor(self) -> None:
         last: tuple[str, int, int, str] | None = None
+        woke = time.monotonic()
         while True:
+            now = time.monotonic()
+            due = woke + HEALTH_SAMPLE_INTERVAL
+            if now - due > STALL_THRESHOLD:
+                self.stalls.append(Stall(self.config.worker, due, now))
+            woke = now
             stats = self.cache.stats()
             state = (stats.backplane, stats.pending_invalidations, stats.backplane_resyncs, stats.circuit)
             if state != last:
@@ -799,6 +856,8 @@ class Worker:
                 out.write(json.dumps(["w", w.key, w.version, w.done, w.kind]) + "\n")
             for h in self.health:
                 out.write(json.dumps(["h", h.at, h.backplane, h.pending, h.resyncs, h.circuit]) + "\n")
+            for p in self.stalls:
+                out.write(json.dumps(["p", p.start, p.end]) + "\n")
             summary = {"stats": stats, "errors": self.errors[:50], "error_count": len(self.errors)}
             summary["factory_runs"] = self.factory_runs
             out.write(json.dumps(["s", summary]) + "\n")
@@ -884,6 +943,7 @@ class RunResult:
     policy: dict[str, Any]
     duration: float
     command: str
+    stalls: dict[str, Any] = field(default_factory=dict)  # see _stall_facts
     contexts: dict[int, dict[str, Any]] = field(default_factory=dict)  # by id() of a violation: see _Context
     json_path: str = ""
 
@@ -925,6 +985,7 @@ class RunResult:
             "doc_rows": self.doc_rows,
             "policy": self.policy,
             "windows": self.windows,
+            "stalls": self.stalls,
             "read_sources": self.sources,
             "violation_sources": self.violation_sources,
             "write_kinds": self.write_kinds,
@@ -947,6 +1008,11 @@ class RunResult:
                     else ""
                 )
                 + (f"; {window['note']}" if window["note"] else "")
+            )
+        if self.stalls.get("count"):
+            lines.append(
+                f"  stalls: {self.stalls['count']} (longest {self.stalls['longest_ms']} ms); "
+                f"{self.stalls['reads_extended']} reads held to 50 ms + a stall of their own process"
             )
         for worker in self.workers:
             stats = worker["stats"]
@@ -994,6 +1060,7 @@ class _History:
     reads: list[Read] = field(default_factory=list)
     writes: list[Write] = field(default_factory=list)
     health: list[HealthEvent] = field(default_factory=list)
+    stalls: list[Stall] = field(default_factory=list)
     summaries: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -1011,6 +1078,8 @@ def _load_histories(paths: Sequence[Path]) -> _History:
                     history.writes.append(Write(record[1], record[2], worker, record[3], record[4]))
                 elif tag == "h":
                     history.health.append(HealthEvent(worker, *record[1:]))
+                elif tag == "p":
+                    history.stalls.append(Stall(worker, record[1], record[2]))
                 elif tag == "s":
                     summary = {"worker": worker, **record[1]}
         if summary is None:
@@ -1233,7 +1302,7 @@ def _run_in(
         server.close()
 
     history = _load_histories([c.history_file for c in configs])
-    policy, windows = policy_for(spec, injections, history.health, run_end=deadline)
+    policy, windows = policy_for(spec, injections, history.health, run_end=deadline, stalls=history.stalls)
     violations = find_violations(history.reads, history.writes, policy)
     context = _Context(history)
     result = RunResult(
@@ -1258,12 +1327,21 @@ def _run_in(
             "publish_retry_s": PUBLISH_RETRY_BOUND if spec.writer_may_not_publish else None,
             "read_windows": policy.read_windows,
             "publish_windows": policy.publish_windows,
+            "stall_threshold_s": STALL_THRESHOLD,
         },
+        stalls=_stall_facts(history, policy),
         duration=time.monotonic() - began,
         command=command,
     )
     result.contexts = {id(v): context.describe(v) for v in [*violations[:_DESCRIBED], *result.examples(5)]}
     return result
+
+
+def _stall_facts(history: _History, policy: BoundPolicy) -> dict[str, Any]:
+    """How often the workers' event loops were held, and how many reads that gave a longer allowance."""
+    longest = max((s.end - s.start for s in history.stalls), default=0.0)
+    extended = sum(1 for r in history.reads if policy.stall_allowance(r) > policy.propagation)
+    return {"count": len(history.stalls), "longest_ms": round(1000 * longest, 1), "reads_extended": extended}
 
 
 def _server_facts(server: RedisServer, spec: FaultSpec) -> dict[str, Any]:
