@@ -944,6 +944,10 @@ class RunResult:
     duration: float
     command: str
     stalls: dict[str, Any] = field(default_factory=dict)  # see _stall_facts
+    # Reads (within their bound or not) that returned an older version than a write that had returned before they
+    # started on another worker, and the longest such lag: what the bounds were actually needed for.
+    lagging_reads: int = 0
+    worst_lag_ms: float = 0.0
     contexts: dict[int, dict[str, Any]] = field(default_factory=dict)  # by id() of a violation: see _Context
     json_path: str = ""
 
@@ -981,6 +985,8 @@ class RunResult:
             "writes": self.writes,
             "stale_reads": self.stale_reads,
             "worst_staleness_ms": round(self.worst_staleness_ms, 1),
+            "lagging_reads": self.lagging_reads,
+            "worst_lag_ms": self.worst_lag_ms,
             "evicted_keys": self.evicted_keys,
             "doc_rows": self.doc_rows,
             "policy": self.policy,
@@ -1041,7 +1047,10 @@ class RunResult:
 
 _DESCRIBED = 500  # violations written to the JSON result with their context
 
-TABLE_HEADER = f"{'fault':<30} {'reads':>8} {'writes':>7} {'stale reads':>11} {'worst ms':>9} {'evicted':>8}  seed"
+TABLE_HEADER = (
+    f"{'fault':<30} {'reads':>8} {'writes':>7} {'stale reads':>11} {'worst ms':>9} "
+    f"{'lagging':>8} {'lag ms':>8} {'evicted':>8}  seed"
+)
 
 
 def format_table(results: Iterable[RunResult], *, header: bool = True) -> str:
@@ -1050,7 +1059,7 @@ def format_table(results: Iterable[RunResult], *, header: bool = True) -> str:
         evicted = "-" if r.evicted_keys is None else str(r.evicted_keys)
         rows.append(
             f"{r.label:<30} {r.reads:>8} {r.writes:>7} {r.stale_reads:>11} {r.worst_staleness_ms:>9.1f} "
-            f"{evicted:>8}  {r.seed}"
+            f"{r.lagging_reads:>8} {r.worst_lag_ms:>8.1f} {evicted:>8}  {r.seed}"
         )
     return "\n".join(rows)
 
@@ -1304,6 +1313,7 @@ def _run_in(
     history = _load_histories([c.history_file for c in configs])
     policy, windows = policy_for(spec, injections, history.health, run_end=deadline, stalls=history.stalls)
     violations = find_violations(history.reads, history.writes, policy)
+    lagging = find_violations(history.reads, history.writes, BoundPolicy(propagation=0.0))
     context = _Context(history)
     result = RunResult(
         fault=spec.name,
@@ -1330,6 +1340,8 @@ def _run_in(
             "stall_threshold_s": STALL_THRESHOLD,
         },
         stalls=_stall_facts(history, policy),
+        lagging_reads=len(lagging),
+        worst_lag_ms=round(max((1000 * v.staleness for v in lagging), default=0.0), 1),
         duration=time.monotonic() - began,
         command=command,
     )
