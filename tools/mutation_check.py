@@ -157,8 +157,8 @@ MUTATIONS = (
         "resync-distrusts-first",
         "the table stays trusted while a gap is resynchronised (item 11)",
         "src/hybridcache/backplane.py",
-        "        self._lose_trust()\n        self._table.begin_resync()",
-        "        self._table.begin_resync()",
+        "        self._lose_trust()\n        await self._follow_master(pubsub)\n",
+        "        await self._follow_master(pubsub)\n",
         ("tests/integration/test_resync.py",),
     ),
     Mutation(
