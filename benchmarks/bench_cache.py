@@ -14,7 +14,7 @@ Measured in one run, round-robin (see ``_common``), each as median ns/op of a lo
   alone, ``decode`` alone and a client without socket timeouts for reference.
 * ``raw GET on a connection of its own + decode`` — the same GET written and read on one connection made by the
   client's pool and kept aside, as the cache's own L2 read does on a standalone server
-  (``hybridcache.direct_get.GetConnections``): no ``execute_command`` wrappers, no pool checkout. For reference:
+  (``hybridcache._redis.direct_get.GetConnections``): no ``execute_command`` wrappers, no pool checkout. For reference:
   the cache's L2 hit against this row is the cost of the cache's own work alone, the GET being the same.
 * ``get_or_create L2 hit`` — a cache with ``MemoryCache.Enabled: false``, so every call reads Redis, checks the
   envelope and decodes the DTO.
@@ -42,7 +42,7 @@ from pydantic import TypeAdapter
 from benchmarks._common import Timing, Variant, format_ns, format_table, measure, paired_ratio, write_results
 from dealership.dto import DealershipDto, StateProvinceDto, ZipCodeDto
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.serialization import decode_entry
+from hybridcache._serialization import decode_entry
 from tests.support.redis_server import RedisServer
 
 L1_TARGET_NS = 1_500

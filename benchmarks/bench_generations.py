@@ -30,10 +30,10 @@ from redis.asyncio import Redis
 
 from benchmarks._common import format_table, write_results
 from benchmarks._peers_common import load_average, private_redis
-from hybridcache.generations import GenerationTable
-from hybridcache.redis import SYNC_PAGE, RedisL2
-from hybridcache.redis_scripts import SWEEP_COUNT
-from hybridcache.resilience import CircuitBreaker
+from hybridcache._generations import GenerationTable
+from hybridcache._redis.l2 import SYNC_PAGE, RedisL2
+from hybridcache._redis.scripts import SWEEP_COUNT
+from hybridcache._resilience import CircuitBreaker
 
 RETENTION_MS = 3_600_000
 FILL_BATCH = 10_000

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks._common import Variant, format_ns, format_table, measure, write_results
-from hybridcache.memory import L1Entry, MemoryStore
+from hybridcache._memory import L1Entry, MemoryStore
 
 KEYS = 100_000
 CAPACITY = 1_024

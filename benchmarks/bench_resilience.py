@@ -37,8 +37,8 @@ from typing import Any
 
 from benchmarks._common import Variant, format_ns, format_table, measure, write_results
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.generations import fields_for
-from hybridcache.resilience import CircuitState
+from hybridcache._generations import fields_for
+from hybridcache._resilience import CircuitState
 from hybridcache.settings import CircuitBreakerSettings, DistributedLockSettings, MemoryCacheSettings
 from tests.support.redis_server import RedisServer
 

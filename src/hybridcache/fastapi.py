@@ -98,8 +98,7 @@ def configure(
         app.state.session_factory = session_factory
 
 
-def state_of(request: Request, name: str, hint: str) -> Any:
-    """What the application published as ``app.state.<name>``; a RuntimeError saying ``hint`` when it did not."""
+def _state(request: Request, name: str, hint: str) -> Any:
     value = getattr(request.app.state, name, None)
     if value is None:
         raise RuntimeError(f"app.state.{name} is not set: {hint}")
@@ -108,13 +107,13 @@ def state_of(request: Request, name: str, hint: str) -> Any:
 
 def get_cache(request: Request) -> HybridCache:
     """The application's cache (set by :func:`hybridcache_lifespan` or :func:`configure`)."""
-    cache: HybridCache = state_of(request, "hybridcache", "use hybridcache_lifespan() or configure(app, cache=...)")
+    cache: HybridCache = _state(request, "hybridcache", "use hybridcache_lifespan() or configure(app, cache=...)")
     return cache
 
 
 def get_mediator(request: Request) -> Mediator[Any]:
     """The application's mediator (set by :func:`hybridcache_lifespan` or :func:`configure`)."""
-    mediator: Mediator[Any] = state_of(
+    mediator: Mediator[Any] = _state(
         request, "mediator", "pass build_mediator to hybridcache_lifespan() or call configure(app, mediator=...)"
     )
     return mediator

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.resilience import CircuitState
+from hybridcache._resilience import CircuitState
 from hybridcache.settings import CircuitBreakerSettings
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until

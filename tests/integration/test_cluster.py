@@ -42,7 +42,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.resilience import CircuitState
+from hybridcache._resilience import CircuitState
 from tests.integration.conftest import INSTANCE_NAME, L1_L2, L2_ONLY, CacheEnv
 from tests.integration.test_consistency import (
     HEARTBEAT,

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from hybridcache import CacheSettings, HybridCache
+from hybridcache._resilience import CircuitState
 from hybridcache.cache import FactoryTimeoutError
-from hybridcache.resilience import CircuitState
 from hybridcache.settings import CircuitBreakerSettings, FailSafeSettings, MemoryCacheSettings
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until

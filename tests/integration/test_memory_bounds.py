@@ -16,7 +16,7 @@ import tracemalloc
 import pytest
 
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.generations import fields_for
+from hybridcache._generations import fields_for
 from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
 from tests.support.redis_server import RedisServer
 

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.redis import RedisL2
+from hybridcache._redis.l2 import RedisL2
 from tests.support.redis_server import RedisServer
 
 KEY = "Car:7"

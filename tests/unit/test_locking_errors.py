@@ -1,5 +1,5 @@
 """How the distributed lease lock classifies errors: a failed Redis call becomes L2UnavailableError (taking the
-lease) or is swallowed (releasing it), as :func:`hybridcache.redis.is_redis_failure` decides for every L2 call,
+lease) or is swallowed (releasing it), as :func:`hybridcache._redis.l2.is_redis_failure` decides for every L2 call,
 and counts towards the circuit breaker like any request-path call; anything else is a bug and propagates.
 Against a real redis-server, killed mid-test."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.redis import L2UnavailableError
+from hybridcache._redis.l2 import L2UnavailableError
 from tests.support.redis_server import RedisServer
 
 

@@ -11,7 +11,6 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from hybridcache.fastapi import state_of
 from hybridcache.persistence.unit_of_work import UnitOfWork
 
 __all__ = ["UnitOfWorkDep", "get_unit_of_work"]
@@ -20,9 +19,11 @@ __all__ = ["UnitOfWorkDep", "get_unit_of_work"]
 async def get_unit_of_work(request: Request) -> AsyncIterator[UnitOfWork]:
     """A unit of work for this HTTP request, over ``app.state.session_factory``: commit it explicitly (command
     handlers do); anything uncommitted is rolled back when the request is done."""
-    session_factory: Callable[[], AsyncSession] = state_of(
-        request, "session_factory", "call configure(app, session_factory=create_session_factory(engine))"
-    )
+    session_factory: Callable[[], AsyncSession] | None = getattr(request.app.state, "session_factory", None)
+    if session_factory is None:
+        raise RuntimeError(
+            "app.state.session_factory is not set: call configure(app, session_factory=create_session_factory(engine))"
+        )
     async with UnitOfWork(session_factory) as uow:
         yield uow
 
