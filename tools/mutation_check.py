@@ -104,9 +104,9 @@ MUTATIONS = (
     Mutation(
         "detach-loads-on-invalidation",
         "an invalidation does not detach in-flight loads of the keys it covers",
-        "src/hybridcache/_core/write_path.py",
-        "                flights.forget(full_key)\n                leads.pop(full_key, None)",
-        "                pass",
+        "src/hybridcache/_core/loads.py",
+        "            flights.forget(full_key)\n            leads.pop(full_key, None)",
+        "            pass",
         ("tests/integration/test_invalidation.py",),
     ),
     Mutation(
@@ -149,7 +149,7 @@ MUTATIONS = (
         "resync-detaches-loads",
         "a resync leaves in-flight loads attached (item 3)",
         "src/hybridcache/_core/write_path.py",
-        "        self._flights.forget_where(lambda _: True)\n        self._leads.clear()\n        if self._l1",
+        "        self._loads.detach_all()\n        if self._l1",
         "        if self._l1",
         ("tests/integration/test_resync.py",),
     ),

@@ -280,6 +280,11 @@ class SingleFlight(Generic[K, V]):
             del self._flights[key]
         return len(doomed)
 
+    def cancel_all(self) -> None:
+        """Cancel every run in flight; each leaves as it completes."""
+        for flight in list(self._flights.values()):
+            flight.cancel()
+
     def _finished(self, key: K, flight: asyncio.Future[V]) -> None:
         if self._flights.get(key) is flight:
             del self._flights[key]

@@ -43,7 +43,7 @@ from hybridcache._redis.clients import AnyRedis, Redis, RedisClients, connect, w
 from hybridcache._redis.l2 import L2UnavailableError, RedisL2
 from hybridcache._redis.lock import DistributedSingleFlight
 from hybridcache._redis.registry import InstanceKeys, InstanceRegistry
-from hybridcache._resilience import CircuitBreaker, SingleFlight, cancel_and_wait
+from hybridcache._resilience import CircuitBreaker, cancel_and_wait
 from hybridcache._serialization import codec_for
 from hybridcache.errors import HybridCacheError
 from hybridcache.keys import namespace, normalize_prefix, validate_key
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from hybridcache._core.tracing import CacheTracer
 
 from hybridcache._core.fill_path import _Found, _no_factory
+from hybridcache._core.loads import InFlightLoads
 from hybridcache._core.read_path import ReadPath, _LeaderGone
 from hybridcache._core.state import _NEVER, TtlLike
 from hybridcache._core.write_path import DEFAULT_CLOSE_FLUSH_TIMEOUT, WritePath
@@ -136,9 +137,8 @@ class HybridCache(ReadPath, WritePath):
         )
         self._log = InvalidationLog()
         self._recent_removals = RecentRemovals()
-        self._flights: SingleFlight[str, Any] = SingleFlight()
-        # Per key, the caller reading L2 for everyone and then the load it started (see ReadPath._lead).
-        self._leads: dict[str, asyncio.Future[Any]] = {}
+        # Per key, the load in flight and the caller reading L2 for everyone before it (see ReadPath._lead).
+        self._loads = InFlightLoads()
         self._pending: deque[tuple[list[str], list[str]]] = deque()
         self._retry_task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
@@ -367,10 +367,10 @@ class HybridCache(ReadPath, WritePath):
 
         if self._l2 is None:
             planned = plan()
-            result: T = await self._flights.run(full_key, lambda: self._load(planned, None))
+            result: T = await self._loads.run(full_key, lambda: self._load(planned, None))
             return result
         for _ in range(3):  # a follower whose leader was cancelled tries again, as leader or follower
-            lead = self._leads.get(full_key)
+            lead = self._loads.lead_of(full_key)
             if lead is None:
                 eager = eager_refresh if eager_refresh is not None else self.settings.eager_refresh_threshold
                 led: T = await self._lead(full_key, codec_for(type_), eager, plan)
@@ -386,7 +386,7 @@ class HybridCache(ReadPath, WritePath):
             joined: T = await asyncio.shield(outcome)
             return joined
         planned = plan()
-        fallback: T = await self._flights.run(full_key, lambda: self._load(planned, None))
+        fallback: T = await self._loads.run(full_key, lambda: self._load(planned, None))
         return fallback
 
     async def get(self, key: str, *, type_: Any = None, default: Any = None) -> Any:

@@ -70,7 +70,7 @@ async def test_a_thousand_concurrent_callers_on_a_cold_key_run_the_factory_once(
     assert factory.runs == 1
     assert results == ["dealership-42"] * CALLERS
     assert cache.counters.handler_runs == 1
-    assert len(cache._flights) == 0
+    assert len(cache._loads) == 0
 
 
 async def test_the_factory_exception_reaches_every_caller_and_nothing_is_cached(cache: HybridCache) -> None:
@@ -166,7 +166,7 @@ async def test_with_the_distributed_lock_four_instances_run_the_factory_once_in_
 
         assert runs_per_trial == [1] * TRIALS
         assert sum(c.counters.handler_runs for c in caches) == TRIALS
-        assert all(len(c._flights) == 0 and c._dlock is not None and len(c._dlock) == 0 for c in caches)
+        assert all(len(c._loads) == 0 and c._dlock is not None and len(c._dlock) == 0 for c in caches)
 
 
 async def test_a_lease_taken_after_another_instance_filled_the_key_does_not_run_the_factory_again(
@@ -401,8 +401,7 @@ async def test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills(
             waited = time.monotonic() - began
         finally:
             stuck.cancel()
-            for flight in list(holder._flights._flights.values()):
-                flight.cancel()
+            holder._loads.cancel_all()
 
         assert result == "fallback"
         assert 0.25 <= waited < 2.0, f"fallback after {waited:.2f}s, expected about the 0.3 s wait timeout"

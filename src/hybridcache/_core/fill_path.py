@@ -153,7 +153,7 @@ class FillPath(CacheState):
         loading the key, and its value reaches them through L2). Without Redis to ask, it refreshes anyway.
         """
         refresh_key = plan.full_key + "\x00refresh"
-        if refresh_key in self._flights:
+        if refresh_key in self._loads:
             return
 
         async def refresh() -> None:
@@ -162,7 +162,7 @@ class FillPath(CacheState):
             except Exception as exc:  # the entry in hand stays valid until it expires
                 logger.warning("Eager refresh of %s failed: %s: %s", plan.full_key, exc.__class__.__name__, exc)
 
-        task = asyncio.ensure_future(self._flights.run(refresh_key, refresh))
+        task = asyncio.ensure_future(self._loads.run(refresh_key, refresh))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -45,9 +45,8 @@ class ReadPath(FillPath):
         load shares it (one GET and one factory run per key per process, however many callers). An invalidation
         of the key drops the lead (see ``WritePath._apply_locally``): later callers never share an older read.
         """
-        lead: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        leads = self._leads
-        leads[full_key] = lead
+        loads = self._loads
+        lead = loads.open_lead(full_key)
         handed_over = False
         try:
             found = await self._read_l2(full_key, codec, eager, plan)
@@ -56,17 +55,15 @@ class ReadPath(FillPath):
                 lead.set_result(found)
                 return found.value
             planned = plan()
-            flight = self._flights.start(full_key, lambda: self._load(planned, found))
-            lead.set_result(flight)
+            flight = loads.hand_over(full_key, lead, lambda: self._load(planned, found))
             handed_over = True
-            flight.add_done_callback(lambda _: leads.pop(full_key, None) if leads.get(full_key) is lead else None)
             return await asyncio.shield(flight)
         finally:
             if not lead.done():
                 lead.set_exception(_LeaderGone())
                 lead.exception()  # followers may all be gone: never report it as unretrieved
-            if not handed_over and leads.get(full_key) is lead:
-                del leads[full_key]
+            if not handed_over:
+                loads.close_lead(full_key, lead)
 
     def _plan(
         self,

@@ -1,8 +1,9 @@
 """The state a :class:`~hybridcache.cache.HybridCache` is made of, declared in one place.
 
-The cache's read path (``read_path.py``, over ``fill_path.py``) and write path (``write_path.py``), in this package, live in their
-own modules as mixins of :class:`CacheState`; declaring every attribute here lets each of them type-check on its
-own. ``cache.py`` sets them all in ``HybridCache.__init__``.
+The cache's read path (``read_path.py``, over ``fill_path.py``) and write path (``write_path.py``), in this
+package, are mixins of :class:`CacheState`; declaring every attribute here lets each of them type-check on its
+own. ``cache.py`` sets them all in ``HybridCache.__init__``. What both paths act on is being moved into
+collaborators that own it (``loads.py``: the loads in flight and their leads).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
+from hybridcache._core.loads import InFlightLoads
 from hybridcache._generations import GenerationTable, InvalidationLog, RecentRemovals
 from hybridcache._memory import MemoryStore
 from hybridcache._redis.backplane import Backplane
 from hybridcache._redis.l2 import RedisL2
 from hybridcache._redis.lock import DistributedSingleFlight
-from hybridcache._resilience import CircuitBreaker, SingleFlight
+from hybridcache._resilience import CircuitBreaker
 from hybridcache.metrics import Counters
 from hybridcache.settings import CacheSettings
 
@@ -58,8 +60,7 @@ class CacheState:
     _table: GenerationTable
     _log: InvalidationLog
     _recent_removals: RecentRemovals
-    _flights: SingleFlight[str, Any]
-    _leads: dict[str, asyncio.Future[Any]]
+    _loads: InFlightLoads
     _pending: deque[tuple[list[str], list[str]]]
     _retry_task: asyncio.Task[None] | None
     _flush_lock: asyncio.Lock

@@ -18,19 +18,11 @@ from typing import Any
 
 from hybridcache._core.state import CacheState
 from hybridcache._redis.l2 import L2UnavailableError
-from hybridcache.keys import SEPARATOR
 
 logger = logging.getLogger("hybridcache")
 
 # How long HybridCache.close() keeps trying to publish invalidations still queued (seconds).
 DEFAULT_CLOSE_FLUSH_TIMEOUT = 2.0
-
-
-def _covers(full_prefix: str, full_key: str) -> bool:
-    """Whether ``full_prefix`` covers ``full_key`` at ``:`` boundaries (the namespace itself ends with ``:``)."""
-    if full_prefix.endswith(SEPARATOR):
-        return full_key.startswith(full_prefix)
-    return full_key == full_prefix or full_key.startswith(full_prefix + SEPARATOR)
 
 
 def _sent_at(message: dict[str, Any]) -> float | None:
@@ -99,18 +91,7 @@ class WritePath(CacheState):
         if self._l1 is not None:
             for full_key in full_keys:
                 self._l1.remove(full_key)
-        flights, leads = self._flights, self._leads
-        if len(flights) or leads:
-            for full_key in full_keys:
-                flights.forget(full_key)
-                leads.pop(full_key, None)
-            if tags:  # in-flight loads do not say their tags: be conservative
-                flights.forget_where(lambda _: True)
-                leads.clear()
-            elif full_prefixes:
-                flights.forget_where(lambda key: any(_covers(prefix, key) for prefix in full_prefixes))
-                for key in [k for k in leads if any(_covers(prefix, k) for prefix in full_prefixes)]:
-                    del leads[key]
+        self._loads.detach(full_keys, full_prefixes, tags)
 
     def _drop_l1_by_fields(self, fields: Sequence[str]) -> None:
         """Remove L1 entries under the given prefix/tag fields by scanning (only when generations can't help)."""
@@ -141,8 +122,7 @@ class WritePath(CacheState):
         # store its result, and no caller arriving from now on may join one (as a delivered message detaches the
         # loads it covers, a resync detaches all of them).
         self._log.record((), [self._namespace], ())
-        self._flights.forget_where(lambda _: True)
-        self._leads.clear()
+        self._loads.detach_all()
         if self._l1 is not None:
             self._l1.clear()
         logger.info("Invalidation channel subscribed%s; L1 cleared", " (new generation epoch)" if epoch_changed else "")
