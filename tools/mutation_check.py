@@ -121,16 +121,16 @@ MUTATIONS = (
         "queued-skips-l2",
         "with invalidations queued, L2 is read without publishing them first",
         "src/hybridcache/_core/read_path.py",
-        "        if self._pending and not await self._flush_pending():",
+        "        if self._pending and not await self._pending.flush():",
         "        if False:",
         ("tests/integration/test_write_path_races.py",),
     ),
     Mutation(
         "retry-past-breaker",
         "queued invalidations wait for the circuit breaker (item 1)",
-        "src/hybridcache/_core/write_path.py",
-        "            if await self._flush_pending(past_breaker=True):\n                return",
-        "            if await self._flush_pending(past_breaker=False):\n                return",
+        "src/hybridcache/_core/pending.py",
+        "            if await self.flush(past_breaker=True):\n                return",
+        "            if await self.flush(past_breaker=False):\n                return",
         (
             "tests/integration/test_backplane_faults.py::test_a_write_during_a_3s_freeze_reaches_another_instance_within_the_pause_plus_1_5s",
         ),
@@ -138,9 +138,9 @@ MUTATIONS = (
     Mutation(
         "close-flush",
         "close() drops queued invalidations (item 9)",
-        "src/hybridcache/cache.py",
-        "        await self._flush_before_close(flush_timeout)",
-        "        pass",
+        "src/hybridcache/_core/pending.py",
+        "                while self._queue:\n                    if await self.flush(past_breaker=True):",
+        "                while False:\n                    if await self.flush(past_breaker=True):",
         (
             "tests/integration/test_backplane_faults.py::test_close_publishes_queued_invalidations_when_redis_answers_within_its_deadline",
         ),

@@ -24,7 +24,6 @@ import functools
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
@@ -43,7 +42,7 @@ from hybridcache._redis.clients import AnyRedis, Redis, RedisClients, connect, w
 from hybridcache._redis.l2 import L2UnavailableError, RedisL2
 from hybridcache._redis.lock import DistributedSingleFlight
 from hybridcache._redis.registry import InstanceKeys, InstanceRegistry
-from hybridcache._resilience import CircuitBreaker, cancel_and_wait
+from hybridcache._resilience import CircuitBreaker
 from hybridcache._serialization import codec_for
 from hybridcache.errors import HybridCacheError
 from hybridcache.keys import namespace, normalize_prefix, validate_key
@@ -55,9 +54,10 @@ if TYPE_CHECKING:
 
 from hybridcache._core.fill_path import _Found, _no_factory
 from hybridcache._core.loads import InFlightLoads
+from hybridcache._core.pending import DEFAULT_CLOSE_FLUSH_TIMEOUT, PendingInvalidations
 from hybridcache._core.read_path import ReadPath, _LeaderGone
 from hybridcache._core.state import _NEVER, TtlLike
-from hybridcache._core.write_path import DEFAULT_CLOSE_FLUSH_TIMEOUT, WritePath
+from hybridcache._core.write_path import WritePath
 from hybridcache.errors import FactoryTimeoutError
 
 __all__ = ["CacheConnectionError", "FactoryTimeoutError", "HybridCache", "TtlLike"]
@@ -139,9 +139,7 @@ class HybridCache(ReadPath, WritePath):
         self._recent_removals = RecentRemovals()
         # Per key, the load in flight and the caller reading L2 for everyone before it (see ReadPath._lead).
         self._loads = InFlightLoads()
-        self._pending: deque[tuple[list[str], list[str]]] = deque()
-        self._retry_task: asyncio.Task[None] | None = None
-        self._flush_lock = asyncio.Lock()
+        self._pending = PendingInvalidations(self._publish_queued, self._after_publish)
         self._background: set[asyncio.Future[Any]] = set()
         self._dlock: DistributedSingleFlight | None = None
         self._jitter = float(settings.jitter_max_duration_seconds)
@@ -269,10 +267,7 @@ class HybridCache(ReadPath, WritePath):
         trying to publish them (past an open circuit, 50 ms apart). Any it still could not publish are logged at
         ERROR with their keys and fields; other instances may serve what they cover until it expires.
         """
-        if self._retry_task is not None:
-            await cancel_and_wait(self._retry_task)
-            self._retry_task = None
-        await self._flush_before_close(flush_timeout)
+        await self._pending.close(flush_timeout)
         if self.instance_registry is not None:
             await self.instance_registry.close(timeout=self.settings.operation_timeout_milliseconds / 1000)
             self.instance_registry = None

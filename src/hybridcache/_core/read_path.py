@@ -224,7 +224,7 @@ class ReadPath(FillPath):
         span: SpanHandle | None = None,
     ) -> _Found | None:
         assert self._l2 is not None
-        if self._pending and not await self._flush_pending():
+        if self._pending and not await self._pending.flush():
             self.counters.l2_errors += 1
             report_error(span, "L2UnavailableError")
             return None

@@ -9,12 +9,12 @@ collaborators that own it (``loads.py``: the loads in flight and their leads).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from hybridcache._core.loads import InFlightLoads
+from hybridcache._core.pending import PendingInvalidations
 from hybridcache._generations import GenerationTable, InvalidationLog, RecentRemovals
 from hybridcache._memory import MemoryStore
 from hybridcache._redis.backplane import Backplane
@@ -61,9 +61,7 @@ class CacheState:
     _log: InvalidationLog
     _recent_removals: RecentRemovals
     _loads: InFlightLoads
-    _pending: deque[tuple[list[str], list[str]]]
-    _retry_task: asyncio.Task[None] | None
-    _flush_lock: asyncio.Lock
+    _pending: PendingInvalidations
     _background: set[asyncio.Future[Any]]
     _dlock: DistributedSingleFlight | None
     _jitter: float
@@ -71,7 +69,3 @@ class CacheState:
     _fail_safe_duration: float
     _retention: float
     _retention_cut_logged: bool
-
-    async def _flush_pending(self) -> bool:
-        """Publish queued invalidations (the write path implements it; the read path calls it)."""
-        raise NotImplementedError

@@ -9,10 +9,7 @@ queue is empty. Messages from other instances and (re)subscriptions arrive throu
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +17,6 @@ from hybridcache._core.state import CacheState
 from hybridcache._redis.l2 import L2UnavailableError
 
 logger = logging.getLogger("hybridcache")
-
-# How long HybridCache.close() keeps trying to publish invalidations still queued (seconds).
-DEFAULT_CLOSE_FLUSH_TIMEOUT = 2.0
 
 
 def _sent_at(message: dict[str, Any]) -> float | None:
@@ -57,12 +51,11 @@ class WritePath(CacheState):
             message = await self._l2.invalidate(full_keys, fields, sender=self.instance_id, sent_at=self._wall())
         except L2UnavailableError as exc:
             self.counters.invalidation_failures += 1
-            self._pending.append((full_keys, fields))
+            self._pending.add(full_keys, fields)
             logger.error(
                 "Invalidation event not published (%s); queued for retry (%d pending)", exc, len(self._pending)
             )
             self._drop_l1_by_fields(fields)
-            self._schedule_retry()
             return False
         self._after_publish(full_keys, fields, message)
         logger.info("Published invalidation event #%s", message["s"])
@@ -126,71 +119,14 @@ class WritePath(CacheState):
         if self._l1 is not None:
             self._l1.clear()
         logger.info("Invalidation channel subscribed%s; L1 cleared", " (new generation epoch)" if epoch_changed else "")
-        self._schedule_retry()
+        self._pending.schedule_retry()
 
-    def _schedule_retry(self) -> None:
-        if self._pending and (self._retry_task is None or self._retry_task.done()):
-            self._retry_task = asyncio.create_task(self._retry_pending(), name="hybridcache-invalidation-retry")
-
-    async def _retry_pending(self) -> None:
-        """Publish queued invalidations, backing off while Redis stays unavailable, until none is left.
-
-        The retries do not wait for the circuit breaker (``BreakDurationSeconds``, 60 s by default): every other
-        instance serves what they cover until they are published, so they probe Redis on this backoff instead.
-        """
-        delay = 0.05
-        while self._pending:
-            if await self._flush_pending(past_breaker=True):
-                return
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 1.0)
-
-    async def _flush_pending(self, *, past_breaker: bool = False) -> bool:
-        """Publish queued invalidations in order; True when the queue is empty afterwards.
-
-        L2 reads call this first while anything is queued: an entry that was invalidated during an outage must
-        not be served (or used as a fail-safe fallback) just because Redis answers again before the retry ran.
-        They call it through the breaker (an open circuit answers at once); the retry task calls it past it.
-        """
-        async with self._flush_lock:
-            while self._pending:
-                full_keys, fields = self._pending[0]
-                try:
-                    assert self._l2 is not None
-                    message = await self._l2.invalidate(
-                        full_keys, fields, sender=self.instance_id, sent_at=self._wall(), past_breaker=past_breaker
-                    )
-                except L2UnavailableError:
-                    return False
-                self._pending.popleft()
-                self._after_publish(full_keys, fields, message)
-                logger.info("Published queued invalidation event #%s", message["s"])
-        return True
-
-    async def _flush_before_close(self, flush_timeout: float) -> None:
-        """close()'s last attempt at the queue: keep publishing (past the breaker) until empty or the deadline,
-        then log at ERROR, with their keys and fields, the invalidations that could not be published."""
-        if self._l2 is None or not self._pending:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + flush_timeout
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout_at(deadline):
-                while self._pending:
-                    if await self._flush_pending(past_breaker=True):
-                        break
-                    await asyncio.sleep(0.05)
-        if self._pending:
-            lost = [key for keys, _ in self._pending for key in keys]
-            fields = sorted({field for _, queued in self._pending for field in queued})
-            logger.error(
-                "Closing with %d invalidation(s) not published within %gs; other instances may serve what they "
-                "cover until it expires: keys %s, fields %s",
-                len(self._pending),
-                flush_timeout,
-                lost,
-                fields,
-            )
+    async def _publish_queued(self, full_keys: list[str], fields: list[str], past_breaker: bool) -> dict[str, Any]:
+        """How the queue of unpublished invalidations (:class:`PendingInvalidations`) publishes one."""
+        assert self._l2 is not None
+        return await self._l2.invalidate(
+            full_keys, fields, sender=self.instance_id, sent_at=self._wall(), past_breaker=past_breaker
+        )
 
     def _after_publish(self, full_keys: list[str], fields: list[str], message: dict[str, Any]) -> None:
         self.counters.invalidations_published += 1
