@@ -112,8 +112,8 @@ MUTATIONS = (
     Mutation(
         "second-local-apply",
         "the writer does not apply its invalidation again after the script returned",
-        "src/hybridcache/_core/write_path.py",
-        '        self._apply_locally(\n            full_keys, [f[2:] for f in fields if f.startswith("p:")],',
+        "src/hybridcache/_core/coherence.py",
+        '        self.apply_locally(\n            full_keys, [f[2:] for f in fields if f.startswith("p:")],',
         '        (lambda *_: None)(\n            full_keys, [f[2:] for f in fields if f.startswith("p:")],',
         ("tests/integration/test_write_path_races.py",),
     ),
@@ -148,7 +148,7 @@ MUTATIONS = (
     Mutation(
         "resync-detaches-loads",
         "a resync leaves in-flight loads attached (item 3)",
-        "src/hybridcache/_core/write_path.py",
+        "src/hybridcache/_core/coherence.py",
         "        self._loads.detach_all()\n        if self._l1",
         "        if self._l1",
         ("tests/integration/test_resync.py",),

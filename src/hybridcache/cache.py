@@ -30,8 +30,6 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from hybridcache._generations import (
     GenerationTable,
-    InvalidationLog,
-    RecentRemovals,
     new_epoch,
     prefix_field,
     tag_field,
@@ -52,12 +50,12 @@ from hybridcache.settings import CacheSettings
 if TYPE_CHECKING:
     from hybridcache._core.tracing import CacheTracer
 
+from hybridcache._core.coherence import Coherence
 from hybridcache._core.fill_path import _Found, _no_factory
 from hybridcache._core.loads import InFlightLoads
-from hybridcache._core.pending import DEFAULT_CLOSE_FLUSH_TIMEOUT, PendingInvalidations
+from hybridcache._core.pending import DEFAULT_CLOSE_FLUSH_TIMEOUT
 from hybridcache._core.read_path import ReadPath, _LeaderGone
 from hybridcache._core.state import _NEVER, TtlLike
-from hybridcache._core.write_path import WritePath
 from hybridcache.errors import FactoryTimeoutError
 
 __all__ = ["CacheConnectionError", "FactoryTimeoutError", "HybridCache", "TtlLike"]
@@ -73,7 +71,7 @@ class CacheConnectionError(HybridCacheError):
     """Redis was unreachable at start-up and the configuration says ``abortConnect=true``."""
 
 
-class HybridCache(ReadPath, WritePath):
+class HybridCache(ReadPath):
     """A two-level cache for one service namespace (``{ServiceName}:{CacheVersion}:``).
 
     Build it with :meth:`from_settings` and use it as an async context manager (or call :meth:`start` and
@@ -135,17 +133,23 @@ class HybridCache(ReadPath, WritePath):
             retention_ms=int(self._retention * 1000),
             wall_clock=wall_clock,
         )
-        self._log = InvalidationLog()
-        self._recent_removals = RecentRemovals()
         # Per key, the load in flight and the caller reading L2 for everyone before it (see ReadPath._lead).
+        self.counters = Counters()
         self._loads = InFlightLoads()
-        self._pending = PendingInvalidations(self._publish_queued, self._after_publish)
+        self._coherence = Coherence(
+            table=self._table,
+            namespace=self._namespace,
+            instance_id=self.instance_id,
+            counters=self.counters,
+            l1=self._l1,
+            loads=self._loads,
+            wall_clock=wall_clock,
+        )
         self._background: set[asyncio.Future[Any]] = set()
         self._dlock: DistributedSingleFlight | None = None
         self._jitter = float(settings.jitter_max_duration_seconds)
         self._compress_from = settings.compression_threshold_bytes
         self._fail_safe_duration = settings.fail_safe.max_duration_minutes * 60.0
-        self.counters = Counters()
         self._started = False
         self._register_instance = register_instance
         self.instance_registry: InstanceRegistry | None = None  # set by start() when reporting to Redis
@@ -203,6 +207,7 @@ class HybridCache(ReadPath, WritePath):
                 retention_ms=int(self._retention * 1000),
             )
             logger.info("Redis %s (%s) as L2 for %s", endpoint or "client", clients.topology, self._namespace)
+            self._coherence.connect(self._l2)
             await self._check_reachable(abort=endpoint.abort_connect if endpoint is not None else False)
             lock = self.settings.distributed_lock
             if lock.enabled:
@@ -218,8 +223,8 @@ class HybridCache(ReadPath, WritePath):
                 self._backplane = Backplane(
                     self._l2,
                     self._table,
-                    on_message=self._on_remote_message,
-                    on_resync=self._on_resync,
+                    on_message=self._coherence.on_message,
+                    on_resync=self._coherence.on_resync,
                     heartbeat_interval=float(backplane.heartbeat_interval_seconds),
                     heartbeat_timeout=float(backplane.heartbeat_timeout_seconds),
                     on_fill=self._on_fill,
@@ -234,6 +239,10 @@ class HybridCache(ReadPath, WritePath):
                 )
                 self.instance_registry.start()
         self._started = True
+
+    def _on_fill(self, full_key: str) -> None:
+        if self._dlock is not None:
+            self._dlock.notify(full_key)
 
     async def _open_subscriber(self) -> Redis:
         assert self._clients is not None
@@ -267,7 +276,7 @@ class HybridCache(ReadPath, WritePath):
         trying to publish them (past an open circuit, 50 ms apart). Any it still could not publish are logged at
         ERROR with their keys and fields; other instances may serve what they cover until it expires.
         """
-        await self._pending.close(flush_timeout)
+        await self._coherence.pending.close(flush_timeout)
         if self.instance_registry is not None:
             await self.instance_registry.close(timeout=self.settings.operation_timeout_milliseconds / 1000)
             self.instance_registry = None
@@ -448,11 +457,11 @@ class HybridCache(ReadPath, WritePath):
             return
         fields = [prefix_field(p) for p in prefix_list] + [tag_field(t) for t in tag_list]
         if self.tracer is None:
-            await self._invalidate(full_keys, prefix_list, tag_list, fields)
+            await self._coherence.invalidate(full_keys, prefix_list, tag_list, fields)
         else:
             logical = [k[self._namespace_length :] for k in full_keys]
             with self.tracer.invalidation(logical, prefix_list, tag_list):
-                await self._invalidate(full_keys, prefix_list, tag_list, fields)
+                await self._coherence.invalidate(full_keys, prefix_list, tag_list, fields)
 
     # ------------------------------------------------------------------ observation
 
@@ -466,7 +475,7 @@ class HybridCache(ReadPath, WritePath):
             invalidations_published=c.invalidations_published,
             invalidations_received=c.invalidations_received,
             invalidation_failures=c.invalidation_failures,
-            pending_invalidations=len(self._pending),
+            pending_invalidations=len(self._coherence.pending),
             stale_sets_prevented=c.stale_sets_prevented,
             stale_reads_rejected=c.stale_reads_rejected,
             corrupt_entries=c.corrupt_entries,

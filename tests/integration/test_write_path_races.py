@@ -66,10 +66,12 @@ async def test_a_read_between_the_first_apply_and_the_script_does_not_survive_th
             "prefix": lambda: writer.remove_by_prefix(PREFIX),
             "tag": lambda: writer.remove_by_tag(TAG),
         }[kind]
-        applied_before = writer._log.sequence  # the resync on subscribing recorded one already
+        applied_before = writer._coherence.log.sequence  # the resync on subscribing recorded one already
         removing = asyncio.create_task(invalidation())
         await wait_until(
-            lambda: writer._log.sequence > applied_before, timeout=1.0, message="the first apply did not happen"
+            lambda: writer._coherence.log.sequence > applied_before,
+            timeout=1.0,
+            message="the first apply did not happen",
         )
         hits = writer.counters.l2_hits
         racing = await writer.get_or_create(KEY, db.load, tags=(TAG,))

@@ -187,7 +187,7 @@ class FillPath(CacheState):
 
     async def _capture(self, plan: _Plan) -> _Capture:
         """What a value about to be computed depends on: Redis's generations, ours, and our log position."""
-        mark = self._log.sequence
+        mark = self._coherence.log.sequence
         started = self._clock()
         fields = fields_for(plan.full_key, self._namespace_length, plan.tags)
         snapshot = self._table.snapshot(fields)
@@ -253,7 +253,7 @@ class FillPath(CacheState):
                     return
         if self._l1 is None:
             return
-        if self._stale_set_protection and self._log.covers_since(
+        if self._stale_set_protection and self._coherence.log.covers_since(
             capture.mark, plan.full_key, self._namespace_length, plan.tags
         ):
             self.counters.stale_sets_prevented += 1

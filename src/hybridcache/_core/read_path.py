@@ -43,7 +43,7 @@ class ReadPath(FillPath):
         Callers arriving while it reads or while the load it started is in flight wait on its *lead*: they get
         its L2 hit, or join its load. The lead is kept until that load completes, so every caller overlapping a
         load shares it (one GET and one factory run per key per process, however many callers). An invalidation
-        of the key drops the lead (see ``WritePath._apply_locally``): later callers never share an older read.
+        of the key drops the lead (see ``Coherence.apply_locally``): later callers never share an older read.
         """
         loads = self._loads
         lead = loads.open_lead(full_key)
@@ -224,11 +224,11 @@ class ReadPath(FillPath):
         span: SpanHandle | None = None,
     ) -> _Found | None:
         assert self._l2 is not None
-        if self._pending and not await self._pending.flush():
+        if self._coherence.pending and not await self._coherence.pending.flush():
             self.counters.l2_errors += 1
             report_error(span, "L2UnavailableError")
             return None
-        mark = self._log.sequence
+        mark = self._coherence.log.sequence
         try:
             raw = await self._l2.get(full_key)
         except L2UnavailableError:
@@ -250,7 +250,7 @@ class ReadPath(FillPath):
                 else await self._is_current_remotely(header, fields)
             )
             wall = self._wall()
-            removals = self._recent_removals
+            removals = self._coherence.removals
             if current and removals and removals.refuses(full_key, header.created, wall):
                 current = False  # removed here after it was written: Redis lost the DEL (see RecentRemovals)
             if not current:
@@ -270,7 +270,9 @@ class ReadPath(FillPath):
             if refresh_in <= 0:
                 self._refresh_later(plan())
                 refresh_in = _NEVER
-        if self._l1 is not None and not self._log.covers_since(mark, full_key, self._namespace_length, header.tags):
+        if self._l1 is not None and not self._coherence.log.covers_since(
+            mark, full_key, self._namespace_length, header.tags
+        ):
             self._put_l1(
                 full_key,
                 value,

@@ -1,9 +1,9 @@
-"""The state a :class:`~hybridcache.cache.HybridCache` is made of, declared in one place.
+"""The state the read path (``read_path.py``, over ``fill_path.py``) shares with the cache (``HybridCache``).
 
-The cache's read path (``read_path.py``, over ``fill_path.py``) and write path (``write_path.py``), in this
-package, are mixins of :class:`CacheState`; declaring every attribute here lets each of them type-check on its
-own. ``cache.py`` sets them all in ``HybridCache.__init__``. What both paths act on is being moved into
-collaborators that own it (``loads.py``: the loads in flight and their leads).
+The read path is still a mixin of :class:`CacheState`; declaring every attribute here lets it type-check on its
+own, and ``cache.py`` sets them all in ``HybridCache.__init__``. What the paths act on together has owners of its
+own: the loads in flight (``loads.py``), and everything about invalidations (``coherence.py``: the generation
+table, the invalidation log, the recent removals, the queue of unpublished invalidations).
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from hybridcache._core.loads import InFlightLoads
-from hybridcache._core.pending import PendingInvalidations
-from hybridcache._generations import GenerationTable, InvalidationLog, RecentRemovals
+from hybridcache._generations import GenerationTable
 from hybridcache._memory import MemoryStore
 from hybridcache._redis.backplane import Backplane
 from hybridcache._redis.l2 import RedisL2
@@ -25,6 +24,7 @@ from hybridcache.metrics import Counters
 from hybridcache.settings import CacheSettings
 
 if TYPE_CHECKING:
+    from hybridcache._core.coherence import Coherence
     from hybridcache._core.tracing import CacheTracer
 
 
@@ -58,10 +58,8 @@ class CacheState:
     _l2: RedisL2 | None
     _backplane: Backplane | None
     _table: GenerationTable
-    _log: InvalidationLog
-    _recent_removals: RecentRemovals
+    _coherence: Coherence
     _loads: InFlightLoads
-    _pending: PendingInvalidations
     _background: set[asyncio.Future[Any]]
     _dlock: DistributedSingleFlight | None
     _jitter: float

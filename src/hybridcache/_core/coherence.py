@@ -1,20 +1,27 @@
-"""The write path of :class:`~hybridcache.cache.HybridCache`: invalidations, their queue, and the backplane's calls.
+"""Coherence: what this instance knows about invalidations, and acting on them (the cache's write path).
 
-An invalidation is applied here first (L1 entries dropped, the in-process log recorded, in-flight loads of covered
-keys detached), then published by one Redis script (keys removed, prefix/tag generations bumped, a numbered
-message published), then applied here once more — a read racing the script may have fetched the old value. When
-Redis is unreachable the invalidation is queued and retried with backoff; no L2 entry is served here until the
-queue is empty. Messages from other instances and (re)subscriptions arrive through the callbacks below.
+:class:`Coherence` owns the generation table (lent to the backplane, which keeps it in step with Redis), the
+invalidation log, the recent removals and the queue of unpublished invalidations; the read and fill paths ask it,
+they do not change it. An invalidation is applied here first (L1 entries dropped, the in-process log recorded,
+in-flight loads of covered keys detached), then published by one Redis script (keys removed, prefix/tag
+generations bumped, a numbered message published), then applied here once more — a read racing the script may
+have fetched the old value. When Redis is unreachable the invalidation is queued and retried with backoff; no L2
+entry is served here until the queue is empty. Messages from other instances and (re)subscriptions arrive through
+:meth:`Coherence.on_message` and :meth:`Coherence.on_resync`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from hybridcache._core.state import CacheState
-from hybridcache._redis.l2 import L2UnavailableError
+from hybridcache._core.loads import InFlightLoads
+from hybridcache._core.pending import PendingInvalidations
+from hybridcache._generations import GenerationTable, InvalidationLog, RecentRemovals
+from hybridcache._memory import MemoryStore
+from hybridcache._redis.l2 import L2UnavailableError, RedisL2
+from hybridcache.metrics import Counters
 
 logger = logging.getLogger("hybridcache")
 
@@ -27,13 +34,41 @@ def _sent_at(message: dict[str, Any]) -> float | None:
         return None
 
 
-class WritePath(CacheState):
-    """The invalidation side of the cache (a mixin of :class:`~hybridcache.cache.HybridCache`)."""
+class Coherence:
+    """The invalidation side of one cache: applies, publishes, queues and receives invalidations."""
 
-    async def _invalidate(
+    def __init__(
+        self,
+        *,
+        table: GenerationTable,
+        namespace: str,
+        instance_id: str,
+        counters: Counters,
+        l1: MemoryStore | None,
+        loads: InFlightLoads,
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.table = table
+        self.log = InvalidationLog()
+        self.removals = RecentRemovals()
+        self.pending = PendingInvalidations(self._publish_queued, self._after_publish)
+        self._namespace = namespace
+        self.instance_id = instance_id
+        self.counters = counters
+        self._l1 = l1
+        self._loads = loads
+        self._wall = wall_clock
+        self._l2: RedisL2 | None = None
+
+    def connect(self, l2: RedisL2) -> None:
+        """Publish through ``l2`` from now on (set when the cache starts; without it invalidations stay local)."""
+        self._l2 = l2
+
+    async def invalidate(
         self, full_keys: list[str], prefix_list: list[str], tag_list: list[str], fields: list[str]
     ) -> None:
-        self._apply_locally(full_keys, prefix_list, tag_list, removed_at=self._wall())
+        """Stop serving what the invalidation covers here, then publish it (or queue it) for every instance."""
+        self.apply_locally(full_keys, prefix_list, tag_list, removed_at=self._wall())
         for full_key in full_keys:
             logger.info("Removed key: %s", full_key)
         for prefix in prefix_list:
@@ -41,7 +76,7 @@ class WritePath(CacheState):
         for tag in tag_list:
             logger.info("Removed tag: %s", tag)
         if self._l2 is None:
-            self._table.bump_locally(fields)
+            self.table.bump_locally(fields)
             return
         await self._publish(full_keys, fields)
 
@@ -51,17 +86,15 @@ class WritePath(CacheState):
             message = await self._l2.invalidate(full_keys, fields, sender=self.instance_id, sent_at=self._wall())
         except L2UnavailableError as exc:
             self.counters.invalidation_failures += 1
-            self._pending.add(full_keys, fields)
-            logger.error(
-                "Invalidation event not published (%s); queued for retry (%d pending)", exc, len(self._pending)
-            )
+            self.pending.add(full_keys, fields)
+            logger.error("Invalidation event not published (%s); queued for retry (%d pending)", exc, len(self.pending))
             self._drop_l1_by_fields(fields)
             return False
         self._after_publish(full_keys, fields, message)
         logger.info("Published invalidation event #%s", message["s"])
         return True
 
-    def _apply_locally(
+    def apply_locally(
         self,
         full_keys: Sequence[str],
         prefixes: Sequence[str],
@@ -78,9 +111,9 @@ class WritePath(CacheState):
         entry written before it is refused if Redis loses the ``DEL`` (``_generations.RecentRemovals``).
         """
         full_prefixes = [self._namespace + p for p in prefixes]
-        self._log.record(full_keys, full_prefixes, tags)
+        self.log.record(full_keys, full_prefixes, tags)
         if full_keys and removed_at is not None:
-            self._recent_removals.record(full_keys, removed_at)
+            self.removals.record(full_keys, removed_at)
         if self._l1 is not None:
             for full_key in full_keys:
                 self._l1.remove(full_key)
@@ -93,7 +126,8 @@ class WritePath(CacheState):
         doomed = set(fields)
         self._l1.remove_where(lambda entry: not doomed.isdisjoint(entry.fields))
 
-    def _on_remote_message(self, message: dict[str, Any]) -> None:
+    def on_message(self, message: dict[str, Any]) -> None:
+        """An invalidation published by another instance (the backplane's callback)."""
         if message["i"] == self.instance_id:
             return
         self.counters.invalidations_received += 1
@@ -101,25 +135,22 @@ class WritePath(CacheState):
         generations: dict[str, int] = message["g"]
         prefixes = [f[2:] for f in generations if f.startswith("p:")]
         tags = [f[2:] for f in generations if f.startswith("t:")]
-        self._apply_locally(full_keys, prefixes, tags, removed_at=_sent_at(message))
-        if message["e"] == self._table.epoch:
-            self._table.advance(generations)
+        self.apply_locally(full_keys, prefixes, tags, removed_at=_sent_at(message))
+        if message["e"] == self.table.epoch:
+            self.table.advance(generations)
         logger.debug("Received invalidation event #%s from %s", message["s"], message["i"])
 
-    def _on_fill(self, full_key: str) -> None:
-        if self._dlock is not None:
-            self._dlock.notify(full_key)
-
-    def _on_resync(self, epoch_changed: bool) -> None:
+    def on_resync(self, epoch_changed: bool) -> None:
+        """The table was reloaded from Redis (the backplane's callback)."""
         # Anything computed or cached before this point may have missed an invalidation: no in-flight load may
         # store its result, and no caller arriving from now on may join one (as a delivered message detaches the
         # loads it covers, a resync detaches all of them).
-        self._log.record((), [self._namespace], ())
+        self.log.record((), [self._namespace], ())
         self._loads.detach_all()
         if self._l1 is not None:
             self._l1.clear()
         logger.info("Invalidation channel subscribed%s; L1 cleared", " (new generation epoch)" if epoch_changed else "")
-        self._pending.schedule_retry()
+        self.pending.schedule_retry()
 
     async def _publish_queued(self, full_keys: list[str], fields: list[str], past_breaker: bool) -> dict[str, Any]:
         """How the queue of unpublished invalidations (:class:`PendingInvalidations`) publishes one."""
@@ -132,10 +163,10 @@ class WritePath(CacheState):
         self.counters.invalidations_published += 1
         # Again, now that Redis has applied it: a read that began between our first local drop and the script's
         # execution may have fetched the old value and put it in L1 or in a shared load.
-        self._apply_locally(
+        self.apply_locally(
             full_keys, [f[2:] for f in fields if f.startswith("p:")], [f[2:] for f in fields if f.startswith("t:")]
         )
-        if message["e"] == self._table.epoch:
-            self._table.advance(message["g"])
+        if message["e"] == self.table.epoch:
+            self.table.advance(message["g"])
         else:
             self._drop_l1_by_fields(fields)
