@@ -51,11 +51,10 @@ if TYPE_CHECKING:
     from hybridcache._core.tracing import CacheTracer
 
 from hybridcache._core.coherence import Coherence
-from hybridcache._core.fill_path import _Found, _no_factory
+from hybridcache._core.fill_path import _NEVER, TtlLike, _Found, _no_factory
 from hybridcache._core.loads import InFlightLoads
 from hybridcache._core.pending import DEFAULT_CLOSE_FLUSH_TIMEOUT
 from hybridcache._core.read_path import ReadPath, _LeaderGone
-from hybridcache._core.state import _NEVER, TtlLike
 from hybridcache.errors import FactoryTimeoutError
 
 __all__ = ["CacheConnectionError", "FactoryTimeoutError", "HybridCache", "TtlLike"]
@@ -71,7 +70,7 @@ class CacheConnectionError(HybridCacheError):
     """Redis was unreachable at start-up and the configuration says ``abortConnect=true``."""
 
 
-class HybridCache(ReadPath):
+class HybridCache:
     """A two-level cache for one service namespace (``{ServiceName}:{CacheVersion}:``).
 
     Build it with :meth:`from_settings` and use it as an async context manager (or call :meth:`start` and
@@ -108,10 +107,6 @@ class HybridCache(ReadPath):
         self._enabled = settings.enabled
         memory = settings.memory_cache
         self._l1 = MemoryStore(memory.size_limit, clock=clock) if memory.enabled else None
-        self._l1_max_ttl = float(memory.default_expiration_seconds)
-        self._default_ttl = settings.default_expiration_minutes * 60.0
-        self._null_ttl = float(settings.null_expiration_seconds)
-        self._disconnected_ttl = float(settings.backplane.disconnected_expiration_seconds)
         breaker = settings.circuit_breaker
         self.breaker = CircuitBreaker(
             failure_threshold=breaker.failure_threshold,
@@ -125,15 +120,14 @@ class HybridCache(ReadPath):
         self._backplane: Backplane | None = None
         remote = redis is not None or settings.redis_endpoint is not None
         # Without Redis this process is the only authority on generations, so its table is always trusted.
-        self._retention = settings.generation_retention_hours * 3600.0
-        self._retention_cut_logged = False
+        self._retention_ms = int(settings.generation_retention_hours * 3600 * 1000)
         self._table = GenerationTable(
             epoch=None if remote else new_epoch(),
             trusted=not remote,
-            retention_ms=int(self._retention * 1000),
+            retention_ms=self._retention_ms,
             wall_clock=wall_clock,
         )
-        # Per key, the load in flight and the caller reading L2 for everyone before it (see ReadPath._lead).
+        # Per key, the load in flight and the caller reading L2 for everyone before it (see ReadPath.lead).
         self.counters = Counters()
         self._loads = InFlightLoads()
         self._coherence = Coherence(
@@ -145,16 +139,32 @@ class HybridCache(ReadPath):
             loads=self._loads,
             wall_clock=wall_clock,
         )
-        self._background: set[asyncio.Future[Any]] = set()
+        # Misses: L2 reads, factory runs, stores (see _core/read_path.py).
+        self._reader = ReadPath(
+            settings,
+            l1=self._l1,
+            table=self._table,
+            coherence=self._coherence,
+            loads=self._loads,
+            counters=self.counters,
+            namespace_length=self._namespace_length,
+            clock=clock,
+            wall_clock=wall_clock,
+            stale_set_protection=stale_set_protection,
+        )
         self._dlock: DistributedSingleFlight | None = None
-        self._jitter = float(settings.jitter_max_duration_seconds)
-        self._compress_from = settings.compression_threshold_bytes
-        self._fail_safe_duration = settings.fail_safe.max_duration_minutes * 60.0
         self._started = False
         self._register_instance = register_instance
         self.instance_registry: InstanceRegistry | None = None  # set by start() when reporting to Redis
-        # Tracing hooks on the slow paths (L2 reads, factory runs, invalidations), set by hybridcache.telemetry.
-        self.tracer: CacheTracer | None = None
+
+    @property
+    def tracer(self) -> CacheTracer | None:
+        """Tracing hooks on the slow paths (L2 reads, factory runs, invalidations), set by hybridcache.telemetry."""
+        return self._reader.tracer
+
+    @tracer.setter
+    def tracer(self, tracer: CacheTracer | None) -> None:
+        self._reader.tracer = tracer
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -204,7 +214,7 @@ class HybridCache(ReadPath):
                 max_concurrency=_REQUEST_POOL_SIZE,
                 queue_timeout=self.settings.operation_timeout_milliseconds / 1000,
                 cluster=clients.is_cluster,
-                retention_ms=int(self._retention * 1000),
+                retention_ms=self._retention_ms,
             )
             logger.info("Redis %s (%s) as L2 for %s", endpoint or "client", clients.topology, self._namespace)
             self._coherence.connect(self._l2)
@@ -230,6 +240,8 @@ class HybridCache(ReadPath):
                     on_fill=self._on_fill,
                     subscriber=self._open_subscriber,
                 )
+            self._reader.connect(self._l2, self._dlock, self._backplane)
+            if self._backplane is not None:
                 await self._backplane.start()
                 await self._backplane.wait_trusted(timeout=self.settings.connect_timeout_milliseconds / 1000)
             if self._register_instance:
@@ -283,10 +295,11 @@ class HybridCache(ReadPath):
         if self._backplane is not None:
             await self._backplane.close()
             self._backplane = None
-        if self._background:
+        background = self._reader.background
+        if background:
             # Let background refreshes and timed-out factories finish storing, within a bound.
-            await asyncio.wait(list(self._background), timeout=self.settings.operation_timeout_milliseconds / 1000)
-            for task in list(self._background):
+            await asyncio.wait(list(background), timeout=self.settings.operation_timeout_milliseconds / 1000)
+            for task in list(background):
                 task.cancel()
         if self._l2 is not None:
             await self._l2.aclose()
@@ -342,12 +355,12 @@ class HybridCache(ReadPath):
         if l1 is not None:
             now = self._clock()
             entry = l1.get(full_key, now)
-            if entry is not None and (entry.checked == self._table.version or self._revalidate(entry)):
+            if entry is not None and (entry.checked == self._table.version or self._reader.revalidate(entry)):
                 self.counters.l1_hits += 1
                 if now >= entry.refresh_at:
                     entry.refresh_at = _NEVER
-                    self._refresh_later(
-                        self._plan(
+                    self._reader.refresh_later(
+                        self._reader.plan(
                             key,
                             full_key,
                             factory,
@@ -366,18 +379,28 @@ class HybridCache(ReadPath):
 
         # A partial, not a closure: a closure would turn these ten arguments into cells for every call, L1 hits too.
         plan = functools.partial(
-            self._plan, key, full_key, factory, ttl, type_, tags, fail_safe, soft_timeout, hard_timeout, eager_refresh
+            self._reader.plan,
+            key,
+            full_key,
+            factory,
+            ttl,
+            type_,
+            tags,
+            fail_safe,
+            soft_timeout,
+            hard_timeout,
+            eager_refresh,
         )
 
         if self._l2 is None:
             planned = plan()
-            result: T = await self._loads.run(full_key, lambda: self._load(planned, None))
+            result: T = await self._loads.run(full_key, lambda: self._reader.load(planned, None))
             return result
         for _ in range(3):  # a follower whose leader was cancelled tries again, as leader or follower
             lead = self._loads.lead_of(full_key)
             if lead is None:
                 eager = eager_refresh if eager_refresh is not None else self.settings.eager_refresh_threshold
-                led: T = await self._lead(full_key, codec_for(type_), eager, plan)
+                led: T = await self._reader.lead(full_key, codec_for(type_), eager, plan)
                 return led
             try:
                 outcome = await asyncio.shield(lead)
@@ -390,7 +413,7 @@ class HybridCache(ReadPath):
             joined: T = await asyncio.shield(outcome)
             return joined
         planned = plan()
-        fallback: T = await self._loads.run(full_key, lambda: self._load(planned, None))
+        fallback: T = await self._loads.run(full_key, lambda: self._reader.load(planned, None))
         return fallback
 
     async def get(self, key: str, *, type_: Any = None, default: Any = None) -> Any:
@@ -400,11 +423,11 @@ class HybridCache(ReadPath):
         full_key = self._namespace + key
         if self._l1 is not None:
             entry = self._l1.get(full_key, self._clock())
-            if entry is not None and (entry.checked == self._table.version or self._revalidate(entry)):
+            if entry is not None and (entry.checked == self._table.version or self._reader.revalidate(entry)):
                 self.counters.l1_hits += 1
                 return entry.value
         if self._l2 is not None:
-            found = await self._read_l2(full_key, codec_for(type_))
+            found = await self._reader.read_l2(full_key, codec_for(type_))
             if found is not None and found.fresh:
                 self.counters.l2_hits += 1
                 return found.value
@@ -419,8 +442,8 @@ class HybridCache(ReadPath):
             return
         full_key = self._namespace + validate_key(key)
         await self.invalidate(keys=[key])  # other instances must drop their L1 copy of the old value
-        plan = self._plan(key, full_key, _no_factory, ttl, type_, tags, False, None, None, None)
-        await self._store(plan, value, await self._capture(plan))
+        plan = self._reader.plan(key, full_key, _no_factory, ttl, type_, tags, False, None, None, None)
+        await self._reader.store(plan, value, await self._reader.capture(plan))
 
     # ------------------------------------------------------------------ writes
 

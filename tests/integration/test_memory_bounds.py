@@ -33,7 +33,7 @@ async def _one() -> int:
 
 def _no_per_key_state(cache: HybridCache) -> None:
     assert len(cache._loads) == 0, f"{len(cache._loads)} single-flight entries left behind"
-    assert not cache._background, f"{len(cache._background)} background tasks left behind"
+    assert not cache._reader.background, f"{len(cache._reader.background)} background tasks left behind"
     if cache._dlock is not None:
         assert len(cache._dlock) == 0, f"{len(cache._dlock)} lock waiter lists left behind"
 

@@ -114,7 +114,7 @@ def test_the_graph_sees_the_imports_it_must() -> None:
     """A check that finds nothing must be able to find something: these edges exist today."""
     edges = graph()
     assert "hybridcache._redis.l2" in edges["hybridcache.cache"]
-    assert "hybridcache._core.tracing" in edges["hybridcache._core.state"]  # a TYPE_CHECKING import
+    assert "hybridcache._core.tracing" in edges["hybridcache._core.fill_path"]  # a TYPE_CHECKING import
     assert "hybridcache.persistence.fastapi" in edges["hybridcache.fastapi"]  # import_module and TYPE_CHECKING
 
 

@@ -13,16 +13,34 @@ import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, NamedTuple
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
-from hybridcache._core.state import _NEVER, CacheState
 from hybridcache._generations import fields_for
 from hybridcache._memory import L1Entry
-from hybridcache._redis.l2 import Capture, L2UnavailableError
+from hybridcache._redis.l2 import Capture, L2UnavailableError, RedisL2
 from hybridcache._serialization import EntryHeader, ValueCodec, encode_entry
 from hybridcache.errors import FactoryTimeoutError
+from hybridcache.metrics import Counters
+from hybridcache.settings import CacheSettings
+
+if TYPE_CHECKING:
+    from hybridcache._core.coherence import Coherence
+    from hybridcache._core.loads import InFlightLoads
+    from hybridcache._core.tracing import CacheTracer
+    from hybridcache._generations import GenerationTable
+    from hybridcache._memory import MemoryStore
+    from hybridcache._redis.backplane import Backplane
+    from hybridcache._redis.lock import DistributedSingleFlight
 
 logger = logging.getLogger("hybridcache")
+
+_NEVER: Final = float("inf")
+TtlLike = timedelta | float | int
+
+
+def seconds_of(ttl: TtlLike) -> float:
+    return ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
 
 
 async def _no_factory() -> Any:
@@ -70,12 +88,61 @@ class _Capture:
     started: float  # this process's clock before Redis was asked: the entry's life counts from here
 
 
-class FillPath(CacheState):
-    """Computes and stores values (the base of :class:`~hybridcache._core.read_path.ReadPath`)."""
+class FillPath:
+    """Computes and stores values (the base of :class:`~hybridcache._core.read_path.ReadPath`).
+
+    Built with only what it uses; the Redis side (L2, the distributed lock, the backplane) is given by
+    :meth:`connect` when the cache starts. It owns its background tasks (refreshes, stores of timed-out
+    factories) and the tracer hook; the cache lends it L1, the generation table, the invalidation state
+    (:class:`~hybridcache._core.coherence.Coherence`), the loads in flight and the counters.
+    """
+
+    def __init__(
+        self,
+        settings: CacheSettings,
+        *,
+        l1: MemoryStore | None,
+        table: GenerationTable,
+        coherence: Coherence,
+        loads: InFlightLoads,
+        counters: Counters,
+        namespace_length: int,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        stale_set_protection: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.counters = counters
+        self.tracer: CacheTracer | None = None
+        self.background: set[asyncio.Future[Any]] = set()
+        self._l1 = l1
+        self._table = table
+        self._coherence = coherence
+        self._loads = loads
+        self._namespace_length = namespace_length
+        self._clock = clock
+        self._wall = wall_clock
+        self._stale_set_protection = stale_set_protection
+        self._l1_max_ttl = float(settings.memory_cache.default_expiration_seconds)
+        self._default_ttl = settings.default_expiration_minutes * 60.0
+        self._null_ttl = float(settings.null_expiration_seconds)
+        self._disconnected_ttl = float(settings.backplane.disconnected_expiration_seconds)
+        self._jitter = float(settings.jitter_max_duration_seconds)
+        self._compress_from = settings.compression_threshold_bytes
+        self._fail_safe_duration = settings.fail_safe.max_duration_minutes * 60.0
+        self._retention = settings.generation_retention_hours * 3600.0
+        self._retention_cut_logged = False
+        self._l2: RedisL2 | None = None
+        self._dlock: DistributedSingleFlight | None = None
+        self._backplane: Backplane | None = None
+
+    def connect(self, l2: RedisL2, dlock: DistributedSingleFlight | None, backplane: Backplane | None) -> None:
+        """Use Redis from now on: ``l2`` for entries, ``dlock`` for leases, ``backplane`` to ask for a resync."""
+        self._l2, self._dlock, self._backplane = l2, dlock, backplane
 
     async def _compute(self, plan: _Plan, stale: _Found | None) -> Any:
         """Run the factory (with its timeouts) and store the result; fall back to ``stale`` under fail-safe."""
-        capture = await self._capture(plan)
+        capture = await self.capture(plan)
         self.counters.handler_runs += 1
         try:
             if self.tracer is None:
@@ -91,7 +158,7 @@ class FillPath(CacheState):
             if stale is None or not plan.fail_safe:
                 raise
             return self._serve_stale(plan, stale, exc)
-        await self._store(plan, value, capture)
+        await self.store(plan, value, capture)
         return value
 
     async def _run_factory(self, plan: _Plan, capture: _Capture, stale_available: bool) -> Any:
@@ -105,18 +172,18 @@ class FillPath(CacheState):
         if done:
             return task.result()
         # Let it finish in the background and store what it returns (the stale-set checks still apply).
-        self._background.add(task)
+        self.background.add(task)
         task.add_done_callback(lambda finished: self._store_in_background(plan, capture, finished))
         kind = "soft" if limit == soft else "hard"
         raise FactoryTimeoutError(f"factory for {plan.full_key} exceeded its {kind} timeout of {limit}s")
 
     def _store_in_background(self, plan: _Plan, capture: _Capture, task: asyncio.Future[Any]) -> None:
-        self._background.discard(task)
+        self.background.discard(task)
         if task.cancelled() or task.exception() is not None:
             return
-        store = asyncio.ensure_future(self._store(plan, task.result(), capture))
-        self._background.add(store)
-        store.add_done_callback(self._background.discard)
+        store = asyncio.ensure_future(self.store(plan, task.result(), capture))
+        self.background.add(store)
+        store.add_done_callback(self.background.discard)
 
     def _serve_stale(self, plan: _Plan, stale: _Found, exc: Exception) -> Any:
         self.counters.fail_safe_activations += 1
@@ -145,7 +212,7 @@ class FillPath(CacheState):
             entry.value, False, entry.epoch, entry.generations, entry.fields, entry.retain_until - self._clock()
         )
 
-    def _refresh_later(self, plan: _Plan) -> None:
+    def refresh_later(self, plan: _Plan) -> None:
         """Start one background refresh of ``plan``'s key (eager refresh); errors are logged, never raised.
 
         With the distributed lock the refresh runs under the key's lease, so of the instances that reach a hot
@@ -163,8 +230,8 @@ class FillPath(CacheState):
                 logger.warning("Eager refresh of %s failed: %s: %s", plan.full_key, exc.__class__.__name__, exc)
 
         task = asyncio.ensure_future(self._loads.run(refresh_key, refresh))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     async def _refresh_under_lease(self, plan: _Plan) -> None:
         """Refresh ``plan``'s key, under its lease when the distributed lock is on (counted only when it runs)."""
@@ -185,7 +252,7 @@ class FillPath(CacheState):
             if dlock is not None and token is not None:
                 await dlock.release(plan.full_key, token)
 
-    async def _capture(self, plan: _Plan) -> _Capture:
+    async def capture(self, plan: _Plan) -> _Capture:
         """What a value about to be computed depends on: Redis's generations, ours, and our log position."""
         mark = self._coherence.log.sequence
         started = self._clock()
@@ -206,7 +273,7 @@ class FillPath(CacheState):
                     self._backplane.request_resync()
         return _Capture(remote, snapshot, mark, fields, started)
 
-    async def _store(self, plan: _Plan, value: Any, capture: _Capture) -> None:
+    async def store(self, plan: _Plan, value: Any, capture: _Capture) -> None:
         seconds = plan.seconds
         if value is None:
             seconds = min(seconds, self._null_ttl)

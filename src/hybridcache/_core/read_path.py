@@ -13,8 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hybridcache._core.fill_path import FillPath, _Found, _Plan
-from hybridcache._core.state import _NEVER, TtlLike, seconds_of
+from hybridcache._core.fill_path import _NEVER, FillPath, TtlLike, _Found, _Plan, seconds_of
 from hybridcache._core.tracing import report_error
 from hybridcache._generations import fields_for, is_behind
 from hybridcache._memory import L1Entry
@@ -34,9 +33,10 @@ class _LeaderGone(Exception):
 
 
 class ReadPath(FillPath):
-    """The miss path of the cache (a mixin of :class:`~hybridcache.cache.HybridCache`)."""
+    """The miss path of one cache: the collaborator :class:`~hybridcache.cache.HybridCache` hands every L1 miss
+    to (``plan``, ``lead``, ``load``, ``read_l2``, ``revalidate``); built as :class:`FillPath` is."""
 
-    async def _lead(self, full_key: str, codec: ValueCodec, eager: float | None, plan: Callable[[], _Plan]) -> Any:
+    async def lead(self, full_key: str, codec: ValueCodec, eager: float | None, plan: Callable[[], _Plan]) -> Any:
         """Read L2 for ``full_key`` on behalf of every caller that arrives meanwhile, then run or share the load.
 
         One caller per key (the leader) reads L2, without creating a task — the common L2 hit costs one GET.
@@ -49,13 +49,13 @@ class ReadPath(FillPath):
         lead = loads.open_lead(full_key)
         handed_over = False
         try:
-            found = await self._read_l2(full_key, codec, eager, plan)
+            found = await self.read_l2(full_key, codec, eager, plan)
             if found is not None and found.fresh:
                 self.counters.l2_hits += 1
                 lead.set_result(found)
                 return found.value
             planned = plan()
-            flight = loads.hand_over(full_key, lead, lambda: self._load(planned, found))
+            flight = loads.hand_over(full_key, lead, lambda: self.load(planned, found))
             handed_over = True
             return await asyncio.shield(flight)
         finally:
@@ -65,7 +65,7 @@ class ReadPath(FillPath):
             if not handed_over:
                 loads.close_lead(full_key, lead)
 
-    def _plan(
+    def plan(
         self,
         key: str,
         full_key: str,
@@ -96,7 +96,7 @@ class ReadPath(FillPath):
             eager_refresh=eager,
         )
 
-    def _revalidate(self, entry: L1Entry) -> bool:
+    def revalidate(self, entry: L1Entry) -> bool:
         table = self._table
         if not table.trusted:
             # Invalidations may be passing us by: serve only what is young enough to be within the bound, and
@@ -113,7 +113,7 @@ class ReadPath(FillPath):
         self._l1.remove(entry.key)
         return False
 
-    async def _load(self, plan: _Plan, stale: _Found | None) -> Any:
+    async def load(self, plan: _Plan, stale: _Found | None) -> Any:
         """The miss path, run once per key however many callers share it (L2 was already read by the caller)."""
         if stale is None and plan.fail_safe:
             stale = self._stale_from_l1(plan.full_key)
@@ -181,13 +181,13 @@ class ReadPath(FillPath):
     async def _filled_by_another(self, plan: _Plan) -> _Found | None:
         """A fresh L2 entry for ``plan``'s key, counted as the L2 hit it turned out to be (the miss is counted only
         when no such entry is found and the factory runs, see :meth:`_miss`)."""
-        found = await self._read_l2(plan.full_key, plan.codec, plan.eager_refresh, lambda: plan)
+        found = await self.read_l2(plan.full_key, plan.codec, plan.eager_refresh, lambda: plan)
         if found is None or not found.fresh:
             return None
         self.counters.l2_hits += 1
         return found
 
-    def _read_l2(
+    def read_l2(
         self,
         full_key: str,
         codec: ValueCodec,
@@ -268,7 +268,7 @@ class ReadPath(FillPath):
         if plan is not None and eager_refresh is not None:
             refresh_in = header.created + eager_refresh * (header.expires - header.created) - wall
             if refresh_in <= 0:
-                self._refresh_later(plan())
+                self.refresh_later(plan())
                 refresh_in = _NEVER
         if self._l1 is not None and not self._coherence.log.covers_since(
             mark, full_key, self._namespace_length, header.tags
