@@ -56,7 +56,7 @@ redis-server:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks harness
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src tests/typing
@@ -83,7 +83,7 @@ define range_end
 	$(UV) pip list --python $(1)/bin/python > $(1)/versions.txt
 	$(if $(filter lowest-direct,$(2)),$(1)/bin/python tools/check_floors.py)
 	$(1)/bin/ruff check .
-	$(1)/bin/ruff format --check src tests benchmarks
+	$(1)/bin/ruff format --check src tests benchmarks harness
 	$(1)/bin/mypy src tests/typing
 	@echo "==> the whole test suite on $(1): about 6 min on 2 cores"
 	$(1)/bin/pytest -p no:cacheprovider

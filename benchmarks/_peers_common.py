@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 from dealership.dto import DealershipDto, StateProvinceDto, ZipCodeDto
 from dealership.seed import generate
-from tests.support.redis_server import RedisServer
+from harness.redis_server import RedisServer
 
 SEED_ROWS = 2000  # the service's default seed count; ids beyond it reuse rows with their own id
 

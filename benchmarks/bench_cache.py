@@ -41,9 +41,9 @@ from pydantic import TypeAdapter
 
 from benchmarks._common import Timing, Variant, format_ns, format_table, measure, paired_ratio, write_results
 from dealership.dto import DealershipDto, StateProvinceDto, ZipCodeDto
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.serialization import decode_entry
-from tests.support.redis_server import RedisServer
 
 L1_TARGET_NS = 1_500
 L2_TARGET_RATIO = 1.10

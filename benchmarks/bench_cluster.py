@@ -71,10 +71,10 @@ from redis.asyncio.cluster import RedisCluster
 from benchmarks._common import Timing, Variant, format_ns, format_table, measure, paired_ratio, write_results
 from benchmarks._cpu_cap import CpuCap, CpuCapUnavailable, period_for, unavailable_reason
 from dealership.dto import DealershipDto, StateProvinceDto, ZipCodeDto
+from harness.redis_cluster import RedisClusterProcess
+from harness.redis_sentinel import RedisSentinelSetup
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from tests.support.redis_cluster import RedisClusterProcess
-from tests.support.redis_sentinel import RedisSentinelSetup
-from tests.support.redis_server import RedisServer
 
 LATENCY_TARGET_RATIO = 1.20
 SERVICE = "bench-cluster"

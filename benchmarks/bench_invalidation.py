@@ -44,8 +44,8 @@ from typing import Any
 
 import hybridcache
 from benchmarks._common import format_table, write_results
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from tests.support.redis_server import RedisServer
 
 KEY, PREFIX, TAG = "Bench:Search:item", "Bench:Search", "bench"
 KINDS = ("key", "prefix", "tag")

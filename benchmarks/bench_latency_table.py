@@ -60,11 +60,11 @@ from benchmarks.bench_service_load import SEARCH_TERMS, SEED_COUNT, database_url
 from dealership.bootstrap import ServiceConfig, Services, bootstrap
 from dealership.database import prepare_database
 from dealership.queries import GetDealershipById, GetDealershipsList, SearchDealerships
+from harness.redis_server import RedisServer
+from harness.service import ServiceProcess
 from hybridcache import CacheSettings
 from hybridcache.cqrs import Request
 from hybridcache.settings import MemoryCacheSettings
-from tests.e2e.harness import ServiceProcess
-from tests.support import RedisServer
 
 TARGET_RATIO = 100.0
 ROUNDS = 3

@@ -32,9 +32,9 @@ from pydantic import TypeAdapter
 from benchmarks._common import format_table, write_results
 from benchmarks._peers_common import dealership_dto, load_average, private_redis
 from dealership.dto import DealershipDto, DealershipPage
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import MemoryCacheSettings
-from tests.support.redis_server import RedisServer
 
 TTL = timedelta(minutes=30)
 _DTO = TypeAdapter(DealershipDto)

@@ -47,9 +47,9 @@ from pydantic import TypeAdapter
 from benchmarks._common import Timing, Variant, format_table, measure, paired_ratio, write_results
 from benchmarks._peers_common import dealership_dto, load_average, package_versions, percentile, private_redis
 from dealership.dto import DealershipDto
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import MemoryCacheSettings
-from tests.support.redis_server import RedisServer
 
 TTL = timedelta(minutes=30)
 TTL_SECONDS = int(TTL.total_seconds())

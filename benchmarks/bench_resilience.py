@@ -36,11 +36,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from benchmarks._common import Variant, format_ns, format_table, measure, write_results
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.generations import fields_for
 from hybridcache.resilience import CircuitState
 from hybridcache.settings import CircuitBreakerSettings, DistributedLockSettings, MemoryCacheSettings
-from tests.support.redis_server import RedisServer
 
 ADDED_TARGET_NS = 100_000
 CALLERS = 1_000

@@ -41,9 +41,9 @@ from typing import Any
 import httpx
 
 from benchmarks._common import format_table, write_results
-from tests.e2e.harness import ServiceProcess
-from tests.support import RedisServer
-from tests.support.postgres import PostgresUnavailableError, check_postgres_sync, postgres_database
+from harness.postgres import PostgresUnavailableError, check_postgres_sync, postgres_database
+from harness.redis_server import RedisServer
+from harness.service import ServiceProcess
 
 SEED_COUNT = 2000
 #: Brand names each matching at least 10 of the 2000 seeded dealerships (the search route's terms).

@@ -21,11 +21,11 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.backplane import Backplane
 from hybridcache.redis import RedisL2
 from hybridcache.settings import BackplaneSettings
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 HEARTBEAT = BackplaneSettings(
