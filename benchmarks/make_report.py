@@ -9,10 +9,8 @@ console and the page cannot disagree; a file without such a module is shown by a
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,29 +41,10 @@ META_KEYS = {"benchmark", "command", "generated_at", "machine", "diagnostics", "
 Document = dict[str, Any]
 
 
-def tracked_files(directory: Path) -> set[Path] | None:
-    """The files under ``directory`` that git tracks (None when git cannot say)."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(directory), "ls-files", "--full-name", "."],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {(ROOT / line).resolve() for line in out.stdout.splitlines() if line}
-
-
-def load_results(directory: Path, *, tracked_only: bool = False) -> dict[str, Document]:
-    """Every ``*.json`` in ``directory`` by file stem (a file that does not parse is reported, not skipped);
-    ``tracked_only`` keeps only files committed to git, so the page cites no result that exists only locally."""
-    allowed = tracked_files(directory) if tracked_only else None
+def load_results(directory: Path = RESULTS_DIR) -> dict[str, Document]:
+    """Every ``*.json`` in ``directory`` by file stem (a file that does not parse is reported, not skipped)."""
     documents: dict[str, Document] = {}
     for path in sorted(directory.glob("*.json")):
-        if allowed is not None and path.resolve() not in allowed:
-            continue
         try:
             documents[path.stem] = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -444,23 +423,16 @@ def service_page(documents: dict[str, Document]) -> str:
     return "\n".join(parts)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="directory of result JSON files")
-    parser.add_argument("--output", type=Path, default=DOC, help="the Markdown page to write")
-    parser.add_argument("--tracked", action="store_true", help="only result files committed to git")
-    args = parser.parse_args(argv)
+def main() -> None:
     IMG_DIR.mkdir(parents=True, exist_ok=True)
-    documents = load_results(args.results, tracked_only=args.tracked)
+    documents = load_results()
     text, images = build(documents)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"wrote {args.output} and {len(images)} plots: {', '.join(images) or 'none'}")
-    if args.output == DOC:
-        SERVICE_DOC.write_text(service_page(documents))
-        print(f"wrote {SERVICE_DOC}")
-        if readme_figures.update_readme(documents):
-            print(f"updated the measured figures in {readme_figures.README}")
+    DOC.write_text(text)
+    print(f"wrote {DOC} and {len(images)} plots: {', '.join(images) or 'none'}")
+    SERVICE_DOC.write_text(service_page(documents))
+    print(f"wrote {SERVICE_DOC}")
+    if readme_figures.update_readme(documents):
+        print(f"updated the measured figures in {readme_figures.README}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,15 @@
 """The README's "Measured" table, written from ``benchmarks/results/*.json`` so it can never drift from them.
 
-``python -m benchmarks.make_report`` calls :func:`update_readme` after writing ``docs/performance.md``; run alone,
-``python -m benchmarks.readme_figures`` does just this. The table sits between two marker comments in README.md;
-everything outside them is left as it is. Each row reads named fields of one result file and names that file and
-field as its source, so a reader can check any figure; a row whose file or field is missing says "not measured"
-rather than keeping an old figure.
+``python -m benchmarks.make_report`` calls :func:`update_readme` after writing ``docs/performance.md``. The table
+sits between two marker comments in README.md; everything outside them is left as it is. Each row reads named
+fields of one result file and names that file and field as its source, so a reader can check any figure; a row
+whose file or field is missing says "not measured" rather than keeping an old figure.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -164,15 +162,3 @@ def update_readme(documents: Mapping[str, Document], readme: Path = README) -> b
     block = "\n".join([BEGIN, "", *table(documents), "", END])
     readme.write_text(pattern.sub(lambda _: block, text, count=1))
     return True
-
-
-def main() -> int:
-    if update_readme(load()):
-        print(f"updated the measured figures in {README}")
-        return 0
-    print(f"{README} has no '{BEGIN}' … '{END}' block", file=sys.stderr)
-    return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
