@@ -22,7 +22,7 @@ from benchmarks._common import Run, Table, Timing, Variant, dealership_dto, form
 from dealership.dto import DealershipDto
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.serialization import decode_entry
+from hybridcache._serialization import decode_entry
 
 L1_TARGET_NS = 1_500
 L2_TARGET_RATIO = 1.10

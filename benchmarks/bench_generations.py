@@ -17,10 +17,10 @@ from redis.asyncio import Redis
 
 from benchmarks._common import Run, Table, percentile
 from harness.redis_server import RedisServer
-from hybridcache.generations import GenerationTable
-from hybridcache.redis import SYNC_PAGE, RedisL2
-from hybridcache.redis_scripts import SWEEP_COUNT
-from hybridcache.resilience import CircuitBreaker
+from hybridcache._generations import GenerationTable
+from hybridcache._redis.l2 import SYNC_PAGE, RedisL2
+from hybridcache._redis.scripts import SWEEP_COUNT
+from hybridcache._resilience import CircuitBreaker
 
 RETENTION_MS = 3_600_000
 FILL_BATCH = 10_000

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks._common import Run, Table, Variant, format_ns, measure, zipf
-from hybridcache.memory import L1Entry, MemoryStore
+from hybridcache._memory import L1Entry, MemoryStore
 
 KEYS = 100_000
 CAPACITY = 1_024

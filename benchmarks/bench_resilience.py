@@ -25,8 +25,8 @@ from typing import Any
 from benchmarks._common import Run, Table, Variant, format_ns, measure, summarize
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.generations import fields_for
-from hybridcache.resilience import CircuitState
+from hybridcache._generations import fields_for
+from hybridcache._resilience import CircuitState
 from hybridcache.settings import CircuitBreakerSettings, DistributedLockSettings, MemoryCacheSettings
 
 ADDED_TARGET_NS = 100_000

@@ -29,13 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
-
-from hybridcache.backplane import Backplane
-from hybridcache.clients import RedisClients, connect
-from hybridcache.errors import HybridCacheError
-from hybridcache.generations import (
+from hybridcache._generations import (
     GenerationTable,
     InvalidationLog,
     RecentRemovals,
@@ -43,24 +37,27 @@ from hybridcache.generations import (
     prefix_field,
     tag_field,
 )
-from hybridcache.instances import InstanceKeys, InstanceRegistry
+from hybridcache._memory import MemoryStore
+from hybridcache._redis.backplane import Backplane
+from hybridcache._redis.clients import AnyRedis, Redis, RedisClients, connect, wrap_client
+from hybridcache._redis.l2 import L2UnavailableError, RedisL2
+from hybridcache._redis.lock import DistributedSingleFlight
+from hybridcache._redis.registry import InstanceKeys, InstanceRegistry
+from hybridcache._resilience import CircuitBreaker, SingleFlight, cancel_and_wait
+from hybridcache._serialization import codec_for
+from hybridcache.errors import HybridCacheError
 from hybridcache.keys import namespace, normalize_prefix, validate_key
-from hybridcache.locking import DistributedSingleFlight
-from hybridcache.memory import MemoryStore
 from hybridcache.metrics import CacheStats, Counters
-from hybridcache.redis import L2UnavailableError, RedisL2
-from hybridcache.resilience import CircuitBreaker, SingleFlight, cancel_and_wait
-from hybridcache.serialization import codec_for
 from hybridcache.settings import CacheSettings
 
 if TYPE_CHECKING:
-    from hybridcache.telemetry import CacheTracer
+    from hybridcache._core.tracing import CacheTracer
 
-from hybridcache._state import _NEVER, TtlLike
+from hybridcache._core.fill_path import _Found, _no_factory
+from hybridcache._core.read_path import ReadPath, _LeaderGone
+from hybridcache._core.state import _NEVER, TtlLike
+from hybridcache._core.write_path import DEFAULT_CLOSE_FLUSH_TIMEOUT, WritePath
 from hybridcache.errors import FactoryTimeoutError
-from hybridcache.fill_path import _Found, _no_factory
-from hybridcache.read_path import ReadPath, _LeaderGone
-from hybridcache.write_path import DEFAULT_CLOSE_FLUSH_TIMEOUT, WritePath
 
 __all__ = ["CacheConnectionError", "FactoryTimeoutError", "HybridCache", "TtlLike"]
 
@@ -87,7 +84,7 @@ class HybridCache(ReadPath, WritePath):
         self,
         settings: CacheSettings,
         *,
-        redis: Redis | RedisCluster | None = None,
+        redis: AnyRedis | None = None,
         instance_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -96,7 +93,7 @@ class HybridCache(ReadPath, WritePath):
     ) -> None:
         """Prefer :meth:`from_settings`. ``redis`` injects a client (not closed by the cache).
 
-        With Redis, the cache reports its counters there every few seconds (``hybridcache.instances``) so
+        With Redis, the cache reports its counters there every few seconds (``hybridcache._redis.registry``) so
         ``hybridcache stats`` lists it; ``register_instance=False`` turns that off (the CLI's own short-lived cache).
 
         ``stale_set_protection=False`` turns off the generation checks on store (plain ``SET``, no L1 check): it
@@ -123,7 +120,7 @@ class HybridCache(ReadPath, WritePath):
             enabled=breaker.enabled,
             name="redis",
         )
-        self._client: Redis | RedisCluster | None = redis
+        self._client: AnyRedis | None = redis
         self._clients: RedisClients | None = None
         self._l2: RedisL2 | None = None
         self._backplane: Backplane | None = None
@@ -160,7 +157,7 @@ class HybridCache(ReadPath, WritePath):
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def from_settings(cls, settings: CacheSettings, *, redis: Redis | RedisCluster | None = None) -> Self:
+    def from_settings(cls, settings: CacheSettings, *, redis: AnyRedis | None = None) -> Self:
         """A cache configured by ``settings``; nothing connects until :meth:`start` (or ``async with``)."""
         return cls(settings, redis=redis)
 
@@ -193,7 +190,7 @@ class HybridCache(ReadPath, WritePath):
             )
             self._client = self._clients.request
         elif self._client is not None:
-            self._clients = self._clients_for(self._client)
+            self._clients = wrap_client(self._client, connect_timeout=self.settings.connect_timeout_milliseconds / 1000)
         if self._clients is not None and self._client is not None:
             clients = self._clients
             self._l2 = RedisL2(
@@ -239,19 +236,6 @@ class HybridCache(ReadPath, WritePath):
                 )
                 self.instance_registry.start()
         self._started = True
-
-    def _clients_for(self, client: Redis | RedisCluster) -> RedisClients:
-        """Clients around an injected one: it serves requests; the backplane gets its own small pool."""
-        if isinstance(client, RedisCluster):
-            options = dict(client.nodes_manager.connection_kwargs)
-            return RedisClients(client, client, "cluster", options, owned=False)
-        pool = client.connection_pool
-        options = dict(pool.connection_kwargs)
-        options["socket_connect_timeout"] = self.settings.connect_timeout_milliseconds / 1000
-        background = Redis(
-            connection_pool=ConnectionPool(connection_class=pool.connection_class, max_connections=8, **options)
-        )
-        return RedisClients(client, background, "standalone", options, owned=False)
 
     async def _open_subscriber(self) -> Redis:
         assert self._clients is not None

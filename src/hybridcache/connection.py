@@ -47,7 +47,7 @@ class RedisEndpointConfig:
     """A parsed connection string. Timeouts are in seconds; ``None`` means "not given in the string".
 
     ``hosts`` always has at least one entry, each with an explicit port. Several hosts without a
-    ``service_name`` mean Redis Cluster seed nodes; with one, they are Sentinels (see ``hybridcache.clients``).
+    ``service_name`` mean Redis Cluster seed nodes; with one, they are Sentinels (see ``hybridcache._redis.clients``).
     ``options`` keeps the recognised StackExchange options that have no redis-py equivalent, as given;
     ``sentinel_username``/``sentinel_password`` read the Sentinel credentials from there.
     """
@@ -102,18 +102,16 @@ class RedisEndpointConfig:
 
         Timeouts left unset in the string are omitted (redis-py's defaults apply);
         ``CacheSettings.redis_endpoint`` fills them from ``ConnectTimeoutMilliseconds`` and
-        ``OperationTimeoutMilliseconds``. Retries are off (``retry=Retry(NoBackoff(), 0)``): redis-py 6+
-        otherwise retries timeouts and connection errors up to 10 times with backoff, which would hide a
-        down Redis from the circuit breaker behind seconds of waiting. Raises
-        :class:`CacheConfigurationError` for several hosts or a Sentinel ``serviceName``.
+        ``OperationTimeoutMilliseconds``. Plain data only: the clients the cache builds add
+        ``retry=Retry(NoBackoff(), 0)`` (redis-py 6+ otherwise retries timeouts and connection errors up to 10
+        times with backoff, which would hide a down Redis from the circuit breaker behind seconds of waiting); a
+        client you build yourself for the cache should too. Raises :class:`CacheConfigurationError` for several
+        hosts or a Sentinel ``serviceName``.
         """
-        from redis.asyncio.retry import Retry  # here so that parsing settings never imports the driver
-        from redis.backoff import NoBackoff
-
         if single_host and (len(self.hosts) != 1 or self.service_name is not None or self.cluster):
             raise CacheConfigurationError(
                 f"{self}: {len(self.hosts)} endpoint(s), serviceName={self.service_name!r}: not a single node; "
-                "use hybridcache.clients.connect for Cluster and Sentinel"
+                "use hybridcache._redis.clients.connect for Cluster and Sentinel"
             )
         kwargs: dict[str, Any] = {
             "db": self.db,
@@ -122,7 +120,6 @@ class RedisEndpointConfig:
             "ssl": self.ssl,
             "client_name": self.client_name,
             "health_check_interval": 0,
-            "retry": Retry(NoBackoff(), 0),
         }
         if single_host:
             ((kwargs["host"], kwargs["port"]),) = self.hosts

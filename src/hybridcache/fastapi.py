@@ -20,22 +20,27 @@ its own lifespan can call :func:`configure` instead, and tests can enter ``app.r
 :data:`UnitOfWorkDep` gives a route one unit of work for the HTTP request (rolled back unless committed). Pass it
 as the scope of *commands* only: a cacheable query's handler may run in a single-flight task shared with other
 requests and outliving this one, so query handlers should own their unit of work
-(:func:`hybridcache.persistence.in_unit_of_work`).
+(:func:`hybridcache.persistence.in_unit_of_work`). It lives in :mod:`hybridcache.persistence.fastapi` and is
+re-exported here on first use, so this module (and the ``[fastapi]`` extra) works without SQLAlchemy installed.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from hybridcache.cache import HybridCache
 from hybridcache.cqrs import Mediator
-from hybridcache.persistence import UnitOfWork
 from hybridcache.settings import CacheSettings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from hybridcache.persistence.fastapi import UnitOfWorkDep, get_unit_of_work
 
 __all__ = [
     "CacheDep",
@@ -114,16 +119,14 @@ def get_mediator(request: Request) -> Mediator[Any]:
     return mediator
 
 
-async def get_unit_of_work(request: Request) -> AsyncIterator[UnitOfWork]:
-    """A unit of work for this HTTP request, over ``app.state.session_factory``: commit it explicitly (command
-    handlers do); anything uncommitted is rolled back when the request is done."""
-    session_factory: Callable[[], AsyncSession] = _state(
-        request, "session_factory", "call configure(app, session_factory=create_session_factory(engine))"
-    )
-    async with UnitOfWork(session_factory) as uow:
-        yield uow
-
-
 CacheDep = Annotated[HybridCache, Depends(get_cache)]
 MediatorDep = Annotated[Mediator[Any], Depends(get_mediator)]
-UnitOfWorkDep = Annotated[UnitOfWork, Depends(get_unit_of_work)]
+
+_PERSISTENCE_NAMES = frozenset({"UnitOfWorkDep", "get_unit_of_work"})
+
+
+def __getattr__(name: str) -> Any:
+    """``UnitOfWorkDep`` and ``get_unit_of_work``, imported with SQLAlchemy only when first asked for."""
+    if name in _PERSISTENCE_NAMES:
+        return getattr(importlib.import_module("hybridcache.persistence.fastapi"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

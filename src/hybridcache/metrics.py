@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import importlib.metadata
 from typing import Any
 
 
@@ -93,3 +95,12 @@ class CacheStats:
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.capitalize() for part in rest)
+
+
+@functools.cache
+def package_version() -> str:
+    """The installed hybridcache version (reported with each instance's counters and on telemetry), or "unknown"."""
+    try:
+        return importlib.metadata.version("hybridcache")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -27,9 +27,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_pascal
 
+from hybridcache._jsonc import loads as loads_jsonc
 from hybridcache.connection import RedisEndpointConfig, mask_configuration, parse_redis_configuration
 from hybridcache.errors import CacheConfigurationError
-from hybridcache.jsonc import loads as loads_jsonc
 
 __all__ = [
     "SECTION",
@@ -316,7 +316,7 @@ class CacheSettings(_Section):
         A missing file raises unless ``missing_ok`` (then: defaults plus environment); a missing section
         means defaults. ``environ`` defaults to ``os.environ``; pass ``{}`` to ignore the environment.
         The file is read as .NET configuration reads it: ``//`` and ``/* */`` comments and trailing commas are
-        accepted (:mod:`hybridcache.jsonc`); malformed JSON is reported at its line and column in the file.
+        accepted (:mod:`hybridcache._jsonc`); malformed JSON is reported at its line and column in the file.
         """
         file = Path(path)
         document: Any = {}

@@ -29,9 +29,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from hybridcache._core.tracing import CacheTracer, SpanHandle, report_error
 from hybridcache.keys import SEPARATOR
+from hybridcache.metrics import package_version
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Histogram, MeterProvider, Observation
@@ -57,33 +59,6 @@ __all__ = [
 _NAME = "hybridcache"
 _MAX_NAMESPACE = 64
 _CIRCUIT_STATES = ("closed", "open", "half-open")
-
-
-class SpanHandle(Protocol):
-    """What the cache may tell a running span."""
-
-    def set_hit(self, hit: bool) -> None: ...
-
-    def set_error(self, kind: str) -> None:
-        """The operation failed without raising (an L2 read that Redis could not answer is a miss to the caller);
-        ``kind`` names the error class. ``set_hit`` may still follow: the error wins. Optional at run time: a
-        handle written before this method existed (``set_hit`` only) is told nothing, and the read still works."""
-
-
-class CacheTracer(Protocol):
-    """The hooks :class:`~hybridcache.HybridCache` calls on its slow paths when ``cache.tracer`` is set.
-
-    Keys are *logical* keys (no ``{ServiceName}:{CacheVersion}:`` namespace); implementations decide what of
-    them may be recorded.
-    """
-
-    def l2_read(self, key: str) -> AbstractContextManager[SpanHandle]: ...
-
-    def factory(self, key: str) -> AbstractContextManager[SpanHandle]: ...
-
-    def invalidation(
-        self, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]
-    ) -> AbstractContextManager[SpanHandle]: ...
 
 
 # The namespace label of a key without a separator: its text may be anything (an id, a user's input), and one
@@ -207,14 +182,6 @@ class _Tracer:
         return _Operation(self._tracer, f"{_NAME}.invalidate", attributes, None)
 
 
-def report_error(span: SpanHandle | None, kind: str) -> None:
-    """``span.set_error(kind)`` if the span has it: ``set_error`` came after tracers were written against
-    ``set_hit`` alone, and such a tracer must not turn a degraded read into an exception."""
-    set_error = getattr(span, "set_error", None)
-    if set_error is not None:
-        set_error(kind)
-
-
 def add_tracer(cache: HybridCache, tracer: CacheTracer) -> None:
     """Hook ``tracer`` into ``cache``, beside any tracer already there (each sees every operation, in the order
     they were added). :func:`instrument` and :func:`hybridcache.prometheus.register_cache_latency` use it."""
@@ -326,9 +293,7 @@ def instrument(
             "hybridcache.telemetry needs OpenTelemetry: pip install 'hybridcache[otel]' "
             "(opentelemetry-api, plus opentelemetry-sdk to export)"
         ) from exc
-    from hybridcache.instances import _package_version
-
-    version = _package_version()
+    version = package_version()
     meter = (meter_provider or metrics.get_meter_provider()).get_meter(_NAME, version)
     otel_tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(_NAME, version)
     cache_name = f"{cache.settings.service_name}:{cache.settings.cache_version}"

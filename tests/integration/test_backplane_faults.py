@@ -24,8 +24,8 @@ import pytest
 
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.backplane import Backplane
-from hybridcache.redis import RedisL2
+from hybridcache._redis.backplane import Backplane
+from hybridcache._redis.l2 import RedisL2
 from hybridcache.settings import BackplaneSettings
 from tests.support.waiting import wait_until
 

@@ -17,7 +17,7 @@ import redis.asyncio
 from pydantic import BaseModel, ConfigDict
 
 from hybridcache import HybridCache
-from hybridcache.serialization import decode_entry
+from hybridcache._serialization import decode_entry
 from tests.integration.conftest import L1_L2, L1_ONLY, L2_ONLY, CacheEnv, Factory, MakeCache
 from tests.support.waiting import wait_until
 

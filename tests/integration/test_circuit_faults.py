@@ -21,7 +21,7 @@ import pytest
 
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.resilience import CircuitState
+from hybridcache._resilience import CircuitState
 from hybridcache.settings import CircuitBreakerSettings
 from tests.support.waiting import wait_until
 

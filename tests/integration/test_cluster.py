@@ -43,7 +43,7 @@ from redis.crc import key_slot
 
 from harness.redis_cluster import RedisClusterProcess
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.resilience import CircuitState
+from hybridcache._resilience import CircuitState
 from tests.integration.conftest import INSTANCE_NAME, L1_L2, L2_ONLY, CacheEnv
 from tests.integration.test_consistency import (
     HEARTBEAT,

@@ -8,8 +8,8 @@ import pytest
 import redis.asyncio
 
 from hybridcache import CacheSettings
+from hybridcache._serialization import decode_entry
 from hybridcache.errors import CacheConfigurationError
-from hybridcache.serialization import decode_entry
 from tests.integration.conftest import CacheEnv, StartCache
 
 # A search result's shape: repetitive JSON, which is what compression is for (bench_memory: about 60% saved).

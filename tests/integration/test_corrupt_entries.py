@@ -19,7 +19,7 @@ import redis.asyncio
 from pydantic import BaseModel, ConfigDict
 
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.serialization import MAX_BODY_BYTES, decode_entry
+from hybridcache._serialization import MAX_BODY_BYTES, decode_entry
 from tests.integration.conftest import CacheEnv, Factory, StartCache
 
 KEY = "Dealership:42"

@@ -19,8 +19,8 @@ import pytest
 
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
+from hybridcache._resilience import CircuitState
 from hybridcache.cache import FactoryTimeoutError
-from hybridcache.resilience import CircuitState
 from hybridcache.settings import CircuitBreakerSettings, FailSafeSettings, MemoryCacheSettings
 from tests.support.waiting import wait_until
 

@@ -23,7 +23,7 @@ import pytest
 import redis.asyncio
 
 from hybridcache import HybridCache
-from hybridcache.redis import SYNC_PAGE
+from hybridcache._redis.l2 import SYNC_PAGE
 from tests.integration.conftest import CacheEnv, StartCache
 from tests.support.waiting import wait_until
 

@@ -1,4 +1,4 @@
-"""Live instances in Redis (``hybridcache.instances``) and the ``hybridcache`` operations CLI, on a private
+"""Live instances in Redis (``hybridcache._redis.registry``) and the ``hybridcache`` operations CLI, on a private
 redis-server: what running caches report, how dead ones disappear, and what each CLI command does to them.
 
 The CLI runs in-process through ``main(argv)`` in a worker thread (it owns its event loop, as the console script
@@ -22,9 +22,9 @@ import redis.asyncio
 
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
+from hybridcache._redis.l2 import hash_tag
+from hybridcache._redis.registry import InstanceKeys, InstanceRegistry, live_instances
 from hybridcache.cli import main
-from hybridcache.instances import InstanceKeys, InstanceRegistry, live_instances
-from hybridcache.redis import hash_tag
 from tests.support import wait_until
 
 INSTANCE_NAME = "Ops:"

@@ -17,6 +17,7 @@ import pytest
 
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
+from tests.integration.conftest import CacheEnv, StartCache
 from tests.support.waiting import wait_until
 
 TTL = 600.0
@@ -103,3 +104,14 @@ async def test_a_restarted_server_costs_no_failed_read(cache: HybridCache, redis
     assert await read(cache, "Dealership:1") is None, "a restarted server has no entries"
     assert cache.stats().l2_errors == errors, "a GET on a connection the restart closed counted as a failure"
     assert cache.stats().circuit == "closed"
+
+
+async def test_the_caches_own_clients_never_retry_a_failed_call(cache_env: CacheEnv, start_cache: StartCache) -> None:
+    """redis-py 6+ retries timeouts and connection errors with backoff by default, which would keep a down Redis
+    from the circuit breaker for seconds: every client the cache builds has retries off."""
+    cache = await start_cache(cache_env.settings())
+    assert cache._clients is not None
+    for client in (cache._clients.request, cache._clients.background):
+        retry = client.get_retry()
+        assert retry is not None
+        assert retry.get_retries() == 0

@@ -17,7 +17,7 @@ import pytest
 
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.generations import fields_for
+from hybridcache._generations import fields_for
 from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
 
 KEYS = 1_000_000

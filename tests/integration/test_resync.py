@@ -23,8 +23,8 @@ from redis.asyncio import Redis
 
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.backplane import Backplane
-from hybridcache.redis import RedisL2
+from hybridcache._redis.backplane import Backplane
+from hybridcache._redis.l2 import RedisL2
 from hybridcache.settings import BackplaneSettings
 from tests.support.waiting import wait_until
 
@@ -102,7 +102,8 @@ async def test_a_forged_huge_counter_does_not_switch_caching_off(
         assert await cache.wait_until_connected(5.0)
         assert await is_cached(cache, db)
         backplane = backplane_of(cache)
-        await forge(admin, cache, backplane.last_sequence + jump, {f"p:{PREFIX}": 10**12})
+        # Generations are times in ms (generations.py): 10**15 is the year 33658, above every real one.
+        await forge(admin, cache, backplane.last_sequence + jump, {f"p:{PREFIX}": 10**15})
         await wait_until(
             lambda: backplane.messages_received > 0, timeout=NOTICE, message="the forged message never arrived"
         )

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.redis import RedisL2
+from hybridcache._redis.l2 import RedisL2
 
 KEY = "Car:7"
 

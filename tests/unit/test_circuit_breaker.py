@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
+from hybridcache._resilience import CircuitBreaker, CircuitState
 from hybridcache.errors import CircuitOpenError, HybridCacheError
-from hybridcache.resilience import CircuitBreaker, CircuitState
 from tests.support.waiting import wait_until
 
 

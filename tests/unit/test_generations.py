@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hybridcache.generations import (
+from hybridcache._generations import (
     FLOOR_FIELD,
     GenerationTable,
     InvalidationLog,

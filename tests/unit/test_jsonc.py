@@ -1,4 +1,4 @@
-"""hybridcache.jsonc and CacheSettings.from_json: appsettings JSON with comments and trailing commas, as in .NET."""
+"""hybridcache._jsonc and CacheSettings.from_json: appsettings JSON with comments and trailing commas, as in .NET."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from hybridcache import jsonc
+from hybridcache import _jsonc as jsonc
 from hybridcache.errors import CacheConfigurationError
 from hybridcache.settings import CacheSettings
 

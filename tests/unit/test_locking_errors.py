@@ -1,5 +1,5 @@
 """How the distributed lease lock classifies errors: a failed Redis call becomes L2UnavailableError (taking the
-lease) or is swallowed (releasing it), as :func:`hybridcache.redis.is_redis_failure` decides for every L2 call,
+lease) or is swallowed (releasing it), as :func:`hybridcache._redis.l2.is_redis_failure` decides for every L2 call,
 and counts towards the circuit breaker like any request-path call; anything else is a bug and propagates.
 Against a real redis-server, killed mid-test."""
 
@@ -9,7 +9,7 @@ import pytest
 
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.redis import L2UnavailableError
+from hybridcache._redis.l2 import L2UnavailableError
 
 
 async def test_a_killed_server_is_a_redis_failure_and_a_bug_of_ours_is_not(

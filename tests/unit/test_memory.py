@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hybridcache.memory import L1Entry, MemoryStore
+from hybridcache._memory import L1Entry, MemoryStore
 
 FOREVER = math.inf
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from hybridcache.resilience import RequestSlots
+from hybridcache._resilience import RequestSlots
 
 
 async def test_takes_up_to_the_limit_then_refuses_at_once() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from hybridcache.clients import connect
+from hybridcache._redis.clients import connect
 from hybridcache.connection import mask_configuration, parse_redis_configuration
 
 TEXT = (

@@ -17,8 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
-from hybridcache import serialization
-from hybridcache.serialization import (
+from hybridcache import _serialization as serialization
+from hybridcache._serialization import (
     FORMAT_VERSION,
     MAX_BODY_BYTES,
     CorruptEntryError,

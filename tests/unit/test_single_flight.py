@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from hybridcache.resilience import SingleFlight
+from hybridcache._resilience import SingleFlight
 from tests.support.waiting import wait_until
 
 

@@ -9,14 +9,14 @@ from typing import Any, TextIO
 
 import orjson
 
+from hybridcache._generations import FIRST_TIMESTAMP, FLOOR_FIELD, fields_for
+from hybridcache._redis.clients import RedisClients
+from hybridcache._redis.l2 import L2UnavailableError, RedisL2
+from hybridcache._resilience import CircuitBreaker
+from hybridcache._serialization import CorruptEntryError, decode_entry
 from hybridcache.cli.durations import short_duration
 from hybridcache.cli.exits import EXIT_OK, CommandFailed
-from hybridcache.clients import RedisClients
-from hybridcache.generations import FIRST_TIMESTAMP, FLOOR_FIELD, fields_for
 from hybridcache.keys import namespace
-from hybridcache.redis import L2UnavailableError, RedisL2
-from hybridcache.resilience import CircuitBreaker
-from hybridcache.serialization import CorruptEntryError, decode_entry
 from hybridcache.settings import CacheSettings
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
+from hybridcache._redis.clients import RedisClients
 from hybridcache.cache import HybridCache
 from hybridcache.cli.exits import EXIT_OK, CommandFailed
-from hybridcache.clients import RedisClients
 from hybridcache.keys import namespace
 from hybridcache.settings import BackplaneSettings, CacheSettings, MemoryCacheSettings
 

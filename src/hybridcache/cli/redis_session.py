@@ -6,10 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Final
 
-from redis.exceptions import RedisError
-
+from hybridcache._redis.clients import RedisClients, RedisError, connect
 from hybridcache.cli.exits import CommandFailed, UsageError
-from hybridcache.clients import RedisClients, connect
 from hybridcache.settings import CacheSettings
 
 # An operator's one-off command may wait longer than the service's request path would.

@@ -7,12 +7,10 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from redis.exceptions import RedisError
-
+from hybridcache._redis.clients import RedisClients, RedisError
+from hybridcache._redis.registry import InstanceKeys, LiveInstance, live_instances
 from hybridcache.cli.durations import short_duration
 from hybridcache.cli.exits import EXIT_OK, CommandFailed
-from hybridcache.clients import RedisClients
-from hybridcache.instances import InstanceKeys, LiveInstance, live_instances
 from hybridcache.settings import CacheSettings
 
 _COLUMNS = (

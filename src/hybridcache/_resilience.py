@@ -21,7 +21,7 @@ from hybridcache.errors import CircuitOpenError
 
 __all__ = ["CircuitBreaker", "CircuitOpenError", "CircuitState", "RequestSlots", "SingleFlight"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("hybridcache.resilience")
 
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)

@@ -15,12 +15,12 @@ import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
-from hybridcache._state import _NEVER, CacheState
+from hybridcache._core.state import _NEVER, CacheState
+from hybridcache._generations import fields_for
+from hybridcache._memory import L1Entry
+from hybridcache._redis.l2 import Capture, L2UnavailableError
+from hybridcache._serialization import EntryHeader, ValueCodec, encode_entry
 from hybridcache.errors import FactoryTimeoutError
-from hybridcache.generations import fields_for
-from hybridcache.memory import L1Entry
-from hybridcache.redis import Capture, L2UnavailableError
-from hybridcache.serialization import EntryHeader, ValueCodec, encode_entry
 
 logger = logging.getLogger("hybridcache")
 
@@ -71,7 +71,7 @@ class _Capture:
 
 
 class FillPath(CacheState):
-    """Computes and stores values (the base of :class:`~hybridcache.read_path.ReadPath`)."""
+    """Computes and stores values (the base of :class:`~hybridcache._core.read_path.ReadPath`)."""
 
     async def _compute(self, plan: _Plan, stale: _Found | None) -> Any:
         """Run the factory (with its timeouts) and store the result; fall back to ``stale`` under fail-safe."""

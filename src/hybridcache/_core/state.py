@@ -1,6 +1,6 @@
 """The state a :class:`~hybridcache.cache.HybridCache` is made of, declared in one place.
 
-The cache's read path (``read_path.py``, over ``fill_path.py``) and write path (``write_path.py``) live in their
+The cache's read path (``read_path.py``, over ``fill_path.py``) and write path (``write_path.py``), in this package, live in their
 own modules as mixins of :class:`CacheState`; declaring every attribute here lets each of them type-check on its
 own. ``cache.py`` sets them all in ``HybridCache.__init__``.
 """
@@ -13,17 +13,17 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from hybridcache.backplane import Backplane
-from hybridcache.generations import GenerationTable, InvalidationLog, RecentRemovals
-from hybridcache.locking import DistributedSingleFlight
-from hybridcache.memory import MemoryStore
+from hybridcache._generations import GenerationTable, InvalidationLog, RecentRemovals
+from hybridcache._memory import MemoryStore
+from hybridcache._redis.backplane import Backplane
+from hybridcache._redis.l2 import RedisL2
+from hybridcache._redis.lock import DistributedSingleFlight
+from hybridcache._resilience import CircuitBreaker, SingleFlight
 from hybridcache.metrics import Counters
-from hybridcache.redis import RedisL2
-from hybridcache.resilience import CircuitBreaker, SingleFlight
 from hybridcache.settings import CacheSettings
 
 if TYPE_CHECKING:
-    from hybridcache.telemetry import CacheTracer
+    from hybridcache._core.tracing import CacheTracer
 
 
 _NEVER: Final = float("inf")

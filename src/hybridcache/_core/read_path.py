@@ -1,7 +1,7 @@
 """The read path of :class:`~hybridcache.cache.HybridCache` on an L1 miss: read L2, then decide who loads.
 
 Everything here runs only on an L1 miss. The order: read L2 (outside the single flight, so a hit costs no task)
-→ join or start the key's single flight (optionally a distributed one, see ``locking.py``) → hand the load to
+→ join or start the key's single flight (optionally a distributed one, see ``_redis/lock.py``) → hand the load to
 ``fill_path.py``, which runs the factory and stores its result. L2 entries are decoded and checked against the
 current generations here, and promoted to L1.
 """
@@ -13,18 +13,18 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hybridcache._state import _NEVER, TtlLike, seconds_of
-from hybridcache.fill_path import FillPath, _Found, _Plan
-from hybridcache.generations import fields_for, is_behind
-from hybridcache.memory import L1Entry
-from hybridcache.redis import L2UnavailableError
-from hybridcache.serialization import CorruptEntryError, EntryHeader, ValueCodec, codec_for, decode_entry
-from hybridcache.telemetry import report_error
+from hybridcache._core.fill_path import FillPath, _Found, _Plan
+from hybridcache._core.state import _NEVER, TtlLike, seconds_of
+from hybridcache._core.tracing import report_error
+from hybridcache._generations import fields_for, is_behind
+from hybridcache._memory import L1Entry
+from hybridcache._redis.l2 import L2UnavailableError
+from hybridcache._serialization import CorruptEntryError, EntryHeader, ValueCodec, codec_for, decode_entry
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from hybridcache.telemetry import CacheTracer, SpanHandle
+    from hybridcache._core.tracing import CacheTracer, SpanHandle
 
 logger = logging.getLogger("hybridcache")
 

@@ -18,14 +18,18 @@ import dataclasses
 import logging
 from typing import Any, Literal
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from hybridcache.connection import RedisEndpointConfig
 
 logger = logging.getLogger("hybridcache.redis")
+
+__all__ = ["AnyRedis", "Redis", "RedisClients", "RedisError", "connect", "follow_sentinel_master", "wrap_client"]
 
 Topology = Literal["standalone", "sentinel", "cluster"]
 AnyRedis = Redis | RedisCluster
@@ -159,6 +163,7 @@ def _sentinel_options(endpoint: RedisEndpointConfig, node: dict[str, Any]) -> di
 
 def _node_options(endpoint: RedisEndpointConfig, operation_timeout: float, connect_timeout: float) -> dict[str, Any]:
     options = endpoint.to_redis_kwargs(single_host=False)
+    options["retry"] = Retry(NoBackoff(), 0)  # a timeout reaches the circuit breaker at once, not after retries
     for name in ("host", "port"):
         options.pop(name, None)
     options["socket_timeout"] = operation_timeout
@@ -241,3 +246,19 @@ async def _is_cluster_node(endpoint: RedisEndpointConfig, options: dict[str, Any
     finally:
         await probe.aclose()
     return bool(int(info.get("cluster_enabled", 0)))
+
+
+def wrap_client(client: AnyRedis, *, connect_timeout: float) -> RedisClients:
+    """Clients around one the application built: it serves requests; the backplane gets its own small pool."""
+    if isinstance(client, RedisCluster):
+        options = dict(client.nodes_manager.connection_kwargs)
+        return RedisClients(client, client, "cluster", options, owned=False)
+    pool = client.connection_pool
+    options = dict(pool.connection_kwargs)
+    options["socket_connect_timeout"] = connect_timeout
+    background = Redis(
+        connection_pool=ConnectionPool(
+            connection_class=pool.connection_class, max_connections=_BACKGROUND_POOL, **options
+        )
+    )
+    return RedisClients(client, background, "standalone", options, owned=False)

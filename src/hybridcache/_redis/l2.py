@@ -40,12 +40,12 @@ from redis.asyncio.connection import ConnectionPool
 from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
 from redis.typing import EncodableT
 
-from hybridcache import redis_scripts
-from hybridcache.direct_get import GetConnections, get_on_cluster, get_pooled
+from hybridcache._generations import EPOCH_FIELD, FLOOR_FIELD, new_epoch
+from hybridcache._redis import scripts
+from hybridcache._redis.direct_get import GetConnections, get_on_cluster, get_pooled
+from hybridcache._resilience import CircuitBreaker, RequestSlots
+from hybridcache._serialization import CorruptEntryError
 from hybridcache.errors import HybridCacheError
-from hybridcache.generations import EPOCH_FIELD, FLOOR_FIELD, new_epoch
-from hybridcache.resilience import CircuitBreaker, RequestSlots
-from hybridcache.serialization import CorruptEntryError
 
 T = TypeVar("T")
 # What ``RedisL2._fetch`` returns when GET answered WRONGTYPE: a hash, list or set sits under the entry's key.
@@ -140,15 +140,15 @@ class RedisL2:
         self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
         self._meta_ttl_ms = meta_ttl_ms
         # Generations last bumped longer ago are forgotten, and no entry outlives its capture by more (see
-        # generations.py): a stamp's floor is the capture's server time minus this.
+        # _generations.py): a stamp's floor is the capture's server time minus this.
         self.retention_ms = retention_ms
-        self._capture = client.register_script(redis_scripts.CAPTURE)
-        self._capture_fields = client.register_script(redis_scripts.CAPTURE_FIELDS)
-        self._capture_key = client.register_script(redis_scripts.CAPTURE_KEY)
-        self._set_if_current = client.register_script(redis_scripts.SET_IF_CURRENT)
-        self._remove_key = client.register_script(redis_scripts.REMOVE_KEY)
-        self._invalidate = client.register_script(redis_scripts.INVALIDATE)
-        self._sync = self.background.register_script(redis_scripts.SYNC)
+        self._capture = client.register_script(scripts.CAPTURE)
+        self._capture_fields = client.register_script(scripts.CAPTURE_FIELDS)
+        self._capture_key = client.register_script(scripts.CAPTURE_KEY)
+        self._set_if_current = client.register_script(scripts.SET_IF_CURRENT)
+        self._remove_key = client.register_script(scripts.REMOVE_KEY)
+        self._invalidate = client.register_script(scripts.INVALIDATE)
+        self._sync = self.background.register_script(scripts.SYNC)
 
     def redis_key(self, full_key: str) -> str:
         return self._instance_name + full_key
@@ -165,7 +165,7 @@ class RedisL2:
         return f"{{{redis_key}}}:{suffix}"
 
     def key_token_key(self, full_key: str) -> str:
-        """Where the exact key's capture token lives (``redis_scripts.CAPTURE_TOKEN_FUNCTION``): always in the
+        """Where the exact key's capture token lives (``scripts.CAPTURE_TOKEN_FUNCTION``): always in the
         entry's own slot."""
         return self._companion(full_key, "hc-kgen")
 

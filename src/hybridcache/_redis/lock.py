@@ -8,7 +8,7 @@ A notice that finds L2 still empty (an earlier round's, or a holder whose store 
 waiter back for the lease rather than to the factory. If no useful notice comes within the wait timeout — the
 holder died, or the channel is down — a waiter runs the factory itself: the lock bounds duplication, it never
 blocks progress. The lease bounds how long a crashed holder can keep others waiting. An eager refresh, too, runs
-only under the key's lease (see ``fill_path.py``).
+only under the key's lease (see ``_core/fill_path.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from hybridcache.redis import L2UnavailableError, RedisL2
+from hybridcache._redis.l2 import L2UnavailableError, RedisL2
 
 # The fill notice is published separately: on a cluster the lock and the channel live in different slots.
 _RELEASE = """
@@ -49,7 +49,7 @@ class DistributedSingleFlight:
 
         A request-path call like an L2 read: it goes through the circuit breaker and takes a request slot, so an
         open circuit refuses it without touching the socket and its failures count towards opening it. Raises
-        L2UnavailableError for a failed Redis call (as :func:`~hybridcache.redis.is_redis_failure` classifies it)
+        L2UnavailableError for a failed Redis call (as :func:`~hybridcache._redis.l2.is_redis_failure` classifies it)
         or an open circuit; anything else, a bug of ours, propagates as it is.
         """
         token = secrets.token_hex(8)

@@ -12,7 +12,7 @@ entry stamped with the old one is rejected, so a reset counter can never make an
 **Generations are times.** A bump sets a field to ``max(old + 1, now)`` in milliseconds of the server's clock, so a
 field that was dropped and is bumped again comes back higher than anything it held before. That is what lets the
 hash forget: a field whose last bump is older than the *retention* (``GenerationRetentionHours``) is deleted (a
-few fields per invalidation, see ``redis_scripts.INVALIDATE``), and no entry lives longer than the retention after
+few fields per invalidation, see ``_redis.scripts.INVALIDATE``), and no entry lives longer than the retention after
 its capture, so no entry made stale by that bump is left to be judged by it. A stamp also records a *floor*
 (:data:`FLOOR_FIELD`): the capture time minus the retention. A field the stamp does not name was at most the floor
 when captured — it was absent, or old enough to be forgotten — and any later bump lands above the floor.

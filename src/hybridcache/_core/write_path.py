@@ -16,9 +16,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from hybridcache._state import CacheState
+from hybridcache._core.state import CacheState
+from hybridcache._redis.l2 import L2UnavailableError
 from hybridcache.keys import SEPARATOR
-from hybridcache.redis import L2UnavailableError
 
 logger = logging.getLogger("hybridcache")
 
@@ -90,7 +90,7 @@ class WritePath(CacheState):
         results), it detaches in-flight loads of covered keys: a caller arriving after the invalidation must start
         a fresh load rather than share one that began before it. ``removed_at`` (the wall time of the removal at
         its source: this instance's first apply, or a message's ``t``) is remembered for the exact keys, so an L2
-        entry written before it is refused if Redis loses the ``DEL`` (``generations.RecentRemovals``).
+        entry written before it is refused if Redis loses the ``DEL`` (``_generations.RecentRemovals``).
         """
         full_prefixes = [self._namespace + p for p in prefixes]
         self._log.record(full_keys, full_prefixes, tags)

@@ -35,10 +35,10 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from hybridcache.clients import follow_sentinel_master
-from hybridcache.generations import GenerationTable
-from hybridcache.redis import RedisL2, parse_message
-from hybridcache.resilience import cancel_and_wait
+from hybridcache._generations import GenerationTable
+from hybridcache._redis.clients import follow_sentinel_master
+from hybridcache._redis.l2 import RedisL2, parse_message
+from hybridcache._resilience import cancel_and_wait
 
 logger = logging.getLogger("hybridcache.backplane")
 
@@ -103,7 +103,7 @@ class Backplane:
     async def close(self) -> None:
         """Stop the subscriber loop and wait until it has ended.
 
-        One cancel is not always enough (see :func:`~hybridcache.resilience.cancel_and_wait`).
+        One cancel is not always enough (see :func:`~hybridcache._resilience.cancel_and_wait`).
         """
         task, self._task = self._task, None
         if task is not None:
@@ -244,7 +244,7 @@ class Backplane:
         kind = message["type"]
         if kind in ("message", "smessage"):
             if message["data"][:5] == b'{"f":':
-                # A distributed-lock fill notice (see locking.py): not numbered, never part of gap detection.
+                # A distributed-lock fill notice (see lock.py): not numbered, never part of gap detection.
                 if self._on_fill is not None:
                     with contextlib.suppress(ValueError, KeyError, TypeError):
                         self._on_fill(str(orjson.loads(message["data"])["f"]))

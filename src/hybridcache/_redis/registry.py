@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-import importlib.metadata
 import logging
 import os
 import socket
@@ -32,9 +30,9 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
+from hybridcache._resilience import cancel_and_wait
 from hybridcache.keys import namespace as build_namespace
-from hybridcache.metrics import CacheStats
-from hybridcache.resilience import cancel_and_wait
+from hybridcache.metrics import CacheStats, package_version
 from hybridcache.settings import CacheSettings
 
 __all__ = ["REPORT_INTERVAL_SECONDS", "InstanceKeys", "InstanceRegistry", "LiveInstance", "live_instances"]
@@ -129,14 +127,6 @@ class LiveInstance:
         }
 
 
-@functools.cache
-def _package_version() -> str:
-    try:
-        return importlib.metadata.version("hybridcache")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 class InstanceRegistry:
     """Reports one cache's counters to Redis every ``interval`` seconds until closed.
 
@@ -198,7 +188,7 @@ class InstanceRegistry:
                 "host": self._host,
                 "pid": os.getpid(),
                 "startedAt": self._started_at,
-                "version": _package_version(),
+                "version": package_version(),
                 "namespace": self.keys.namespace,
                 "stats": self._stats().as_dict(),
             }

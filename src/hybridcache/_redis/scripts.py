@@ -1,7 +1,7 @@
-"""The Lua scripts :class:`~hybridcache.redis.RedisL2` runs: each check-and-act that must be atomic in Redis.
+"""The Lua scripts :class:`~hybridcache._redis.l2.RedisL2` runs: each check-and-act that must be atomic in Redis.
 
 Each script names the keys and arguments it takes. On a cluster every call touches one slot (the keys it is
-given share a hash tag, see ``redis.py``); only on a standalone server or Sentinel is ``INVALIDATE`` also given
+given share a hash tag, see ``l2.py``); only on a standalone server or Sentinel is ``INVALIDATE`` also given
 the removed entries' keys, so one script removes them and bumps the counters. The epoch fields (``__epoch__``,
 ``__server__``) live in the generation hash next to the prefix/tag counters.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from hybridcache.generations import FIRST_TIMESTAMP
+from hybridcache._generations import FIRST_TIMESTAMP
 
 # Fields of the generation hash each invalidation looks at for forgetting (one HSCAN step).
 SWEEP_COUNT: Final = 64
@@ -43,7 +43,7 @@ end
 """
 )
 
-# The server's clock in milliseconds: generations are times (see generations.py).
+# The server's clock in milliseconds: generations are times (see _generations.py).
 NOW_FUNCTION: Final = """
 local function now_ms()
   local time = redis.call('TIME')
@@ -132,7 +132,7 @@ return 1
 
 # KEYS: gens, seq, sweep cursor, then (entry, key token) per removed key (standalone only). ARGV: candidate epoch,
 # meta TTL, publish command, channel, sender, JSON list of full keys, the sender's wall time (seconds; the message's
-# ``t``, see generations.RecentRemovals), retention ms, then the fields to bump.
+# ``t``, see _generations.RecentRemovals), retention ms, then the fields to bump.
 # Each bump sets a field to max(old + 1, now); then the sweep looks at a few more fields (one HSCAN step, cursor
 # kept in KEYS[3]) and deletes those last bumped longer than the retention ago. Fields are created only by bumps,
 # so sweeping SWEEP_COUNT per invalidation keeps the hash near the fields bumped within the retention.

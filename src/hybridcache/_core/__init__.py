@@ -1,0 +1,1 @@
+"""The caching algorithm: read path, fill path, write path, and the state they share."""
