@@ -56,10 +56,10 @@ redis-server:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks harness
 
 typecheck: $(STAMP)
-	$(BIN)/mypy src tests/typing
+	$(BIN)/mypy src tests/typing harness
 
 ## Everything, on the locked set: lint, types, and the whole test suite (slow suites included). What CI runs.
 test: $(STAMP) redis-server lint typecheck
@@ -83,8 +83,8 @@ define range_end
 	$(UV) pip list --python $(1)/bin/python > $(1)/versions.txt
 	$(if $(filter lowest-direct,$(2)),$(1)/bin/python tools/check_floors.py)
 	$(1)/bin/ruff check .
-	$(1)/bin/ruff format --check src tests benchmarks
-	$(1)/bin/mypy src tests/typing
+	$(1)/bin/ruff format --check src tests benchmarks harness
+	$(1)/bin/mypy src tests/typing harness
 	@echo "==> the whole test suite on $(1): about 6 min on 2 cores"
 	$(1)/bin/pytest -p no:cacheprovider
 endef

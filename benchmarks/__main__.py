@@ -1,19 +1,15 @@
 """Run the benchmarks: ``python -m benchmarks [NAME ...]``.
 
-Every module ``benchmarks/bench_<name>.py`` with a ``main`` function is a benchmark. With no NAME all of them run,
+Every module ``benchmarks/bench_<name>.py`` is a benchmark with a ``main(argv)``. With no NAME all of them run,
 one after another in name order; ``python -m benchmarks cache l1_policy`` runs just those two (``--list`` shows
-the names). ``main`` is called with an empty argument list if it takes one (so each script runs with its own
-defaults, not with this runner's arguments), else with none; a coroutine it returns is run to completion. A
-benchmark that raises or returns a non-zero int is reported and the others still run; the exit status is 1 if
-any failed.
+the names). Each ``main`` gets an empty argument list, so it runs with its own defaults. A benchmark that raises
+or returns a non-zero int is reported and the others still run; the exit status is 1 if any failed.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
-import inspect
 import sys
 import time
 import traceback
@@ -32,24 +28,17 @@ def discover() -> list[str]:
 
 
 def run_one(name: str) -> bool:
-    """Import ``benchmarks.bench_<name>`` and run its ``main``; True when it succeeded."""
+    """Import ``benchmarks.bench_<name>`` and run its ``main([])``; True when it succeeded."""
     module = importlib.import_module(f"{__package__ or 'benchmarks'}.{PREFIX}{name}")
-    main = getattr(module, "main", None)
-    if not callable(main):
-        print(f"[{name}] skipped: no main() function", file=sys.stderr)
-        return True
-    takes_argv = bool(inspect.signature(main).parameters)
     saved_argv = sys.argv
     sys.argv = [str(PACKAGE_DIR / f"{PREFIX}{name}.py")]  # a script reading sys.argv sees no runner arguments
     try:
-        result = main([]) if takes_argv else main()
-        if inspect.iscoroutine(result):
-            result = asyncio.run(result)
+        result = module.main([])
     except SystemExit as exit_:  # a script that calls sys.exit() inside main
         result = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:
         sys.argv = saved_argv
-    return not (isinstance(result, int) and not isinstance(result, bool) and result != 0)
+    return not (isinstance(result, int) and result != 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,26 +1,27 @@
-"""Shared benchmark plumbing: batch timing, plain-text tables, and JSON result files.
+"""The benchmark toolkit: batch timing, percentiles, tables, the sample value, and result files. Every benchmark
+uses these and re-implements none of them; no benchmark imports another's module. Method: docs/benchmarks.md.
 
-Timing method: an operation is timed in *batches* — a loop of ``ops`` repetitions inside one function, measured
-with ``time.perf_counter_ns`` around the whole loop — so the clock's own cost is amortised; the figure for a batch
-is its elapsed time divided by ``ops`` (loop overhead included, nothing subtracted). Several variants are run
-round-robin, one batch each per round, so that a machine whose speed drifts (turbo, a noisy neighbour) affects all
-of them alike; the reported figure is the median over rounds. This process's CPU time per operation
-(``time.process_time_ns``) is recorded beside the wall time: it leaves out waiting for Redis and being preempted,
-so it shows what the code itself costs even on a busy machine. Garbage collection is paused while a batch runs,
-as ``timeit`` does. Every loop is bounded by a count and by a time budget.
+Timing: an operation is timed in *batches* (a loop of ``ops`` repetitions inside one ``perf_counter_ns`` pair, so
+the clock's cost is amortised; loop overhead included, nothing subtracted), several variants round-robin, one
+batch each per round, so drift hits all alike; the figure is the median over rounds, beside this process's CPU
+time per operation. Garbage collection is paused during a batch, as ``timeit`` does. Every loop is bounded.
 """
 
 from __future__ import annotations
 
-import asyncio
+import bisect
 import contextlib
 import datetime
+import functools
 import gc
 import importlib.metadata
 import inspect
+import itertools
 import json
+import math
 import os
 import platform
+import random
 import shlex
 import statistics
 import subprocess
@@ -31,8 +32,49 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from dealership.dto import DealershipDto, StateProvinceDto, ZipCodeDto
+from dealership.seed import generate
+from harness.postgres import PostgresUnavailableError, check_postgres_sync, postgres_database
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "benchmarks" / "results"
 _PACKAGES = ("hybridcache", "redis", "hiredis", "pydantic", "pydantic-core", "orjson")
+
+# ---------------------------------------------------------------------------------------------- percentiles
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile (``fraction`` in 0..1) of ``values``; 0.5 is the median; NaN when empty."""
+    if not values:
+        return math.nan
+    if fraction == 0.5:
+        return statistics.median(values)
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def summarize(
+    values: Sequence[float], stats: Sequence[str], *, unit: str = "", scale: float = 1.0, digits: int = 1
+) -> dict[str, float]:
+    """``{"<stat>_<unit>": value}`` for each of ``stats`` ("median", "pNN", "min", "max", "mean"), values times
+    ``scale`` and rounded to ``digits``; "count" is the number of values."""
+
+    aggregate: dict[str, Callable[[Sequence[float]], float]] = {"min": min, "max": max, "mean": statistics.fmean}
+    out: dict[str, float] = {}
+    for stat in stats:
+        if stat == "count":
+            out["count"] = len(values)
+            continue
+        value = (
+            aggregate[stat](values)
+            if stat in aggregate
+            else percentile(values, 0.5 if stat == "median" else int(stat[1:]) / 100)
+        )
+        out[f"{stat}_{unit}" if unit else stat] = round(value * scale, digits)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- timing
 
 #: A batch: ``run(ops)`` performs the operation ``ops`` times (sync or async).
 Batch = Callable[[int], None] | Callable[[int], Awaitable[None]]
@@ -63,12 +105,11 @@ class Timing:
 
     @classmethod
     def of(cls, name: str, per_op_ns: Sequence[float], ops: int, cpu_per_op_ns: Sequence[float] = ()) -> Timing:
-        deciles = statistics.quantiles(per_op_ns, n=10) if len(per_op_ns) > 1 else [per_op_ns[0]] * 9
         return cls(
             name=name,
             median_ns=statistics.median(per_op_ns),
-            p10_ns=deciles[0],
-            p90_ns=deciles[-1],
+            p10_ns=percentile(per_op_ns, 0.1),
+            p90_ns=percentile(per_op_ns, 0.9),
             min_ns=min(per_op_ns),
             batches=len(per_op_ns),
             ops=ops,
@@ -77,23 +118,13 @@ class Timing:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "median_ns": round(self.median_ns, 1),
-            "p10_ns": round(self.p10_ns, 1),
-            "p90_ns": round(self.p90_ns, 1),
-            "min_ns": round(self.min_ns, 1),
-            "cpu_median_ns": round(self.cpu_median_ns, 1),
-            "batches": self.batches,
-            "ops_per_batch": self.ops,
-        }
+        figures = ("median_ns", "p10_ns", "p90_ns", "min_ns", "cpu_median_ns")
+        return {k: round(getattr(self, k), 1) for k in figures} | {"batches": self.batches, "ops_per_batch": self.ops}
 
 
 def paired_ratio(numerator: Timing, denominator: Timing) -> float:
-    """Median over rounds of ``numerator / denominator`` measured in the same round.
-
-    Both batches of a round ran back to back, so a slow spell of the machine inflates both alike; this ratio is
-    steadier than the ratio of the two medians when the machine is busy.
-    """
+    """Median over rounds of ``numerator / denominator`` measured in the same round: steadier than the ratio of
+    the two medians when the machine is busy, since a slow spell inflates both batches of a round alike."""
     return statistics.median(a / b for a, b in zip(numerator.samples, denominator.samples, strict=True))
 
 
@@ -111,50 +142,56 @@ def _gc_paused() -> Iterator[None]:
 async def _time_batch(variant: Variant) -> tuple[float, float]:
     """Wall-clock and CPU nanoseconds per operation for one batch of ``variant``."""
     with _gc_paused():
-        cpu_start = time.process_time_ns()
-        start = time.perf_counter_ns()
+        cpu_start, start = time.process_time_ns(), time.perf_counter_ns()
         result = variant.run(variant.ops)
         if inspect.isawaitable(result):
             await result
-        elapsed = time.perf_counter_ns() - start
-        cpu = time.process_time_ns() - cpu_start
+        elapsed, cpu = time.perf_counter_ns() - start, time.process_time_ns() - cpu_start
     return elapsed / variant.ops, cpu / variant.ops
 
 
 async def measure(
     variants: Sequence[Variant], *, rounds: int, max_seconds: float, warmup_rounds: int = 2
 ) -> dict[str, Timing]:
-    """Time every variant round-robin for up to ``rounds`` rounds (fewer if ``max_seconds`` runs out).
-
-    Async variants are awaited in the running loop; call this with ``await`` (or through :func:`measure_sync`).
-    """
+    """Time every variant round-robin for up to ``rounds`` rounds (fewer if ``max_seconds`` runs out); async
+    variants are awaited in the running loop."""
     if rounds < 1:
         raise ValueError("rounds must be at least 1")
     for _ in range(warmup_rounds):
         for variant in variants:
             await _time_batch(variant)
     gc.collect()
-    samples: dict[str, list[float]] = {v.name: [] for v in variants}
-    cpu: dict[str, list[float]] = {v.name: [] for v in variants}
+    samples: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
     deadline = time.monotonic() + max_seconds
     for _ in range(rounds):
         for variant in variants:
-            wall_ns, cpu_ns = await _time_batch(variant)
-            samples[variant.name].append(wall_ns)
-            cpu[variant.name].append(cpu_ns)
+            samples[variant.name].append(await _time_batch(variant))
         if time.monotonic() >= deadline:
             break
-    return {v.name: Timing.of(v.name, samples[v.name], v.ops, cpu[v.name]) for v in variants}
+    return {
+        v.name: Timing.of(v.name, [w for w, _ in samples[v.name]], v.ops, [c for _, c in samples[v.name]])
+        for v in variants
+    }
 
 
-def measure_sync(
-    variants: Sequence[Variant], *, rounds: int, max_seconds: float, warmup_rounds: int = 2
-) -> dict[str, Timing]:
-    """:func:`measure` for purely synchronous variants, from synchronous code."""
-    return asyncio.run(measure(variants, rounds=rounds, max_seconds=max_seconds, warmup_rounds=warmup_rounds))
+def looped(op: Callable[[], Awaitable[Any]]) -> Callable[[int], Awaitable[None]]:
+    """A batch of ``ops`` sequential awaits of ``op`` (the loop's own cost is part of the figure)."""
+
+    async def batch(ops: int) -> None:
+        for _ in range(ops):
+            await op()
+
+    return batch
 
 
-# ---------------------------------------------------------------------------------------------- output
+def zipf(n: int, alpha: float, rng: random.Random) -> Callable[[], int]:
+    """A sampler of ranks 0..n-1 with probability proportional to ``1 / (rank + 1) ** alpha`` (inverse CDF)."""
+    cumulative = list(itertools.accumulate(1.0 / (k**alpha) for k in range(1, n + 1)))
+    total, draw, last = cumulative[-1], rng.random, n - 1
+    return lambda: min(bisect.bisect_left(cumulative, draw() * total), last)
+
+
+# ---------------------------------------------------------------------------------------------- tables
 
 
 def format_ns(ns: float) -> str:
@@ -166,21 +203,143 @@ def format_ns(ns: float) -> str:
     return f"{ns / 1_000_000:.3g} ms"
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A plain-text table: the first column left-aligned, the others right-aligned."""
-    cells = [[str(h) for h in headers], *([str(c) for c in row] for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+def fmt(value: Any, digits: int | None = None, suffix: str = "") -> str:
+    """A figure as a table cell: ``-`` for None/NaN, thousands separators, ``digits`` decimals (else 3 significant
+    below 100), ``yes``/``no`` for booleans."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}{suffix}"
+    if isinstance(value, float):
+        text = (
+            f"{value:,.{digits}f}" if digits is not None else f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+        )
+        return text + suffix
+    return str(value)
 
-    def line(row: Sequence[str]) -> str:
-        first, *rest = row
-        return "  ".join([first.ljust(widths[0]), *(c.rjust(w) for c, w in zip(rest, widths[1:], strict=True))])
 
-    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])])
+def ratio(value: float | None, reference: float | None, digits: int = 1) -> str:
+    """``value / reference`` as ``1.2x``, or ``-``."""
+    return "-" if value is None or not reference else f"{value / reference:.{digits}f}x"
+
+
+@dataclass
+class Table:
+    """Rows under headers, with an optional title above and note below: one table, printed on the console
+    (:meth:`text`) or put into a Markdown page (:meth:`markdown`, by ``make_report``). First column left-aligned."""
+
+    headers: Sequence[str]
+    rows: Sequence[Sequence[object]] = ()
+    title: str = ""
+    note: str = ""
+
+    def text(self) -> str:
+        cells = [[str(h) for h in self.headers], *([str(c) for c in row] for row in self.rows)]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(self.headers))]
+
+        def line(row: Sequence[str]) -> str:
+            return "  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True))])
+
+        body = [line(cells[0]), "  ".join("-" * w for w in widths), *(line(r) for r in cells[1:])]
+        return "\n".join(filter(None, [self.title, *body, self.note]))
+
+    def markdown(self) -> str:
+        def row(cells: Sequence[object]) -> str:
+            return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+        align = "|" + "|".join([":---"] + ["---:"] * (len(self.headers) - 1)) + "|"
+        body = [row(self.headers), align, *(row(r) for r in self.rows)]
+        return "\n\n".join(filter(None, [self.title, "\n".join(body), self.note]))
+
+
+def print_tables(tables: Sequence[Table]) -> None:
+    print("\n\n".join(t.text() for t in tables))
+
+
+# ---------------------------------------------------------------------------------------------- the sample value
+
+SEED_ROWS = 2000  # the service's default seed count; ids beyond it reuse rows with their own id
+
+
+@functools.cache
+def _seed_rows() -> list[tuple[dict[str, object], ZipCodeDto]]:
+    data = generate(SEED_ROWS)
+    states = [StateProvinceDto(id=i + 1, code=s["code"], name=s["name"]) for i, s in enumerate(data.states)]
+    zips = [
+        ZipCodeDto(id=i + 1, code=c["code"], city=c["city"], state_province_id=s + 1, state_province=states[s])
+        for i, (s, c) in enumerate(data.zip_codes)
+    ]
+    return [(columns, zips[zip_index]) for zip_index, columns in data.dealerships]
+
+
+def dealership_dto(dealership_id: int = 42) -> DealershipDto:
+    """The value every benchmark caches: one dealership of the service's deterministic seed, with its zip code
+    and state (what ``GET /api/dealership/{id}`` returns)."""
+    rows = _seed_rows()
+    columns, zip_code = rows[(dealership_id - 1) % len(rows)]
+    return DealershipDto(
+        id=dealership_id,
+        name=str(columns["name"]),
+        business_address=str(columns["business_address"]),
+        business_zip_code_id=zip_code.id,
+        unique_key=columns["unique_key"],
+        business_zip_code=zip_code,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the service
+
+SEED_COUNT = 2000  # dealerships seeded into the service's database
+#: Brand names each matching at least 10 of the 2000 seeded dealerships (the search route's terms).
+SEARCH_TERMS = ("ford", "toyota", "honda", "chevrolet", "nissan", "hyundai", "kia", "subaru", "mazda", "jeep")
+
+
+@contextlib.contextmanager
+def database_urls(names: Sequence[str], workdir: Path) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """``({name: url}, {name: why skipped})`` for ``sqlite`` (a file in ``workdir``) and ``postgresql`` (a
+    throwaway database, dropped on exit; skipped when the server is unreachable)."""
+    urls = {"sqlite": f"sqlite+aiosqlite:///{workdir / 'dealership.db'}"} if "sqlite" in names else {}
+    skipped: dict[str, str] = {}
+    if "postgresql" in names:
+        try:
+            check_postgres_sync()
+        except PostgresUnavailableError as exc:
+            skipped["postgresql"] = str(exc)
+    if "postgresql" not in names or skipped:
+        yield urls, skipped
+        return
+    with postgres_database(prefix="hc_bench_") as url:
+        yield {**urls, "postgresql": url}, skipped
+
+
+def stats_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:
+    """What the cache did between two ``/api/cache/stats`` readings (hits by level, misses, handler runs)."""
+    return {k: int(after[k]) - int(before[k]) for k in ("l1Hits", "l2Hits", "misses", "handlerRuns")}
+
+
+# ---------------------------------------------------------------------------------------------- result files
 
 
 def command_line() -> str:
     """The command line that started this process, exactly as typed (``sys.orig_argv``)."""
     return shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages now: the figures are only as quiet as the machine was."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def _cpu_model() -> str:
@@ -201,24 +360,16 @@ def _run(*command: str) -> str:
 
 def machine_info() -> dict[str, Any]:
     """What the figures depend on: CPU, load, OS, Python, redis-server, library versions, the git commit."""
-    versions: dict[str, str] = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    root = Path(__file__).resolve().parent.parent
-    dirty = _run("git", "-C", str(root), "status", "--porcelain", "--untracked-files=no")
+    dirty = _run("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no")
     return {
         "cpu": _cpu_model(),
         "cpus": os.cpu_count(),
-        "load_average": [round(x, 2) for x in load] if load else None,
+        "load_average": load_average(),
         "os": platform.platform(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "redis_server": _run("redis-server", "--version"),
-        "packages": versions,
-        "git_commit": _run("git", "-C", str(root), "rev-parse", "--short", "HEAD") + ("-dirty" if dirty else ""),
+        "packages": package_versions(*_PACKAGES),
+        "git_commit": _run("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD") + ("-dirty" if dirty else ""),
     }
 
 
@@ -235,3 +386,22 @@ def write_results(name: str, payload: Mapping[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
+
+
+class Run:
+    """One benchmark run: notes the load average and the clock at the start; :meth:`finish` prints the tables
+    and writes the result file with ``load_average_at_start`` and ``elapsed_seconds`` added."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.load_at_start = load_average()
+        self._started = time.monotonic()
+
+    def finish(self, payload: Mapping[str, Any], tables: Callable[[dict[str, Any]], Sequence[Table]]) -> Path:
+        elapsed = round(time.monotonic() - self._started, 1)
+        path = write_results(
+            self.name, {**payload, "load_average_at_start": self.load_at_start, "elapsed_seconds": elapsed}
+        )
+        print_tables(tables(json.loads(path.read_text())))  # the tables make_report shows, from the same file
+        print(f"\n{elapsed:.0f} s; wrote {path}")
+        return path

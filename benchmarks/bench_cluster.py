@@ -1,48 +1,8 @@
-"""Redis Cluster and Sentinel against a standalone Redis: L2-hit latency, and throughput with 1 vs 3 masters.
-
-Run: ``python -m benchmarks cluster`` (or ``python -m benchmarks.bench_cluster [--rounds N] [--duration S] ...``).
-Starts its own servers on free loopback ports — a standalone redis-server, a 3-master cluster (3 masters + 3
-replicas, ``redis-cli --cluster create``), a 1-master cluster (1 master + 1 replica), a Sentinel setup (master,
-replica, 3 sentinels) — and never touches another Redis.
-
-**Latency** (issue 8, acceptance 2, first half): ``get_or_create`` L2 hits — a cache with ``MemoryCache.Enabled:
-false``, so every call reads Redis, checks the envelope and decodes the DTO — on each topology, measured
-round-robin in one run (see ``_common``), median ns/op over batches, keys rotating over 64 entries spread over
-all slots. Raw redis-py ``GET`` on the standalone and the cluster client for reference, and both cluster figures
-again with only the keys one master serves: on a machine with fewer cores than server processes, requests that
-alternate between three masters pay for waking three processes, which is not the client's cost. Target: the
-cluster's L2 hit (keys on all masters) within 20% of standalone (the paired per-round ratio).
-
-**Throughput** (second half): ``--processes`` client processes, each one cache (L1 off) running ``--tasks``
-concurrent tasks that call ``get_or_create`` on random keys out of ``--keys`` pre-filled entries (every call an
-L2 hit), for ``--duration`` seconds after a common start; ops/s summed over processes. The same client load runs
-against the standalone server, the 1-master cluster and the 3-master cluster, interleaved ``--repeats`` times;
-the median is reported, with each process's CPU time and each master's CPU time and GET count in the window.
-
-Honesty about the machine: it has as many cores as ``machine.cpus`` says (2 where the committed results were
-made). Clients and servers share them, and a Python client spends several times more CPU per L2 hit than Redis
-spends per GET, so the clients saturate the cores long before one master does: there is no idle core for a
-second or third master to use, and ops/s cannot grow with masters here. What the run does show is that the
-keyspace spreads (each master serves a third of the GETs and uses a third of the server CPU) and what one GET
-costs a master, from which a master's capacity on a core of its own follows.
-
-**Server-bound throughput** (``throughput_server_bound``): in production each master has a machine of its own and,
-under enough client load, the masters are the bottleneck; that is the case in which a cluster should scale. To
-model it here, every master process (each redis-server that answers the GETs — the standalone server counts as
-one master) gets the same fixed CPU budget, ``--master-cpu-percent`` of one core, with a cgroup CPU quota
-(``benchmarks/_cpu_cap.py``; a period of 10 ms or the shortest that allows the kernel's 1 ms minimum quota, 34 ms
-at the default 3%), and the same client load runs against the standalone server, the 1-master and the 3-master
-cluster, interleaved ``--server-bound-repeats`` times, with a longer operation timeout
-(``CAPPED_OPERATION_TIMEOUT_MS``) because a throttled master answers in bursts. The default budget is small
-enough that three capped masters need far less client CPU than the 2 client processes can supply, so the
-clients have headroom and ops/s follows the masters' capacity. The run records each master's CPU as a share of
-its cap and how often it was throttled: the 1-master run counts as server-bound when its master used at least
-``SERVER_BOUND_SHARE_OF_CAP`` of its cap. This is a model of masters on cores of their own, scaled down to fit
-this machine (a capped master does a few thousand GETs/s, not tens of thousands); the uncapped figure above is
-what this machine does. The caps are removed afterwards, also when a run fails. Where the cgroup cannot be
-written (not root, no ``cpu`` controller) the mode is skipped and the reason recorded; ``--no-server-bound``
-skips it too. Master CPU time is read from the scheduler's runtime (``/proc/<pid>/task/*/sched``) where the
-kernel exposes it, as clock ticks (10 ms) would be too coarse for a capped master. See docs/cluster.md.
+"""Redis Cluster and Sentinel against a standalone Redis (issue 8, acceptance 2): ``get_or_create`` L2-hit latency on
+each topology (target: cluster within 20% of standalone, paired), and throughput with 1 vs 3 masters under the same
+client load, uncapped (client-bound on this machine) and server-bound (every master capped at the same share of a
+core with a cgroup CPU quota, ``benchmarks/_cpu_cap.py``; skipped with the reason where the cgroup cannot be
+written). Options: see ``--help``. Method and caveats: docs/benchmarks.md and docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -54,9 +14,7 @@ import multiprocessing.connection
 import os
 import random
 import statistics
-import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
@@ -68,13 +26,13 @@ import redis
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
-from benchmarks._common import Timing, Variant, format_ns, format_table, measure, paired_ratio, write_results
+from benchmarks._common import Run, Table, Timing, Variant, dealership_dto, format_ns, measure, paired_ratio
 from benchmarks._cpu_cap import CpuCap, CpuCapUnavailable, period_for, unavailable_reason
-from dealership.dto import DealershipDto, StateProvinceDto, ZipCodeDto
+from dealership.dto import DealershipDto
+from harness.redis_cluster import RedisClusterProcess
+from harness.redis_sentinel import RedisSentinelSetup
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from tests.support.redis_cluster import RedisClusterProcess
-from tests.support.redis_sentinel import RedisSentinelSetup
-from tests.support.redis_server import RedisServer
 
 LATENCY_TARGET_RATIO = 1.20
 SERVICE = "bench-cluster"
@@ -105,20 +63,6 @@ L2_CLUSTER_ONE = "get_or_create L2 hit, cluster, keys of one master"
 RAW_CLUSTER_ONE = "raw GET, RedisCluster client, keys of one master"
 
 
-def sample_dealership(id_: int = 42) -> DealershipDto:
-    """A typical cached value: a dealership with its zip code and state (as bench_cache uses)."""
-    state = StateProvinceDto(id=14, code="IL", name="Illinois")
-    zip_code = ZipCodeDto(id=6021, code="62701", city="Springfield", state_province_id=14, state_province=state)
-    return DealershipDto(
-        id=id_,
-        name="Springfield Ford Lincoln",
-        business_address="2200 S Dirksen Pkwy",
-        business_zip_code_id=6021,
-        unique_key=uuid.UUID(int=id_),
-        business_zip_code=zip_code,
-    )
-
-
 def settings_for(configuration: str, *, operation_timeout_ms: int = OPERATION_TIMEOUT_MS) -> CacheSettings:
     """L1 off: every ``get_or_create`` of a stored key is an L2 hit."""
     return CacheSettings(
@@ -142,7 +86,7 @@ async def fill(cache: HybridCache, count: int) -> None:
     for start in range(0, count, 64):
         await asyncio.gather(
             *(
-                cache.set(key_of(n), sample_dealership(n), ttl=TTL, type_=DealershipDto)
+                cache.set(key_of(n), dealership_dto(n), ttl=TTL, type_=DealershipDto)
                 for n in range(start, min(count, start + 64))
             )
         )
@@ -547,85 +491,7 @@ def throughput_server_bound(
 # ---------------------------------------------------------------------------------------------- output
 
 
-def markdown(document: dict[str, Any]) -> str:
-    """The latency and throughput tables of a ``cluster.json`` document, as Markdown."""
-    lat = document["latency"]
-    out = [
-        f"L2 hit latency (median of {next(iter(lat['results'].values()))['batches']} batches, one loop, round-robin):",
-        "",
-        "| operation | median | p90 | vs standalone L2 hit |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, timing in lat["results"].items():
-        ratio = lat["ratios"].get(name)
-        out.append(
-            f"| {name} | {format_ns(timing['median_ns'])} | {format_ns(timing['p90_ns'])} "
-            f"| {'' if ratio is None else f'{ratio:.2f}x'} |"
-        )
-    thr = document["throughput"]
-    setup = thr["setup"]
-    out += [
-        "",
-        f"Throughput: {setup['processes']} client processes of {setup['tasks']} tasks, L2 hits on random keys out of "
-        f"{setup['keys']:,}, {setup['duration_s']} s windows, median of {setup['repeats']} interleaved runs, on "
-        f"{document['machine']['cpus']} cores shared by clients and servers:",
-        "",
-        "| topology | ops/s | client CPU per op | master CPU per GET | busiest master | GET share per master |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
-    for name, row in thr["summary"].items():
-        shares = ", ".join(f"{100 * s:.0f}%" for s in row["gets_share_per_master"])
-        out.append(
-            f"| {name} | {row['ops_per_s_median']:,} | {row['client_cpu_us_per_op_median']} µs "
-            f"| {row['master_cpu_us_per_get_median']} µs | {100 * row['busiest_master_core_share_median']:.0f}% "
-            f"of a core | {shares} |"
-        )
-    if "ratio_3_vs_1_masters" in thr:
-        out += ["", f"3 masters / 1 master: **{thr['ratio_3_vs_1_masters']:.2f}x** (client-bound)."]
-    out += _server_bound_markdown(document.get("throughput_server_bound"))
-    return "\n".join(out)
-
-
-def _server_bound_markdown(section: dict[str, Any] | None) -> list[str]:
-    if section is None:
-        return []
-    if "skipped" in section:
-        return ["", f"Server-bound throughput (masters CPU-capped): skipped — {section['skipped']}."]
-    setup = section["setup"]
-    out = [
-        "",
-        f"Server-bound throughput: the same client load, but every master process capped at "
-        f"{setup['master_cpu_percent']:g}% of one core (cgroup CPU quota {setup['cfs_quota_us']} µs per "
-        f"{setup['cfs_period_us']} µs), modelling masters on cores of their own; median of {setup['repeats']} "
-        "interleaved runs:",
-        "",
-        "| topology | ops/s | client CPU per op | master CPU per GET | busiest master | of its cap | throttled "
-        "| GET share per master | errors / misses |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
-    ]
-    for name, row in section["summary"].items():
-        shares = ", ".join(f"{100 * s:.0f}%" for s in row["gets_share_per_master"])
-        out.append(
-            f"| {name} | {row['ops_per_s_median']:,} | {row['client_cpu_us_per_op_median']} µs "
-            f"| {row['master_cpu_us_per_get_median']} µs | {100 * row['busiest_master_core_share_median']:.1f}% "
-            f"of a core | {100 * row['busiest_master_share_of_cap_median']:.0f}% "
-            f"| {100 * row['busiest_master_throttled_periods_share_median']:.0f}% of periods | {shares} "
-            f"| {row['errors']} / {row['misses']} |"
-        )
-    bound = "server-bound" if section["one_master_server_bound"] else "**not** server-bound"
-    out += [
-        "",
-        f"3 masters / 1 master: **{section['ratio_3_vs_1_masters']:.2f}x** (the 1-master run's busiest master at "
-        f"{100 * section['one_master_share_of_cap']:.0f}% of its cap: {bound}).",
-    ]
-    return out
-
-
-def _throughput_table(summary: dict[str, Any], *, cap_percent: float | None = None) -> str:
-    """The plain-text table of a throughput summary; with ``cap_percent``, the cap columns too."""
-    headers = ["topology", "ops/s (median)", "client CPU/op", "master CPU/GET", "busiest master", "GET share"]
-    if cap_percent is not None:
-        headers += ["busiest / cap", "busiest throttled", "errors / misses"]
+def _throughput_rows(summary: dict[str, Any], *, capped: bool) -> list[list[Any]]:
     rows = []
     for name, row in summary.items():
         cells = [
@@ -633,17 +499,63 @@ def _throughput_table(summary: dict[str, Any], *, cap_percent: float | None = No
             f"{row['ops_per_s_median']:,}",
             f"{row['client_cpu_us_per_op_median']} µs",
             f"{row['master_cpu_us_per_get_median']} µs",
-            f"{100 * row['busiest_master_core_share_median']:.1f}%",
-            " / ".join(f"{100 * s:.0f}%" for s in row["gets_share_per_master"]),
+            f"{100 * row['busiest_master_core_share_median']:.1f}% of a core",
+            ", ".join(f"{100 * s:.0f}%" for s in row["gets_share_per_master"]),
         ]
-        if cap_percent is not None:
+        if capped:
             cells += [
                 f"{100 * row['busiest_master_share_of_cap_median']:.0f}%",
                 f"{100 * row['busiest_master_throttled_periods_share_median']:.0f}% of periods",
                 f"{row['errors']} / {row['misses']}",
             ]
         rows.append(cells)
-    return format_table(headers, rows)
+    return rows
+
+
+def tables(document: dict[str, Any]) -> list[Table]:
+    """The latency and throughput tables of a ``cluster.json`` document."""
+    lat, thr, bound = document["latency"], document["throughput"], document.get("throughput_server_bound")
+    latency = [
+        [name, format_ns(t["median_ns"]), format_ns(t["p90_ns"]), f"{lat['ratios'][name]:.2f}x"]
+        for name, t in lat["results"].items()
+    ]
+    batches = next(iter(lat["results"].values()))["batches"]
+    client = "; ".join(f"{k}: {v:.2f}x" for k, v in lat.get("client_ratios", {}).items())
+    setup = thr["setup"]
+    headers = ["topology", "ops/s", "client CPU per op", "master CPU per GET", "busiest master", "GET share per master"]
+    out = [
+        Table(
+            ["operation", "median", "p90", "vs standalone L2 hit (paired)"],
+            latency,
+            f"L2 hit latency (median of {batches} batches, one loop, round-robin):",
+            client,
+        ),
+        Table(
+            headers,
+            _throughput_rows(thr["summary"], capped=False),
+            f"Throughput: {setup['processes']} client processes of {setup['tasks']} tasks, L2 hits on random keys out "
+            f"of {setup['keys']:,}, {setup['duration_s']} s windows, median of {setup['repeats']} interleaved runs, "
+            f"on {document['machine']['cpus']} cores shared by clients and servers:",
+            f"3 masters / 1 master: **{thr['ratio_3_vs_1_masters']:.2f}x** (client-bound).",
+        ),
+    ]
+    if bound is None or "skipped" in bound:
+        reason = "no result" if bound is None else bound["skipped"]
+        return [*out, Table(["server-bound throughput (masters CPU-capped)"], [[f"skipped — {reason}"]])]
+    setup = bound["setup"]
+    verdict = "server-bound" if bound["one_master_server_bound"] else "**not** server-bound"
+    title = (
+        f"Server-bound throughput: the same client load, but every master process capped at "
+        f"{setup['master_cpu_percent']:g}% of one core (cgroup CPU quota {setup['cfs_quota_us']} µs per "
+        f"{setup['cfs_period_us']} µs), modelling masters on cores of their own; median of {setup['repeats']} "
+        "interleaved runs:"
+    )
+    note = (
+        f"3 masters / 1 master: **{bound['ratio_3_vs_1_masters']:.2f}x** (the 1-master run's busiest master at "
+        f"{100 * bound['one_master_share_of_cap']:.0f}% of its cap: {verdict})."
+    )
+    capped = [*headers, "of its cap", "throttled", "errors / misses"]
+    return [*out, Table(capped, _throughput_rows(bound["summary"], capped=True), title, note)]
 
 
 def _server_bound_target(server_bound: dict[str, Any]) -> dict[str, Any]:
@@ -658,8 +570,8 @@ def _server_bound_target(server_bound: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] = ()) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cluster", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cluster", description=__doc__)
     parser.add_argument("--rounds", type=int, default=40, help="latency batches per operation (default 40)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop starting latency rounds after this")
     parser.add_argument("--processes", type=int, default=2, help="client processes for throughput (default 2)")
@@ -680,6 +592,8 @@ def main(argv: Sequence[str] = ()) -> None:
     )
     parser.add_argument("--no-server-bound", action="store_true", help="skip the server-bound (CPU-capped) runs")
     args = parser.parse_args(argv)
+    bench = Run("cluster")
+    load = {"processes": args.processes, "tasks": args.tasks, "keys": args.keys, "duration": args.duration}
 
     with ExitStack() as stack:
         print("starting: standalone, 3-master cluster (+3 replicas), 1-master cluster (+1 replica), Sentinel ...")
@@ -687,7 +601,6 @@ def main(argv: Sequence[str] = ()) -> None:
         cluster3 = stack.enter_context(RedisClusterProcess(masters=3, replicas=1))
         cluster1 = stack.enter_context(RedisClusterProcess(masters=1, replicas=1))
         sentinel = None if args.no_sentinel else stack.enter_context(RedisSentinelSetup())
-        configurations = {STANDALONE: standalone.url, CLUSTER_3: cluster3.url, CLUSTER_1: cluster1.url}
         latency_configurations = {STANDALONE: standalone.url, CLUSTER_3: cluster3.url}
         if sentinel is not None:
             latency_configurations[SENTINEL] = sentinel.configuration
@@ -696,81 +609,36 @@ def main(argv: Sequence[str] = ()) -> None:
         timings, latency_stats = asyncio.run(
             latency(latency_configurations, rounds=args.rounds, max_seconds=args.max_seconds)
         )
-        ratios = {name: round(paired_ratio(timings[name], timings[L2_STANDALONE]), 3) for name in timings}
-        print(
-            format_table(
-                ["operation", "median", "p90", "vs standalone L2 hit (paired)"],
-                [
-                    [t.name, format_ns(t.median_ns), format_ns(t.p90_ns), f"{ratios[t.name]:.2f}x"]
-                    for t in timings.values()
-                ],
-            )
-        )
-
         print(f"throughput: filling {args.keys:,} keys on each topology ...")
-
-        async def fill_all() -> None:
-            for configuration in configurations.values():
-                async with HybridCache.from_settings(settings_for(configuration)) as cache:
-                    await fill(cache, args.keys)
-
-        asyncio.run(fill_all())
         topologies = {
             STANDALONE: (standalone.url, Masters(((standalone.port, standalone.pid),))),
             CLUSTER_1: (cluster1.url, Masters(tuple((p, cluster1.nodes[p].pid) for _, p in cluster1.masters()))),
             CLUSTER_3: (cluster3.url, Masters(tuple((p, cluster3.nodes[p].pid) for _, p in cluster3.masters()))),
         }
-        load = throughput(
-            topologies,
-            processes=args.processes,
-            tasks=args.tasks,
-            keys=args.keys,
-            duration=args.duration,
-            repeats=args.repeats,
-        )
-        print("client-bound (masters uncapped, sharing the cores with the clients):")
-        print(_throughput_table(load["summary"]))
 
-        if args.no_server_bound:
-            server_bound: dict[str, Any] = {"skipped": "--no-server-bound"}
-        else:
-            print(
-                f"server-bound throughput: every master capped at {args.master_cpu_percent:g}% of one core "
-                f"(cgroup CPU quota), same client load, {args.server_bound_repeats} interleaved runs ..."
-            )
+        async def fill_all() -> None:
+            for configuration, _ in topologies.values():
+                async with HybridCache.from_settings(settings_for(configuration)) as cache:
+                    await fill(cache, args.keys)
+
+        asyncio.run(fill_all())
+        client_bound = throughput(topologies, repeats=args.repeats, **load)
+        server_bound: dict[str, Any] = {"skipped": "--no-server-bound"}
+        if not args.no_server_bound:
+            print(f"server-bound throughput: every master capped at {args.master_cpu_percent:g}% of one core ...")
             server_bound = throughput_server_bound(
-                topologies,
-                percent=args.master_cpu_percent,
-                processes=args.processes,
-                tasks=args.tasks,
-                keys=args.keys,
-                duration=args.duration,
-                repeats=args.server_bound_repeats,
-            )
-        if "skipped" in server_bound:
-            print(f"server-bound throughput skipped: {server_bound['skipped']}")
-        else:
-            print(f"server-bound (each master capped at {args.master_cpu_percent:g}% of a core):")
-            print(_throughput_table(server_bound["summary"], cap_percent=args.master_cpu_percent))
-            print(
-                f"1-master cluster: busiest master at {100 * server_bound['one_master_share_of_cap']:.0f}% of its cap "
-                f"({'server-bound' if server_bound['one_master_server_bound'] else 'NOT server-bound'}, "
-                f"threshold {100 * SERVER_BOUND_SHARE_OF_CAP:.0f}%)"
+                topologies, percent=args.master_cpu_percent, repeats=args.server_bound_repeats, **load
             )
 
-    summary = load["summary"]
+    ratios = {name: round(paired_ratio(timings[name], timings[L2_STANDALONE]), 3) for name in timings}
     client_ratios = {
-        "raw GET, RedisCluster / standalone client, keys on 3 masters": round(
-            paired_ratio(timings[RAW_CLUSTER], timings[RAW_STANDALONE]), 3
-        ),
-        "raw GET, RedisCluster / standalone client, keys on 1 master": round(
-            paired_ratio(timings[RAW_CLUSTER_ONE], timings[RAW_STANDALONE]), 3
-        ),
+        f"raw GET, RedisCluster / standalone client, keys on {n} master{'s' if n > 1 else ''}": round(
+            paired_ratio(timings[raw], timings[RAW_STANDALONE]), 3
+        )
+        for n, raw in ((3, RAW_CLUSTER), (1, RAW_CLUSTER_ONE))
     }
-    for label, value in client_ratios.items():
-        print(f"{label}: {value:.2f}x")
-    scaling = summary[CLUSTER_3]["ops_per_s_median"] / summary[CLUSTER_1]["ops_per_s_median"]
-    cluster_ratio = ratios[L2_CLUSTER]
+    summary = client_bound["summary"]
+    scaling = round(summary[CLUSTER_3]["ops_per_s_median"] / summary[CLUSTER_1]["ops_per_s_median"], 3)
     cores = os.cpu_count() or 0
     result = {
         "unit": "ns per operation (latency); operations per second (throughput)",
@@ -782,24 +650,22 @@ def main(argv: Sequence[str] = ()) -> None:
         },
         "throughput": {
             "setup": {
-                "processes": args.processes,
-                "tasks": args.tasks,
-                "keys": args.keys,
+                **{k: v for k, v in load.items() if k != "duration"},
                 "duration_s": args.duration,
                 "repeats": args.repeats,
             },
-            **load,
-            "ratio_3_vs_1_masters": round(scaling, 3),
+            **client_bound,
+            "ratio_3_vs_1_masters": scaling,
         },
         "throughput_server_bound": server_bound,
         "targets": {
             "cluster L2 hit vs standalone": {
-                "ratio": cluster_ratio,
+                "ratio": ratios[L2_CLUSTER],
                 "limit": LATENCY_TARGET_RATIO,
-                "met": cluster_ratio <= LATENCY_TARGET_RATIO,
+                "met": ratios[L2_CLUSTER] <= LATENCY_TARGET_RATIO,
             },
             "throughput 3 vs 1 masters": {
-                "ratio": round(scaling, 3),
+                "ratio": scaling,
                 "cores": cores,
                 "mode": "uncapped: clients and masters share the cores (client-bound)",
                 "met": scaling > 1.0,
@@ -815,18 +681,8 @@ def main(argv: Sequence[str] = ()) -> None:
             "spare and ops/s follows the masters' capacity. It is a model, not what this machine does uncapped."
         ),
     }
-    server_bound_line = (
-        f"; server-bound (masters capped at {args.master_cpu_percent:g}% of a core): "
-        f"{server_bound['ratio_3_vs_1_masters']:.2f}x"
-        if "skipped" not in server_bound
-        else f"; server-bound skipped ({server_bound['skipped']})"
-    )
-    print(
-        f"\ncluster L2 hit / standalone L2 hit: {cluster_ratio:.2f}x (target <= {LATENCY_TARGET_RATIO}); "
-        f"3 masters / 1 master: {scaling:.2f}x ops/s uncapped on {cores} cores{server_bound_line}"
-    )
-    print(f"wrote {write_results('cluster', result)}")
+    bench.finish(result, tables)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

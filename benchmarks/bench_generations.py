@@ -1,18 +1,6 @@
-"""What the generation hash costs at 10k, 100k and 1M distinct prefixes/tags, and how fast the sweep forgets them.
-
-For each size the hash of a private redis-server is filled with that many tag fields (values: recent bump times),
-then:
-
-* **Redis memory**: ``MEMORY USAGE`` of the hash (every field sampled).
-* **Resync**: ``RedisL2.generation_state`` (the message counter and the epoch in one script, then HSCAN pages of
-  ``SYNC_PAGE`` fields), median of 3; and the longest single command of it, which is how long the server is held
-  (from ``SLOWLOG``). For contrast the one-command ``HGETALL`` the resync used before, which held it for all of it.
-* **Mirror memory**: ``tracemalloc`` over a ``GenerationTable`` loaded with the state.
-* **Sweep**: every field made older than the retention, then invalidations of one tag each are sent until the
-  hash holds only live fields: how many invalidations and how long that took (each looks at ``SWEEP_COUNT``).
-
-Run: ``.venv/bin/python -m benchmarks.bench_generations`` (``--sizes 10000 100000 1000000``). Writes
-``benchmarks/results/generations.json``.
+"""What the generation hash costs at 10k, 100k and 1M distinct prefixes/tags (Redis memory, resync time and the
+longest command of it, the in-process mirror), and how fast the sweep forgets them once they are older than the
+retention. Options: ``--sizes``. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -20,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import statistics
 import time
 import tracemalloc
 from collections.abc import Sequence
@@ -28,8 +15,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from benchmarks._common import format_table, write_results
-from benchmarks._peers_common import load_average, private_redis
+from benchmarks._common import Run, Table, percentile
+from harness.redis_server import RedisServer
 from hybridcache._generations import GenerationTable
 from hybridcache._redis.l2 import SYNC_PAGE, RedisL2
 from hybridcache._redis.scripts import SWEEP_COUNT
@@ -101,7 +88,7 @@ async def _measure(client: Redis, l2: RedisL2, size: int) -> dict[str, Any]:
     return {
         "fields": size,
         "redis_bytes": memory,
-        "resync_ms_median": round(statistics.median(resync_ms), 1),
+        "resync_ms_median": round(percentile(resync_ms, 0.5), 1),
         "resync_longest_command_ms": round(longest_paged, 2),
         "hgetall_ms": round(one_command_ms, 1),
         "hgetall_server_ms": round(longest_one_command, 2),
@@ -113,7 +100,7 @@ async def _measure(client: Redis, l2: RedisL2, size: int) -> dict[str, Any]:
 
 
 async def run(sizes: Sequence[int]) -> list[dict[str, Any]]:
-    with private_redis() as server:
+    with RedisServer() as server:
         client = server.client()
         try:
             await client.config_set("slowlog-log-slower-than", 0)
@@ -130,42 +117,27 @@ async def run(sizes: Sequence[int]) -> list[dict[str, Any]]:
             await client.aclose()
 
 
+def tables(result: dict[str, Any]) -> list[Table]:
+    mib = 1024 * 1024
+    rows = [
+        [
+            f"{r['fields']:,}", f"{r['redis_bytes'] / mib:.1f}", r["resync_ms_median"], r["resync_longest_command_ms"],
+            f"{r['hgetall_ms']} ({r['hgetall_server_ms']})", f"{r['mirror_bytes'] / mib:.1f}",
+            f"{r['sweep_invalidations']:,} / {r['sweep_seconds']}",
+        ]
+        for r in result["rows"]
+    ]  # fmt: skip
+    headers = ["fields", "Redis MiB", "resync ms", "longest cmd ms", "HGETALL ms (server)", "mirror MiB"]
+    return [Table([*headers, "sweep: invalidations / s"], rows)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_generations", description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     args = parser.parse_args(argv)
+    bench = Run("generations")
     rows = asyncio.run(run(args.sizes))
-    mib = 1024 * 1024
-    print(
-        format_table(
-            [
-                "fields",
-                "Redis MiB",
-                "resync ms",
-                "longest cmd ms",
-                "HGETALL ms (server)",
-                "mirror MiB",
-                "sweep: invalidations / s",
-            ],
-            [
-                [
-                    f"{r['fields']:,}",
-                    f"{r['redis_bytes'] / mib:.1f}",
-                    r["resync_ms_median"],
-                    r["resync_longest_command_ms"],
-                    f"{r['hgetall_ms']} ({r['hgetall_server_ms']})",
-                    f"{r['mirror_bytes'] / mib:.1f}",
-                    f"{r['sweep_invalidations']:,} / {r['sweep_seconds']}",
-                ]
-                for r in rows
-            ],
-        )
-    )
-    path = write_results(
-        "generations",
-        {"sync_page": SYNC_PAGE, "sweep_count": SWEEP_COUNT, "load_average": load_average(), "rows": rows},
-    )
-    print(f"wrote {path}")
+    bench.finish({"sync_page": SYNC_PAGE, "sweep_count": SWEEP_COUNT, "rows": rows}, tables)
     return 0 if all(r["sweep_left"] <= 0 for r in rows) else 1
 
 

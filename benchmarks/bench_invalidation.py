@@ -1,37 +1,12 @@
-"""Invalidation: how fast it reaches other instances, and what prefix invalidation costs as Redis fills up.
-
-Run: ``.venv/bin/python -m benchmarks invalidation`` (or ``-m benchmarks.bench_invalidation --help``). Starts its
-own private redis-servers; writes ``benchmarks/results/invalidation.json``.
-
-**Propagation delay** (issue 3, acceptance 1). Per invalidation: the observers load the key (the factory returns
-the iteration number) and prove it is an L1 hit; the writer invalidates it — by exact key, by a prefix above it or
-by its tag, in rotation — and notes ``t_returned`` when the call returns. Each observer polls its own ``get(key)``
-in a tight loop (``await asyncio.sleep(0)`` between polls, so its backplane task can run), taking ``perf_counter``
-*before* each call; the delay is that timestamp for the first poll that no longer returns the old value, minus
-``t_returned``. An L1 hit does not yield, so the poll that sees the change runs right after the backplane task
-handled the message; the figure is therefore "message applied" time at the resolution of one loop iteration, and
-excludes the L2 round trip the changed poll then makes. Modes:
-
-* ``same-loop``: writer and observers are HybridCache objects in one process and one event loop;
-* ``two-process``: the observer runs in a child process (its own interpreter and loop); both processes read the
-  same ``CLOCK_MONOTONIC`` (``time.perf_counter``), so timestamps compare directly. The child reports each
-  timestamp over a pipe after the fact; the pipe's latency is not in the figure.
-
-A delay can be negative by a few µs: the message may be applied before the writer's coroutine resumes after the
-script's reply. ``delay_from_call`` (from just before the invalidate call) is reported as well.
-
-**Prefix invalidation cost** (acceptance 3): two servers, one holding 1,000 keys and one 1,000,000 (half under
-the invalidated prefix, half elsewhere; filled by a Lua script in batches, every key with a TTL). The
-``remove_by_prefix`` call is timed on each, alternating servers every round, with a second instance subscribed.
-For contrast, the time a ``SCAN MATCH prefix*`` walk of each keyspace takes (what a scanning design would pay on
-the request path) is measured a few times. The ratio of the medians should stay under 1.5.
+"""Invalidation (issue 3): how fast it reaches other instances (same loop, 1 and 2 observers; two processes), and
+what ``remove_by_prefix`` costs with 1,000 vs 1,000,000 keys in Redis (target: ratio of medians under 1.5).
+Options: ``--iterations``, ``--rounds``, ``--small-keys``, ``--large-keys``. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import statistics
 import sys
@@ -43,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import hybridcache
-from benchmarks._common import format_table, write_results
+from benchmarks._common import Run, Table, summarize
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from tests.support.redis_server import RedisServer
 
 KEY, PREFIX, TAG = "Bench:Search:item", "Bench:Search", "bench"
 KINDS = ("key", "prefix", "tag")
@@ -99,19 +74,7 @@ async def poll_until_changed(cache: HybridCache, old: int) -> float | None:
 def summary(delays_s: Sequence[float]) -> dict[str, Any]:
     if not delays_s:
         return {"count": 0}
-    ordered = sorted(delays_s)
-
-    def pick(quantile: float) -> float:
-        return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))] * 1e3
-
-    return {
-        "count": len(ordered),
-        "p50_ms": round(statistics.median(ordered) * 1e3, 4),
-        "p90_ms": round(pick(0.90), 4),
-        "p99_ms": round(pick(0.99), 4),
-        "max_ms": round(ordered[-1] * 1e3, 4),
-        "mean_ms": round(statistics.fmean(ordered) * 1e3, 4),
-    }
+    return summarize(delays_s, ("count", "p50", "p90", "p99", "max", "mean"), unit="ms", scale=1e3, digits=4)
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -266,14 +229,9 @@ async def prefix_cost(small_keys: int, large_keys: int, rounds: int) -> dict[str
                     await writers[label].remove_by_prefix(PREFIX)
                     samples[label].append(time.perf_counter() - started)
             for label in ("small", "large"):
-                times = sorted(samples[label])
-                results[label].update(
-                    median_us=round(statistics.median(times) * 1e6, 1),
-                    p90_us=round(times[int(0.9 * len(times))] * 1e6, 1),
-                    min_us=round(times[0] * 1e6, 1),
-                    calls=len(times),
-                    scan_match_ms=await scan_cost(admins[label], writers[label]),
-                )
+                figures = summarize(samples[label], ("median", "p90", "min"), unit="us", scale=1e6)
+                scan_ms = await scan_cost(admins[label], writers[label])
+                results[label].update(figures, calls=len(samples[label]), scan_match_ms=scan_ms)
             paired = [b / a for a, b in zip(samples["small"], samples["large"], strict=True)]
             results["ratio_of_medians"] = round(results["large"]["median_us"] / results["small"]["median_us"], 3)
             results["paired_ratio_median"] = round(statistics.median(paired), 3)
@@ -297,29 +255,21 @@ async def scan_cost(admin: Any, cache: HybridCache, runs: int = 3) -> float:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def print_report(document: dict[str, Any]) -> None:
+def tables(document: dict[str, Any]) -> list[Table]:
     rows = []
     for mode, result in document["propagation"].items():
         d = result["delay_from_return"]
         rows.append([mode, result["invalidations"], result["never_seen"], d["p50_ms"], d["p99_ms"], d["max_ms"]])
-    print(format_table(["propagation (ms after invalidate returned)", "n", "never", "p50", "p99", "max"], rows))
     cost = document["prefix_cost"]
-    print(
-        format_table(
-            ["remove_by_prefix", "keys in Redis", "median µs", "p90 µs", "SCAN MATCH walk ms"],
-            [
-                [
-                    label,
-                    cost[label]["keys"],
-                    cost[label]["median_us"],
-                    cost[label]["p90_us"],
-                    cost[label]["scan_match_ms"],
-                ]
-                for label in ("small", "large")
-            ],
-        )
-    )
-    print(f"ratio of medians {cost['ratio_of_medians']} (paired {cost['paired_ratio_median']}); target < 1.5")
+    costs = [
+        [label, *(cost[label][k] for k in ("keys", "median_us", "p90_us", "scan_match_ms"))]
+        for label in ("small", "large")
+    ]
+    note = f"ratio of medians {cost['ratio_of_medians']} (paired {cost['paired_ratio_median']}); target < 1.5"
+    return [
+        Table(["propagation (ms after invalidate returned)", "n", "never", "p50", "p99", "max"], rows),
+        Table(["remove_by_prefix", "keys in Redis", "median µs", "p90 µs", "SCAN MATCH walk ms"], costs, note=note),
+    ]
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -344,15 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.observer:
         asyncio.run(observer_process(*args.observer))
         return 0
+    bench = Run("invalidation")
     document = asyncio.run(run(args))
     # The git commit in "machine" may be "-dirty" from others' work in progress: say which code was measured.
     document["hybridcache_source"] = str(Path(hybridcache.__file__).resolve().parent)
-    print_report(document)
-    path = write_results("invalidation", document)
-    print(f"wrote {path}")
-    print(json.dumps({k: v["delay_from_return"] for k, v in document["propagation"].items()}))
-    cost = document["prefix_cost"]
-    return 0 if cost["ratio_of_medians"] < 1.5 else 1
+    bench.finish(document, tables)
+    return 0 if document["prefix_cost"]["ratio_of_medians"] < 1.5 else 1
 
 
 if __name__ == "__main__":

@@ -1,24 +1,12 @@
-"""L1 eviction policy: hit ratio of our SIEVE ``MemoryStore`` against a plain LRU on Zipf traffic, and hit cost.
-
-Run: ``python -m benchmarks l1_policy`` (or ``python -m benchmarks.bench_l1_policy [--requests N]``).
-
-Workload: 100,000 distinct keys, popularity Zipf(alpha) for alpha 0.8, 1.0 and 1.2 (rank r has weight r^-alpha),
-1,000,000 requests per alpha, capacity 1,024 entries (the seed's ``MemoryCache.SizeLimit``). Both policies see
-the same request sequence (fixed seed); a miss inserts the key. Zipf sampling without numpy: ``bisect`` of a
-uniform draw on the precomputed cumulative weights. Hit ratio counts every request, cold start included.
-
-Hit cost: median ns per ``get`` of a resident key on a full store (batches of lookups cycling over the resident
-keys), for ``MemoryStore.get`` (expiry check + visited bit) and for the LRU (``OrderedDict`` lookup +
-``move_to_end``). The simulations' ns per request (hits and misses, eviction and entry construction included)
-are reported as well.
+"""L1 eviction policy: hit ratio of our SIEVE ``MemoryStore`` against a plain LRU on the same Zipf traffic (100,000
+keys, alpha 0.8/1.0/1.2, capacity 1,024), and the cost of a hit on a full store. Options: ``--requests``,
+``--rounds``. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
-import itertools
 import math
 import random
 import time
@@ -26,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks._common import Variant, format_ns, format_table, measure, write_results
+from benchmarks._common import Run, Table, Variant, format_ns, measure, zipf
 from hybridcache._memory import L1Entry, MemoryStore
 
 KEYS = 100_000
@@ -66,12 +54,10 @@ def new_entry(key: str) -> L1Entry:
 def zipf_trace(alpha: float, keys: Sequence[str], requests: int, rng: random.Random) -> list[str]:
     """``requests`` keys drawn with P(rank r) proportional to r^-alpha. Ranks are shuffled onto the key names so
     popularity is unrelated to insertion order."""
-    cumulative = list(itertools.accumulate(1.0 / (rank**alpha) for rank in range(1, len(keys) + 1)))
-    total = cumulative[-1]
     by_rank = list(keys)
     rng.shuffle(by_rank)
-    draw, find, last = rng.random, bisect.bisect_left, len(keys) - 1
-    return [by_rank[min(find(cumulative, draw() * total), last)] for _ in range(requests)]
+    draw = zipf(len(keys), alpha, rng)
+    return [by_rank[draw()] for _ in range(requests)]
 
 
 def simulate_sieve(trace: Sequence[str], capacity: int) -> tuple[int, float]:
@@ -162,51 +148,44 @@ def hit_costs(rounds: int) -> dict[str, Any]:
     return {name: t.as_dict() for name, t in timings.items()}
 
 
-def main(argv: Sequence[str] = ()) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_l1_policy", description=__doc__.split("\n")[0])
+def tables(result: dict[str, Any]) -> list[Table]:
+    w = result["workload"]
+    ratios = [
+        [
+            r["alpha"], f"{r['sieve_hit_ratio']:.2%}", f"{r['lru_hit_ratio']:.2%}",
+            f"{r['hit_ratio_gain_points']:+.2f}", f"{r['miss_reduction']:.1%}",
+            f"{r['sieve_ns_per_request']:.0f}", f"{r['lru_ns_per_request']:.0f}",
+        ]
+        for r in result["hit_ratio"]
+    ]  # fmt: skip
+    costs = [[n, *(format_ns(c[k]) for k in ("median_ns", "p10_ns", "p90_ns"))] for n, c in result["hit_cost"].items()]
+    return [
+        Table(
+            ["alpha", "SIEVE", "LRU", "gain (points)", "fewer misses", "SIEVE ns/req", "LRU ns/req"],
+            ratios,
+            f"Hit ratio, {w['keys']:,} keys, capacity {w['capacity']:,}, {w['requests_per_alpha']:,} Zipf requests "
+            "per alpha (cold start included):",
+        ),
+        Table(["operation", "median", "p10", "p90"], costs, "Per-hit cost on a full store (loop overhead included):"),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_l1_policy", description=__doc__)
     parser.add_argument("--requests", type=int, default=REQUESTS, help=f"requests per alpha (default {REQUESTS:,})")
     parser.add_argument("--rounds", type=int, default=30, help="batches per hit-cost variant (default 30)")
-    args = parser.parse_args(list(argv))
+    args = parser.parse_args(argv)
     if args.requests < 1 or args.rounds < 1:
         parser.error("--requests and --rounds must be positive")
-
-    ratios = hit_ratios(args.requests)
-    print(f"hit ratio, {KEYS:,} keys, capacity {CAPACITY:,}, {args.requests:,} Zipf requests per alpha")
-    print(
-        format_table(
-            ["alpha", "SIEVE", "LRU", "gain (points)", "fewer misses", "SIEVE ns/req", "LRU ns/req"],
-            [
-                [
-                    r["alpha"],
-                    f"{r['sieve_hit_ratio']:.2%}",
-                    f"{r['lru_hit_ratio']:.2%}",
-                    f"{r['hit_ratio_gain_points']:+.2f}",
-                    f"{r['miss_reduction']:.1%}",
-                    f"{r['sieve_ns_per_request']:.0f}",
-                    f"{r['lru_ns_per_request']:.0f}",
-                ]
-                for r in ratios
-            ],
-        )
-    )
-    costs = hit_costs(args.rounds)
-    print("\nper-hit cost on a full store (loop overhead included)")
-    print(
-        format_table(
-            ["operation", "median", "p10", "p90"],
-            [[name, *(format_ns(c[k]) for k in ("median_ns", "p10_ns", "p90_ns"))] for name, c in costs.items()],
-        )
-    )
+    bench = Run("l1_policy")
     result = {
         "workload": {"keys": KEYS, "capacity": CAPACITY, "requests_per_alpha": args.requests, "seed": SEED},
-        "hit_ratio": ratios,
-        "hit_cost": costs,
+        "hit_ratio": hit_ratios(args.requests),
+        "hit_cost": hit_costs(args.rounds),
         "unit": "hit ratios over all requests (cold start included); costs in ns per lookup, median of batches",
     }
-    print(f"\nwrote {write_results('l1_policy', result)}")
+    bench.finish(result, tables)
 
 
 if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])
+    main()

@@ -1,17 +1,6 @@
-"""Memory per cached entry: L1 bytes per Dealership entry, L2 bytes per entry, and whether compression would pay.
-
-* **L1**: ``tracemalloc`` over N entries put into a real ``HybridCache`` (L1+L2, the service's configuration)
-  through ``get_or_create``, divided by N. Each DTO is decoded from its own JSON, so no nested object or string
-  is shared between entries (as when values come from the database or from Redis). Counted: the DTO with its
-  zip code and state, the ``L1Entry`` (with its generation stamp), the key string and the store's dict slot.
-  The DTOs alone are measured the same way, so the cache's own overhead per entry is the difference.
-* **L2**: ``MEMORY USAGE`` of the entry keys in a private redis-server (median over a sample), next to the
-  payload length (envelope header + JSON body).
-* **Compression**: zlib (levels 1 and 6) of the stored payload for one entity, a search result (10) and list
-  pages (10 and 50), with the CPU it costs per write and per L2 hit, and what Redis then holds. Measured only:
-  hybridcache has no compression option.
-
-Run: ``.venv/bin/python -m benchmarks.bench_memory`` (``--entries``). Writes ``benchmarks/results/memory.json``.
+"""Memory per cached entry: L1 bytes per Dealership entry (``tracemalloc`` over a real ``HybridCache``), L2 bytes per
+entry (``MEMORY USAGE`` in a private redis-server), and whether zlib compression of the stored payload would pay,
+for an entity, a search result and list pages. Options: ``--entries``, ``--sample``. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -19,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import statistics
 import time
 import tracemalloc
 import zlib
@@ -29,12 +17,11 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from benchmarks._common import format_table, write_results
-from benchmarks._peers_common import dealership_dto, load_average, private_redis
+from benchmarks._common import Run, Table, dealership_dto, fmt, percentile
 from dealership.dto import DealershipDto, DealershipPage
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import MemoryCacheSettings
-from tests.support.redis_server import RedisServer
 
 TTL = timedelta(minutes=30)
 _DTO = TypeAdapter(DealershipDto)
@@ -119,7 +106,7 @@ def _median_us(fn: Any, repeat: int) -> float:
         start = time.perf_counter_ns()
         fn()
         samples.append((time.perf_counter_ns() - start) / 1000)
-    return statistics.median(samples)
+    return percentile(samples, 0.5)
 
 
 async def measure_l2(server: RedisServer, db: int, sample: int) -> list[dict[str, Any]]:
@@ -142,7 +129,7 @@ async def measure_l2(server: RedisServer, db: int, sample: int) -> list[dict[str
                 "payload_bytes": len(payload),
                 "header_bytes": header_length,
                 "body_bytes": len(body),
-                "redis_memory_usage_bytes": int(statistics.median(usage)),
+                "redis_memory_usage_bytes": int(percentile(usage, 0.5)),
                 "compression": {},
             }
             for level in (1, 6):
@@ -185,61 +172,60 @@ def verdict(l2: Sequence[dict[str, Any]]) -> str:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    load_before = load_average()
-    with private_redis() as server:
+    with RedisServer() as server:
         print(f"L1: {args.entries:,} entries under tracemalloc ...", flush=True)
         l1 = await measure_l1(server.url_for_db(0), args.entries)
         print(f"L2: MEMORY USAGE over {args.sample} keys per value kind ...", flush=True)
         l2 = await measure_l2(server, 1, args.sample)
-    return {"load_average_at_start": load_before, "l1": l1, "l2": l2, "compression_verdict": verdict(l2)}
+    return {"l1": l1, "l2": l2, "compression_verdict": verdict(l2)}
 
 
-def print_tables(result: dict[str, Any]) -> None:
+def tables(result: dict[str, Any]) -> list[Table]:
     l1 = result["l1"]
-    print(
-        format_table(
-            ["L1 (tracemalloc)", "bytes"],
-            [
-                ["per entry (DTO + L1Entry + key + slot)", f"{l1['bytes_per_entry']:,}"],
-                ["  of which the DTO", f"{l1['dto_bytes']:,}"],
-                ["  of which the cache", f"{l1['cache_overhead_bytes']:,}"],
-                ["1024 entries (seed SizeLimit), MiB", l1["seed_size_limit_total_mib"]],
-            ],
-        )
-    )
+    l1_rows = [
+        ["DTO + L1Entry + key + dict slot", fmt(l1["bytes_per_entry"])],
+        ["of which the DealershipDto (with zip code and state)", fmt(l1["dto_bytes"])],
+        ["of which the cache (entry, stamp, key, slot)", fmt(l1["cache_overhead_bytes"])],
+        ["1024 entries (the seed's SizeLimit), MiB", fmt(l1["seed_size_limit_total_mib"])],
+        ["measured over entries", fmt(l1["entries"])],
+    ]
     rows = []
     for r in result["l2"]:
         z1, z6 = r["compression"]["zlib-1"], r["compression"]["zlib-6"]
         rows.append(
             [
-                r["value"],
-                f"{r['payload_bytes']:,}",
-                f"{r['header_bytes']:,}",
-                f"{r['redis_memory_usage_bytes']:,}",
-                f"{z1['payload_bytes']:,} / {z1['redis_memory_usage_bytes']:,}",
-                f"{z6['payload_bytes']:,} / {z6['redis_memory_usage_bytes']:,}",
-                f"{z1['compress_us']:.1f} / {z1['decompress_us']:.1f}",
-                f"{r['json_decode_us']:.1f}",
+                r["value"], fmt(r["payload_bytes"]), fmt(r["header_bytes"]), fmt(r["redis_memory_usage_bytes"]),
+                f"{fmt(z1['payload_bytes'])} / {fmt(z1['redis_memory_usage_bytes'])}",
+                f"{fmt(z6['payload_bytes'])} / {fmt(z6['redis_memory_usage_bytes'])}",
+                f"{fmt(z1['compress_us'], 1)} / {fmt(z1['decompress_us'], 1)}", fmt(r["json_decode_us"], 1),
             ]
-        )
-    headers = ["L2 value", "payload B", "header B", "MEMORY USAGE B", "zlib-1 B / MU", "zlib-6 B / MU"]
-    print()
-    print(format_table([*headers, "zlib-1 us c/d", "decode us"], rows))
-    print(f"\n{result['compression_verdict']}")
+        )  # fmt: skip
+    l2_title = (
+        "L2: payload = envelope header + JSON body as stored; `MEMORY USAGE` as Redis reports it for the key (median "
+        "over the sample). Compression columns: payload bytes / `MEMORY USAGE` bytes of the same payload compressed; "
+        "zlib-1 µs to compress / decompress, against the µs the typed JSON decode takes anyway."
+    )
+    verdict_note = (
+        "Compression verdict (rule in `bench_memory.verdict`: it pays when zlib-1 halves Redis memory per entry, is "
+        f"marginal from a fifth to a half, does not pay below): {result['compression_verdict']}.\n\nThe option: "
+        "`CompressionThresholdBytes` (off by default) stores bodies of at least that many bytes zlib-1-compressed "
+        "when that makes them smaller; every instance reads both forms. Memory for CPU: set it to about 1024 when "
+        "searches and lists fill Redis, and leave single entities (a few hundred bytes) plain."
+    )
+    headers = ["value", "payload B", "header B", "MEMORY USAGE B", "zlib-1 B / MU", "zlib-6 B / MU"]
+    return [
+        Table(["L1, per entry (tracemalloc)", "bytes"], l1_rows, note=f"The seed's figure: {l1['seed_claim']}."),
+        Table([*headers, "zlib-1 µs c / d", "decode µs"], rows, l2_title, verdict_note),
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_memory", description=__doc__)
     parser.add_argument("--entries", type=int, default=5000, help="L1 entries measured under tracemalloc")
     parser.add_argument("--sample", type=int, default=200, help="L2 keys per value kind for MEMORY USAGE")
-    parser.add_argument("--quick", action="store_true", help="a smoke run; does not write JSON")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.entries, args.sample = 500, 20
-    result = asyncio.run(run(args))
-    print_tables(result)
-    if not args.quick:
-        print(f"wrote {write_results('memory', result)}")
+    bench = Run("memory")
+    bench.finish(asyncio.run(run(args)), tables)
 
 
 if __name__ == "__main__":

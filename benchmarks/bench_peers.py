@@ -1,34 +1,12 @@
-"""hybridcache next to the caches a Python user would pick instead: same workload, same run, one private Redis.
-
-Contenders (each in its own Redis database, each used the way its documentation shows):
-
-* hybridcache L1+L2 and L2-only (``MemoryCache.Enabled: false``): ``get_or_create`` with ``type_=DealershipDto``.
-* cashews ``mem://``, ``redis://`` and ``redis://?client_side=true`` (redis-py's default protocol, RESP3, and
-  again with ``protocol=2``): the ``@cache(ttl=..., key=...)`` decorator; ``cache.get``/``cache.delete``.
-* aiocache ``SimpleMemoryCache`` and ``RedisCache`` (``PickleSerializer``: its default JSON serializer cannot
-  store a pydantic model): the ``@cached`` decorator, and ``@cached_stampede`` for the stampede row.
-* A baseline: redis-py ``GET`` + pydantic ``validate_json`` of the plain DTO JSON (RESP2, as hybridcache's
-  client), to read "L2 hit within 10% of a raw GET plus decoding" off the same run.
-
-Every contender reads through the same async factory, which returns the service's DealershipDto (nested zip
-code and state) and counts its runs. Measured:
-
-* memory-tier hit: ``_common.measure`` (median over round-robin rounds of a batch's mean ns/op), with the
-  garbage collector left on;
-* Redis hit from a second instance: each key read once (an L2 hit plus the promotion to L1, where there is
-  one), us per call;
-* miss: a fresh key, an instant factory, the store included;
-* stampede: 1,000 concurrent cold calls to one key, factory 50 ms: how many times did it run;
-* invalidation propagation between two instances, when the contender has a local tier that can be
-  invalidated across instances.
-
-Run: ``.venv/bin/python -m benchmarks.bench_peers`` (``--quick`` for a smoke run). Writes
-``benchmarks/results/peers.json``. Every loop is bounded by a count and a deadline.
+"""hybridcache next to the caches a Python user would pick instead (cashews ``mem://``, ``redis://`` and
+client-side; aiocache ``SimpleMemoryCache`` and ``RedisCache``; a raw redis-py GET + decode baseline): same
+workload, same run, one private Redis. Memory-tier hit, Redis hit from a second instance, miss, a 1,000-caller
+stampede, invalidation propagation. Options: ``--rounds``, ``--max-seconds``, ``--keys``, ``--chunks``,
+``--trials``. Method: docs/benchmarks.md. Every loop is bounded by a count and a deadline.
 """
 
 from __future__ import annotations
 
-import abc
 import argparse
 import asyncio
 import collections
@@ -44,12 +22,23 @@ from typing import Any
 import redis.asyncio
 from pydantic import TypeAdapter
 
-from benchmarks._common import Timing, Variant, format_table, measure, paired_ratio, write_results
-from benchmarks._peers_common import dealership_dto, load_average, package_versions, percentile, private_redis
+from benchmarks._common import (
+    Run,
+    Table,
+    Timing,
+    Variant,
+    dealership_dto,
+    fmt,
+    measure,
+    package_versions,
+    paired_ratio,
+    percentile,
+    ratio,
+)
 from dealership.dto import DealershipDto
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import MemoryCacheSettings
-from tests.support.redis_server import RedisServer
 
 TTL = timedelta(minutes=30)
 TTL_SECONDS = int(TTL.total_seconds())
@@ -92,176 +81,124 @@ class Database:
         return dealership_dto(dealership_id)
 
 
-class Contender(abc.ABC):
-    """One cache configuration under test. ``read`` is the idiomatic read-through call."""
+NO_LOCAL_TIER = "n/a: no local tier (every read goes to Redis)"
+MEMORY_ONLY = "n/a: memory only (each process has its own copy, nothing crosses instances)"
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass
+class Contender:
+    """One cache configuration under test, used the way its documentation shows. ``read`` is the idiomatic
+    read-through call (returning the awaitable, so no wrapper frame is timed); ``peek`` the cached value or None,
+    never running the factory; ``twin`` makes a second instance on the same Redis (None: memory only)."""
 
     name: str
     local_tier: bool  # serves hits from process memory
     shared_tier: bool  # stores entries in Redis
-    propagation_note: str | None = None  # why propagation is not measured (None: it is)
+    read: Reader
+    peek: Reader
+    remove: Reader
+    start: Callable[[], Awaitable[Any]]
+    close: Callable[[], Awaitable[Any]]
+    twin: Callable[[], Contender] | None = None
+    stampede_readers: dict[str, Reader] = field(default_factory=dict)  # label -> reader; none: {"": read}
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    async def start(self) -> None:
-        """Connect (and subscribe, where the contender does)."""
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
-
-    @abc.abstractmethod
-    def read(self, dealership_id: int) -> Awaitable[Any]:
-        """The idiomatic read-through call (returned unawaited, so no wrapper frame is timed)."""
-
-    @abc.abstractmethod
-    async def peek(self, dealership_id: int) -> Any:
-        """The cached value or None, never running the factory."""
-
-    @abc.abstractmethod
-    async def remove(self, dealership_id: int) -> None: ...
-
-    def twin(self) -> Contender | None:
-        """A second instance of the same configuration on the same Redis (None for memory-only ones)."""
-        return None
-
-    def stampede_readers(self) -> dict[str, Reader]:
-        """The read-through variants whose stampede behaviour is reported (label → reader)."""
-        return {"": self.read}
+    @property
+    def propagation_note(self) -> str | None:
+        """Why propagation is not measured (None: it is)."""
+        return MEMORY_ONLY if not self.shared_tier else NO_LOCAL_TIER if not self.local_tier else None
 
 
-class HybridContender(Contender):
-    def __init__(self, db: Database, url: str, *, l1: bool) -> None:
-        super().__init__(db)
-        self.name = "hybridcache L1+L2" if l1 else "hybridcache L2-only"
-        self.local_tier, self.shared_tier = l1, True
-        if not l1:
-            self.propagation_note = "n/a: no local tier (every read goes to Redis)"
-        self._url, self._l1 = url, l1
-        # Pub/sub channels ignore the database number: each configuration needs its own service name, or the
-        # instances of one would see the other's invalidation messages (and their numbering) as their own.
-        settings = CacheSettings(
-            service_name="peers-l1-l2" if l1 else "peers-l2",
-            instance_name="Bench:",
-            configuration=url,
-            memory_cache=MemoryCacheSettings(enabled=l1),
-        )
-        self.cache = HybridCache.from_settings(settings)
+def hybrid(db: Database, url: str, *, l1: bool) -> Contender:
+    # Pub/sub channels ignore the database number: each configuration needs its own service name, or the
+    # instances of one would see the other's invalidation messages (and their numbering) as their own.
+    settings = CacheSettings(
+        service_name="peers-l1-l2" if l1 else "peers-l2",
+        instance_name="Bench:",
+        configuration=url,
+        memory_cache=MemoryCacheSettings(enabled=l1),
+    )
+    cache = HybridCache.from_settings(settings)
 
-    async def start(self) -> None:
-        await self.cache.start()
-        if not await self.cache.wait_until_connected(5.0):
+    async def start() -> None:
+        await cache.start()
+        if not await cache.wait_until_connected(5.0):
             raise RuntimeError("hybridcache invalidation subscription not confirmed within 5 s")
 
-    async def close(self) -> None:
-        await self.cache.close()
-
-    def read(self, dealership_id: int) -> Awaitable[Any]:
-        db = self.db
-        return self.cache.get_or_create(
-            f"Dealership:{dealership_id}", lambda: db.load(dealership_id), ttl=TTL, type_=DealershipDto
-        )
-
-    async def peek(self, dealership_id: int) -> Any:
-        return await self.cache.get(f"Dealership:{dealership_id}", type_=DealershipDto, default=None)
-
-    async def remove(self, dealership_id: int) -> None:
-        await self.cache.remove(f"Dealership:{dealership_id}")
-
-    def twin(self) -> Contender:
-        return HybridContender(self.db, self._url, l1=self._l1)
+    return Contender(
+        "hybridcache L1+L2" if l1 else "hybridcache L2-only",
+        l1,
+        True,
+        read=lambda i: cache.get_or_create(f"Dealership:{i}", lambda: db.load(i), ttl=TTL, type_=DealershipDto),
+        peek=lambda i: cache.get(f"Dealership:{i}", type_=DealershipDto, default=None),
+        remove=lambda i: cache.remove(f"Dealership:{i}"),
+        start=start,
+        close=cache.close,
+        twin=lambda: hybrid(db, url, l1=l1),
+    )
 
 
-class CashewsContender(Contender):
-    def __init__(self, db: Database, name: str, url: str, **setup: Any) -> None:
-        from cashews import Cache
+def cashews(db: Database, name: str, url: str, **setup: Any) -> Contender:
+    from cashews import Cache
 
-        super().__init__(db)
-        self.name, self._url, self._setup = name, url, setup
-        self.local_tier = url.startswith("mem://") or bool(setup.get("client_side"))
-        self.shared_tier = url.startswith("redis://")
-        if not self.shared_tier:
-            self.propagation_note = "n/a: memory only (each process has its own copy, nothing crosses instances)"
-        elif not self.local_tier:
-            self.propagation_note = "n/a: no local tier (every read goes to Redis)"
-        self.cache = Cache()
-        self.cache.setup(url, **setup)
+    cache = Cache()
+    cache.setup(url, **setup)
 
-        @self.cache(ttl=TTL_SECONDS, key="dealership:{dealership_id}")
-        async def get_dealership(dealership_id: int) -> DealershipDto:
-            return await db.load(dealership_id)
+    @cache(ttl=TTL_SECONDS, key="dealership:{dealership_id}")
+    async def get_dealership(dealership_id: int) -> DealershipDto:
+        return await db.load(dealership_id)
 
-        self._read = get_dealership
-
-    async def start(self) -> None:
-        await self.cache.init()
-
-    async def close(self) -> None:
-        await self.cache.close()
-
-    def read(self, dealership_id: int) -> Awaitable[Any]:
-        return self._read(dealership_id)
-
-    async def peek(self, dealership_id: int) -> Any:
-        return await self.cache.get(f"dealership:{dealership_id}")
-
-    async def remove(self, dealership_id: int) -> None:
-        await self.cache.delete(f"dealership:{dealership_id}")
-
-    def twin(self) -> Contender | None:
-        return CashewsContender(self.db, self.name, self._url, **self._setup) if self.shared_tier else None
+    shared = url.startswith("redis://")
+    return Contender(
+        name,
+        url.startswith("mem://") or bool(setup.get("client_side")),
+        shared,
+        read=get_dealership,
+        peek=lambda i: cache.get(f"dealership:{i}"),
+        remove=lambda i: cache.delete(f"dealership:{i}"),
+        start=cache.init,
+        close=cache.close,
+        twin=(lambda: cashews(db, name, url, **setup)) if shared else None,
+    )
 
 
-class AiocacheContender(Contender):
-    def __init__(self, db: Database, server: RedisServer | None, db_index: int) -> None:
-        from aiocache import RedisCache, SimpleMemoryCache, cached, cached_stampede  # type: ignore[import-untyped]
-        from aiocache.serializers import PickleSerializer  # type: ignore[import-untyped]
+def aiocache(db: Database, server: RedisServer | None, db_index: int) -> Contender:
+    from aiocache import RedisCache, SimpleMemoryCache, cached, cached_stampede  # type: ignore[import-untyped]
+    from aiocache.serializers import PickleSerializer  # type: ignore[import-untyped]
 
-        super().__init__(db)
-        self._server, self._db_index = server, db_index
-        options: dict[str, Any]
-        if server is None:
-            self.name, self.local_tier, self.shared_tier = "aiocache SimpleMemoryCache", True, False
-            self.propagation_note = "n/a: memory only (each process has its own copy, nothing crosses instances)"
-            options = {"cache": SimpleMemoryCache}
-        else:
-            self.name, self.local_tier, self.shared_tier = "aiocache RedisCache", False, True
-            self.propagation_note = "n/a: no local tier (every read goes to Redis)"
-            options = {
-                "cache": RedisCache,
-                "endpoint": server.host,
-                "port": server.port,
-                "db": db_index,
-                "serializer": PickleSerializer(),
-            }
+    options: dict[str, Any] = {"cache": SimpleMemoryCache}
+    if server is not None:
+        redis_options = {"endpoint": server.host, "port": server.port, "db": db_index}
+        options = {"cache": RedisCache, **redis_options, "serializer": PickleSerializer()}
 
-        def key(_f: Any, dealership_id: int) -> str:
-            return f"dealership:{dealership_id}"
+    def key(_f: Any, dealership_id: int) -> str:
+        return f"dealership:{dealership_id}"
 
-        async def get_dealership(dealership_id: int) -> DealershipDto:
-            return await db.load(dealership_id)
+    async def get_dealership(dealership_id: int) -> DealershipDto:
+        return await db.load(dealership_id)
 
-        self._read = cached(ttl=TTL_SECONDS, key_builder=key, **options)(get_dealership)
-        self._guarded = cached_stampede(ttl=TTL_SECONDS, key_builder=key, lease=2, **options)(get_dealership)
-        self.cache = self._read.cache
+    read = cached(ttl=TTL_SECONDS, key_builder=key, **options)(get_dealership)
+    guarded = cached_stampede(ttl=TTL_SECONDS, key_builder=key, lease=2, **options)(get_dealership)
 
-    async def close(self) -> None:
-        await self._read.cache.close()
-        await self._guarded.cache.close()
+    async def close() -> None:
+        await read.cache.close()
+        await guarded.cache.close()
 
-    def read(self, dealership_id: int) -> Awaitable[Any]:
-        return self._read(dealership_id)  # type: ignore[no-any-return]
-
-    async def peek(self, dealership_id: int) -> Any:
-        return await self.cache.get(f"dealership:{dealership_id}")
-
-    async def remove(self, dealership_id: int) -> None:
-        await self.cache.delete(f"dealership:{dealership_id}")
-
-    def twin(self) -> Contender | None:
-        return AiocacheContender(self.db, self._server, self._db_index) if self._server is not None else None
-
-    def stampede_readers(self) -> dict[str, Reader]:
-        return {"@cached": self.read, "@cached_stampede": self._guarded}
+    return Contender(
+        "aiocache SimpleMemoryCache" if server is None else "aiocache RedisCache",
+        server is None,
+        server is not None,
+        read=read,
+        peek=lambda i: read.cache.get(f"dealership:{i}"),
+        remove=lambda i: read.cache.delete(f"dealership:{i}"),
+        start=_nothing,
+        close=close,
+        twin=(lambda: aiocache(db, server, db_index)) if server is not None else None,
+        stampede_readers={"@cached": read, "@cached_stampede": guarded},
+    )
 
 
 @dataclass
@@ -332,48 +269,45 @@ async def _timed_each_us(ids: Sequence[int], op: Reader) -> list[float]:
     return out
 
 
+async def interleaved(
+    readers: dict[str, Reader], ids: Sequence[int], chunks: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Every reader reads each id once, chunk by chunk, the readers in turn within a chunk (so drift affects all
+    alike): µs per call, and each chunk's median."""
+    samples: dict[str, list[float]] = {name: [] for name in readers}
+    chunk_medians: dict[str, list[float]] = {name: [] for name in readers}
+    step = max(1, len(ids) // chunks)
+    for lo in range(0, len(ids), step):
+        for name, read in readers.items():
+            gc.collect()
+            values = await _timed_each_us(ids[lo : lo + step], read)
+            samples[name] += values
+            chunk_medians[name].append(statistics.median(values))
+    return samples, chunk_medians
+
+
 async def measure_redis_hits(
     pairs: Sequence[tuple[Contender, Contender]], raw: RawBaseline, rows: dict[str, Row], keys: int, chunks: int
 ) -> dict[str, list[float]]:
     """Instance A fills ``keys`` entries; instance B reads each once (an L2 hit, promoted to L1 where there is
-    one). Chunks interleave across contenders so drift affects all alike. Returns each chunk's median (us)."""
-    base = 100_000
-    ids = list(range(base, base + keys))
+    one). Returns each chunk's median (µs) per contender."""
+    ids = list(range(100_000, 100_000 + keys))
     for writer, _ in pairs:
         for i in ids:
             await writer.read(i)
     await raw.fill(ids)
-    names = [c.name for c, _ in pairs] + [raw.name]
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    chunk_medians: dict[str, list[float]] = {name: [] for name in samples}
-    step = max(1, keys // chunks)
-    for lo in range(0, keys, step):
-        chunk = ids[lo : lo + step]
-        measured = [(writer.name, reader.read) for writer, reader in pairs] + [(raw.name, raw.read)]
-        for name, read in measured:
-            gc.collect()
-            values = await _timed_each_us(chunk, read)
-            samples[name] += values
-            chunk_medians[name].append(statistics.median(values))
+    readers = {writer.name: reader.read for writer, reader in pairs} | {raw.name: raw.read}
+    samples, chunk_medians = await interleaved(readers, ids, chunks)
     for name, values in samples.items():
-        rows[name].redis_hit_us = statistics.median(values)
-        rows[name].redis_hit_p99_us = percentile(values, 0.99)
+        rows[name].redis_hit_us, rows[name].redis_hit_p99_us = statistics.median(values), percentile(values, 0.99)
     return chunk_medians
 
 
 async def measure_misses(contenders: Sequence[Contender], rows: dict[str, Row], keys: int, chunks: int) -> None:
     """Fresh keys, instant factory: the cost of a miss including storing the value."""
-    base = 200_000
-    samples: dict[str, list[float]] = {c.name: [] for c in contenders}
-    step = max(1, keys // chunks)
-    for lo in range(0, keys, step):
-        chunk = list(range(base + lo, base + min(keys, lo + step)))
-        for c in contenders:
-            gc.collect()
-            samples[c.name] += await _timed_each_us(chunk, c.read)
-    for c in contenders:
-        rows[c.name].miss_us = statistics.median(samples[c.name])
-        rows[c.name].miss_p99_us = percentile(samples[c.name], 0.99)
+    samples, _ = await interleaved({c.name: c.read for c in contenders}, range(200_000, 200_000 + keys), chunks)
+    for name, values in samples.items():
+        rows[name].miss_us, rows[name].miss_p99_us = statistics.median(values), percentile(values, 0.99)
 
 
 async def measure_stampede(contenders: Sequence[Contender], rows: dict[str, Row], db: Database) -> None:
@@ -382,7 +316,7 @@ async def measure_stampede(contenders: Sequence[Contender], rows: dict[str, Row]
     db.delay = STAMPEDE_FACTORY_SECONDS
     try:
         for c in contenders:
-            for label, reader in c.stampede_readers().items():
+            for label, reader in (c.stampede_readers or {"": c.read}).items():
                 key += 1
                 before, logged = db.queries, LOGS.counts.copy()
                 start = time.perf_counter()
@@ -479,27 +413,20 @@ class RawBaseline:
 
 def build_contenders(db: Database, server: RedisServer) -> tuple[list[Contender], dict[str, str]]:
     """Every contender that could be constructed, and the construction error text of those that could not."""
-    factories: list[tuple[str, Callable[[], Contender]]] = [
-        ("hybridcache L1+L2", lambda: HybridContender(db, server.url_for_db(1), l1=True)),
-        ("hybridcache L2-only", lambda: HybridContender(db, server.url_for_db(2), l1=False)),
-        ("cashews mem://", lambda: CashewsContender(db, "cashews mem://", "mem://")),
-        ("cashews redis://", lambda: CashewsContender(db, "cashews redis://", server.url_for_db(3))),
-        (
-            "cashews client-side (RESP3 default)",
-            lambda: CashewsContender(db, "cashews client-side (RESP3 default)", server.url_for_db(4), client_side=True),
-        ),
-        (
-            "cashews client-side (protocol=2)",
-            lambda: CashewsContender(
-                db, "cashews client-side (protocol=2)", server.url_for_db(5), client_side=True, protocol=2
-            ),
-        ),
-        ("aiocache SimpleMemoryCache", lambda: AiocacheContender(db, None, 0)),
-        ("aiocache RedisCache", lambda: AiocacheContender(db, server, 6)),
-    ]
+    client_side = "cashews client-side (RESP3 default)", "cashews client-side (protocol=2)"
+    factories: dict[str, Callable[[], Contender]] = {
+        "hybridcache L1+L2": lambda: hybrid(db, server.url_for_db(1), l1=True),
+        "hybridcache L2-only": lambda: hybrid(db, server.url_for_db(2), l1=False),
+        "cashews mem://": lambda: cashews(db, "cashews mem://", "mem://"),
+        "cashews redis://": lambda: cashews(db, "cashews redis://", server.url_for_db(3)),
+        client_side[0]: lambda: cashews(db, client_side[0], server.url_for_db(4), client_side=True),
+        client_side[1]: lambda: cashews(db, client_side[1], server.url_for_db(5), client_side=True, protocol=2),
+        "aiocache SimpleMemoryCache": lambda: aiocache(db, None, 0),
+        "aiocache RedisCache": lambda: aiocache(db, server, 6),
+    }
     built: list[Contender] = []
     failed: dict[str, str] = {}
-    for name, make in factories:
+    for name, make in factories.items():
         try:
             built.append(make())
         except Exception as exc:
@@ -532,14 +459,14 @@ async def _quiet_close(c: Contender) -> None:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     db = Database()
-    with private_redis() as server:
+    with RedisServer() as server:
         built, failed = build_contenders(db, server)
         contenders = await _start_all(built, failed)
         twins: list[tuple[Contender, Contender]] = []
         for c in contenders:
-            t = c.twin()
-            if t is None:
+            if c.twin is None:
                 continue
+            t = c.twin()
             started = await _start_all([t], failed)
             if started:
                 twins.append((c, t))
@@ -549,9 +476,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         rows = {c.name: Row(c.name) for c in contenders} | {raw.name: Row(raw.name)}
         for name, error in failed.items():
             rows.setdefault(name, Row(name)).errors.append(error)
-        load_before = load_average()
         try:
-            t0 = time.perf_counter()
             print(f"memory-tier hits: up to {args.rounds} rounds ...", flush=True)
             local = [c for c in contenders if c.local_tier]
             timings = await measure_memory_hits(local, rows, args.rounds, args.max_seconds)
@@ -568,7 +493,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for c in contenders:
                 if c.propagation_note is not None:
                     rows[c.name].propagation = c.propagation_note
-            elapsed = time.perf_counter() - t0
         finally:
             for c in contenders:
                 await _quiet_close(c)
@@ -580,8 +504,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "memory hits: ns/op, median over rounds of a batch's mean (_common.measure, GC on); Redis hits and misses: "
             "us per call, median (and p99) over every call; stampede: factory runs for concurrent cold calls"
         ),
-        "elapsed_seconds": round(elapsed, 1),
-        "load_average_at_start": load_before,
         "peer_versions": package_versions("cashews", "aiocache"),
         "parameters": {
             "max_rounds": args.rounds,
@@ -631,91 +553,94 @@ def acceptance(
     return out
 
 
-def _fmt(value: float | None, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
-def _ratio(value: float | None, reference: float | None) -> str:
-    if value is None or not reference:
-        return "-"
-    return f"{value / reference:.1f}x"
-
-
-def print_table(result: dict[str, Any]) -> None:
-    rows = result["rows"]
+def tables(document: dict[str, Any]) -> list[Table]:
+    rows, params = document["rows"], document["parameters"]
     by_name = {r["name"]: r for r in rows}
     l1 = by_name.get("hybridcache L1+L2", {}).get("memory_hit_ns")
     l2 = by_name.get("hybridcache L2-only", {}).get("redis_hit_us")
     miss = by_name.get("hybridcache L2-only", {}).get("miss_us")
-    table = []
-    for r in rows:
-        stampede = " / ".join(
-            f"{v.get('factory_runs', v.get('error'))}" + (f" ({k})" if k else "") for k, v in r["stampede"].items()
+    latency = [
+        [
+            r["name"], fmt(r["memory_hit_ns"], 0), ratio(r["memory_hit_ns"], l1), fmt(r["memory_get_ns"], 0),
+            fmt(r["redis_hit_us"], 1), fmt(r["redis_hit_p99_us"], 0), ratio(r["redis_hit_us"], l2),
+            fmt(r["miss_us"], 1), ratio(r["miss_us"], miss),
+        ]
+        for r in rows
+    ]  # fmt: skip
+    headers = ["contender", "mem hit ns", "vs hc", "get() ns", "Redis hit µs", "p99 µs", "vs hc L2", "miss µs"]
+    out = [
+        Table(
+            [*headers, "vs hc L2"],
+            latency,
+            "Memory-tier hit: median ns per call over round-robin batches (read-through call on one warm key; "
+            "`get()` is the plain lookup). Redis hit: a second instance reads keys the first one stored, each once, "
+            "µs per call (for a contender with a local tier this includes the promotion into it). Miss: a fresh key, "
+            "an instant factory, the store included. Ratios: memory hits against hybridcache L1+L2, Redis hits and "
+            "misses against hybridcache L2-only; above 1.0x is slower than hybridcache.",
         )
-        prop = r["propagation"]
-        if isinstance(prop, dict):
-            prop_text = _fmt(prop.get("p50_us"), 0) + " us" if "p50_us" in prop else "never (stale)"
-        else:
-            prop_text = "n/a" if prop else "-"
-        table.append(
-            [
-                r["name"],
-                _fmt(r["memory_hit_ns"]),
-                _ratio(r["memory_hit_ns"], l1),
-                _fmt(r["memory_get_ns"]),
-                _fmt(r["redis_hit_us"], 1),
-                _ratio(r["redis_hit_us"], l2),
-                _fmt(r["miss_us"], 1),
-                _ratio(r["miss_us"], miss),
-                stampede or "-",
-                prop_text,
-            ]
-        )
-    headers = [
-        "contender",
-        "mem hit ns",
-        "vs hc L1",
-        "get() ns",
-        "Redis hit us",
-        "vs hc L2",
-        "miss us",
-        "vs hc L2",
-        f"factory runs / {STAMPEDE_CALLERS}",
-        "propagation p50",
     ]
-    print(format_table(headers, table))
+    stampede = [
+        [
+            r["name"] + (f" ({label})" if label else ""), fmt(s.get("factory_runs", s.get("error"))),
+            fmt(s.get("wall_ms"), 0), fmt(s.get("failed_calls")), fmt(s.get("first_failure")),
+            ", ".join(f"{k}: {v}" for k, v in (s.get("library_log_records") or {}).items()) or "-",
+        ]
+        for r in rows
+        for label, s in r["stampede"].items()
+    ]  # fmt: skip
+    out.append(
+        Table(
+            ["contender", "factory runs", "wall ms", "failed calls", "first failure", "logged"],
+            stampede,
+            f"**Stampede**: {params['stampede_callers']} concurrent cold calls to one key, the factory takes "
+            f"{params['stampede_factory_seconds'] * 1000:.0f} ms.",
+        )
+    )
+    propagation = []
     for r in rows:
-        for error in r["errors"]:
-            print(f"  {r['name']}: FAILED: {error}")
-    for name, verdict in result["acceptance"].items():
-        print(f"  {name}: {verdict}")
-    for name, record in result["library_log_records"].items():
-        print(f"  logged by {name}: {record['count']} warnings/errors, first: {record['first_message'][:120]}")
+        p = r["propagation"]
+        if isinstance(p, dict):
+            cells = [fmt(p.get(k), 0) for k in ("p50_us", "p99_us", "remove_call_p50_us")]
+            not_seen = fmt(p.get("not_observed")) + (f" — {p['note']}" if p.get("note") else "")
+            propagation.append([r["name"], fmt(p.get("trials")), *cells, not_seen])
+        elif isinstance(p, str):
+            propagation.append([r["name"], "-", "-", "-", "-", p])
+    out.append(
+        Table(
+            ["contender", "trials", "p50 µs", "p99 µs", "A's remove call p50 µs", "not observed"],
+            propagation,
+            "**Invalidation propagation**: instances A and B both hold a key in their local tier; A removes it; the "
+            "time from the start of A's remove call until B no longer returns the value (B polls, yielding to the "
+            f"event loop between polls; both run in one process; deadline {params['propagation_deadline_seconds']} s).",
+        )
+    )
+    if errors := [[r["name"], "; ".join(r["errors"])] for r in rows if r["errors"]]:
+        out.append(Table(["contender", "error"], errors, "Contenders that failed to start:"))
+    if logs := document.get("library_log_records"):
+        log_rows = [[k, fmt(v["count"]), v["first_message"]] for k, v in logs.items()]
+        out.append(Table(["logger", "count", "first message"], log_rows, "Warnings and errors the libraries logged:"))
+    verdicts = [
+        [name, fmt(v["paired_ratio"]), fmt(v["target"]), fmt(v["met"])] for name, v in document["acceptance"].items()
+    ]
+    return [*out, Table(["target", "paired ratio", "target", "met"], verdicts)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_peers", description=__doc__)
     parser.add_argument("--rounds", type=int, default=25, help="round-robin rounds of memory-hit batches (at most)")
     parser.add_argument("--max-seconds", type=float, default=45.0, help="time budget of the memory-hit rounds")
     parser.add_argument("--keys", type=int, default=3000, help="distinct keys for Redis-hit and miss timing")
     parser.add_argument("--chunks", type=int, default=10, help="interleaving chunks for Redis-hit and miss timing")
     parser.add_argument("--trials", type=int, default=200, help="invalidation propagation trials")
-    parser.add_argument("--quick", action="store_true", help="a smoke run (small counts); does not write JSON")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.rounds, args.max_seconds, args.keys, args.trials = 3, 5.0, 300, 20
-    root = logging.getLogger()
+    bench, root = Run("peers"), logging.getLogger()
     root.addHandler(LOGS)
     try:
         result = asyncio.run(run(args))
     finally:
         root.removeHandler(LOGS)
-    result["library_log_records"] = {
-        name: {"count": n, "first_message": LOGS.first[name]} for name, n in LOGS.counts.items()
-    }
-    print_table(result)
-    if not args.quick:
-        print(f"wrote {write_results('peers', result)}")
+    logged = {name: {"count": n, "first_message": LOGS.first[name]} for name, n in LOGS.counts.items()}
+    bench.finish({**result, "library_log_records": logged}, tables)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,7 @@
-"""Resilience figures: stampede protection, the circuit breaker under Redis faults, eager refresh, memory bounds.
-
-Run: ``python -m benchmarks resilience`` (or ``python -m benchmarks.bench_resilience [--trials N] [--rounds N]
-[--profile]``). Starts its own private redis-servers on free loopback ports (and kills, pauses and restarts
-them); never touches another Redis. Prints tables and writes ``benchmarks/results/resilience.json``.
-
-Sections (the acceptance list of issue 4; the integration tests assert generous bounds, this reports figures):
-
-* **stampede** — 1,000 concurrent ``get_or_create`` on one cold key: factory runs per trial, for one instance, and
-  for 4 instances x 250 callers with and without ``DistributedLock.Enabled`` (how often it ran more than once).
-* **breaker** — the miss path with the breaker open (Redis killed, and Redis paused with SIGSTOP) against the same
-  miss on an L1-only cache; target: median added latency under 0.1 ms. Batches round-robin (see ``_common``), the
-  added latency is the median over rounds of the paired difference. Also the per-call tail while open, and the time
-  from Redis being back to the breaker closing (``BreakDurationSeconds`` 0.5 s, misses every millisecond).
-* **eager refresh** — hits on one key for 2 s (TTL 0.4 s, factory 50 ms): hit latency with and without
-  ``eager_refresh=0.5``.
-* **memory** — traced bytes held after distinct keys at steady state (L1-only, SizeLimit 256).
+"""Resilience figures (issue 4): stampede protection (1,000 concurrent cold calls, one and four instances, with and
+without the distributed lock), the miss path with the circuit breaker open (Redis killed, and paused with SIGSTOP;
+target: under 0.1 ms added) and the time it takes to close again, eager refresh, and memory after many distinct
+keys. Options: ``--trials``, ``--rounds``, ``--max-seconds``, ``--profile``. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -35,12 +22,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from benchmarks._common import Variant, format_ns, format_table, measure, write_results
+from benchmarks._common import Run, Table, Variant, format_ns, measure, summarize
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache._generations import fields_for
 from hybridcache._resilience import CircuitState
 from hybridcache.settings import CircuitBreakerSettings, DistributedLockSettings, MemoryCacheSettings
-from tests.support.redis_server import RedisServer
 
 ADDED_TARGET_NS = 100_000
 CALLERS = 1_000
@@ -52,15 +39,6 @@ MISS_OPS = 2_000
 
 def _settings(**overrides: Any) -> CacheSettings:
     return CacheSettings(service_name=f"bench-{uuid.uuid4().hex[:8]}", **overrides)
-
-
-def _percentiles(values: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {
-        "p50": statistics.median(ordered),
-        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
-        "max": ordered[-1],
-    }
 
 
 # ---------------------------------------------------------------------------------------------- stampede
@@ -163,7 +141,7 @@ async def _tail_while_open(cache: HybridCache, calls: int) -> dict[str, Any]:
         began = time.perf_counter_ns()
         await cache.get_or_create(f"tail:{n}", _constant, ttl=60, type_=str)
         durations.append(time.perf_counter_ns() - began)
-    figures = _percentiles(durations)
+    figures = summarize(durations, ("p50", "p99", "max"))
     figures["at_least_operation_timeout"] = sum(d >= OPERATION_TIMEOUT_MS * 1_000_000 for d in durations)
     figures["calls"] = calls
     return figures
@@ -254,7 +232,7 @@ async def _hit_stream(cache: HybridCache, eager: float | None, seconds: float) -
         await cache.get_or_create("k", slow, ttl=0.4, type_=int, eager_refresh=eager)
         durations.append(time.perf_counter_ns() - began)
         await asyncio.sleep(0.002)
-    figures = _percentiles(durations)
+    figures = summarize(durations, ("p50", "p99", "max"))
     figures.update(hits=len(durations), factory_runs=runs, eager_refreshes=cache.counters.eager_refreshes)
     figures["hits_over_25ms"] = sum(d > 25_000_000 for d in durations)
     return figures
@@ -344,68 +322,63 @@ async def run(trials: int, rounds: int, max_seconds: float, profile: bool) -> di
     }
 
 
-def print_report(result: dict[str, Any]) -> None:
-    stampede = result["stampede"]
-    print(f"Stampede: {CALLERS} concurrent callers on one cold key, factory {stampede['factory_ms']:.0f} ms")
-    rows = [
+def tables(result: dict[str, Any]) -> list[Table]:
+    stampede, breaker, eager, memory = (result[k] for k in ("stampede", "breaker", "eager_refresh", "memory"))
+    stampedes = [
         [name, s["trials"], s["more_than_once"], s["runs_histogram"], f"{s['median_trial_ms']:.1f} ms"]
         for name, s in stampede.items()
         if isinstance(s, dict)
     ]
-    print(format_table(["setup", "trials", "ran >1", "runs: trials", "median trial"], rows))
-
-    breaker = result["breaker"]
-    print(f"\nMiss latency (median ns/op over rounds), breaker open vs L1-only; target added < {ADDED_TARGET_NS} ns")
-    rows = [
-        [name, format_ns(t["median_ns"]), format_ns(t["p10_ns"]), format_ns(t["p90_ns"])]
-        for name, t in breaker["timings"].items()
-    ]
-    print(format_table(["variant", "median", "p10", "p90"], rows))
+    misses = [[n, *(format_ns(t[k]) for k in ("median_ns", "p10_ns", "p90_ns"))] for n, t in breaker["timings"].items()]
+    faults = []
     for fault in ("killed", "paused"):
         added, tail = breaker[f"added_ns_{fault}"], breaker[f"tail_{fault}"]
-        verdict = "met" if added < ADDED_TARGET_NS else "MISSED"
-        print(
-            f"  Redis {fault}: added {format_ns(added)} ({verdict}); per call p50 {format_ns(tail['p50'])}, "
-            f"p99 {format_ns(tail['p99'])}, max {format_ns(tail['max'])}, "
-            f"{tail['at_least_operation_timeout']}/{tail['calls']} calls >= {OPERATION_TIMEOUT_MS} ms"
+        faults.append(
+            [f"Redis {fault}", format_ns(added), "met" if added < ADDED_TARGET_NS else "MISSED"]
+            + [format_ns(tail[k]) for k in ("p50", "p99", "max")]
+            + [f"{tail['at_least_operation_timeout']}/{tail['calls']}", breaker["close_after_back_s"][fault]]
         )
-    for fault, closes in breaker["close_after_back_s"].items():
-        print(f"  breaker closed after Redis {fault} came back: {closes} s (BreakDuration {BREAK} s)")
-    if "profile_open_miss" in breaker:
-        print(breaker["profile_open_miss"])
-
-    eager = result["eager_refresh"]
-    print("\nEager refresh: hits on one key for 2 s, TTL 0.4 s, factory 50 ms")
-    rows = [
-        [name, e["hits"], format_ns(e["p50"]), format_ns(e["p99"]), format_ns(e["max"]), e["hits_over_25ms"]]
+    hits = [
+        [name, e["hits"], *(format_ns(e[k]) for k in ("p50", "p99", "max")), e["hits_over_25ms"]]
         for name, e in eager.items()
         if isinstance(e, dict)
     ]
-    print(format_table(["setup", "hits", "p50", "p99", "max", "> 25 ms"], rows))
+    memory_rows = [[k, f"{v:,}" if isinstance(v, int) else v] for k, v in memory.items()]
+    breaker_headers = ["fault", "added", "< 0.1 ms", "per call p50", "p99", "max"]
+    return [
+        Table(
+            ["setup", "trials", "ran >1", "runs: trials", "median trial"],
+            stampedes,
+            f"Stampede: {stampede['callers']} concurrent callers, one cold key, factory {stampede['factory_ms']:g} ms",
+        ),
+        Table(["variant", "median", "p10", "p90"], misses, "Miss latency, breaker open vs L1-only (median per op):"),
+        Table(
+            [*breaker_headers, f">= {breaker['operation_timeout_ms']} ms", "closed after back (s)"],
+            faults,
+            note=f"BreakDuration {breaker['break_duration_s']} s; closing measured with misses every millisecond.",
+        ),
+        Table(
+            ["setup", "hits", "p50", "p99", "max", "> 25 ms"],
+            hits,
+            "Eager refresh: hits on one key for 2 s, TTL 0.4 s, factory 50 ms",
+        ),
+        Table(["memory (L1-only, SizeLimit 256)", ""], memory_rows),
+    ]
 
-    memory = result["memory"]
-    print(
-        f"\nMemory: {memory['keys']:,} distinct keys (L1-only, SizeLimit 256): L1 holds {memory['l1_traced_bytes']:,} "
-        f"traced bytes; growth over the last {memory['traced_keys']:,} keys {memory['growth_bytes']:,} bytes: "
-        f"{memory['growth_first_half_bytes']:,} in the first half, {memory['growth_second_half_bytes']:,} in the "
-        f"second ({memory['growth_bytes_per_key']} B/key); flights left {memory['flights_left']}; "
-        f"{memory['misses_per_second_untraced']:,} misses/s untraced"
-    )
 
-
-def main(argv: Sequence[str] = ()) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_resilience", description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_resilience", description=__doc__)
     parser.add_argument("--trials", type=int, default=50, help="stampede trials per setup (default 50)")
     parser.add_argument("--rounds", type=int, default=30, help="batches per miss variant (default 30)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop starting rounds after this long")
     parser.add_argument("--profile", action="store_true", help="profile the open-breaker miss even if on target")
-    args = parser.parse_args(list(argv))
+    args = parser.parse_args(argv)
+    bench = Run("resilience")
     result = asyncio.run(run(args.trials, args.rounds, args.max_seconds, args.profile))
-    print_report(result)
-    print(f"\nwrote {write_results('resilience', result)}")
+    bench.finish(result, tables)
+    if "profile_open_miss" in result["breaker"]:
+        print(result["breaker"]["profile_open_miss"])
 
 
 if __name__ == "__main__":
-    import sys
-
-    main(sys.argv[1:])
+    main()

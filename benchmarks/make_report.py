@@ -1,21 +1,16 @@
-"""Build ``docs/performance.md`` and its plots (``docs/img/*.png``) from ``benchmarks/results/*.json``.
+"""Build ``docs/performance.md`` (with its plots, ``docs/img/*.png``) and ``docs/performance-service.md`` from
+``benchmarks/results/*.json``, and the README's measured table (``readme_figures``).
 
 Run: ``.venv/bin/python -m benchmarks.make_report`` after the benchmarks (``make bench``). Nothing is measured
-here: every figure in the page is read from a result file, and each table names its file; each section also
-gives the command that produced the file and the machine it ran on.
-
-Layout: the issue's targets first, then one section per result file. ``peers``, ``hit_rates`` and ``memory``
-have their own layouts and plots (below). Any other file is shown by the module that wrote it if
-``benchmarks/bench_<name>.py`` defines ``markdown(document) -> str`` (or ``markdown_table``), else by a generic
-renderer that turns nested dicts and lists into tables. Unknown files therefore appear without changes here.
+here: every figure is read from a result file, each section names its file, the command that produced it and
+the machine it ran on. A section shows the tables the benchmark itself prints (``bench_<name>.tables``), so the
+console and the page cannot disagree; a file without such a module is shown by a generic renderer.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
-import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,44 +21,30 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from benchmarks import readme_figures
+from benchmarks._common import RESULTS_DIR, ROOT, Table, fmt, format_ns
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "performance.md"
+SERVICE_DOC = ROOT / "docs" / "performance-service.md"
 IMG_DIR = ROOT / "docs" / "img"
 # Sections in this order; any other result file follows, alphabetically.
 ORDER = ("latency_table", "peers", "hit_rates", "memory", "service_load")
 LATENCY_MARK = "<!-- section: latency_table — owned by benchmarks/bench_latency_table.py (mediator and HTTP) -->"
+TITLES = {
+    "latency_table": "The seed's latency table: mediator and HTTP",
+    "peers": "hybridcache next to cashews and aiocache (same workload, same run)",
+    "hit_rates": "Hit rates under a Zipf workload with the seed's settings",
+    "memory": "Memory per entry: L1 and L2, and whether compression would pay",
+}
+# Bulky internals that help whoever tunes the code but not a reader of the page (they stay in the JSON).
+META_KEYS = {"benchmark", "command", "generated_at", "machine", "diagnostics", "samples", "top_by_own_time"}
 
 Document = dict[str, Any]
 
 
-def tracked_files(directory: Path) -> set[Path] | None:
-    """The files under ``directory`` that git tracks (None when git cannot say)."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(directory), "ls-files", "--full-name", "."],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {(ROOT / line).resolve() for line in out.stdout.splitlines() if line}
-
-
-def load_results(directory: Path, *, tracked_only: bool = False) -> dict[str, Document]:
-    """Every ``*.json`` in ``directory`` by file stem (a file that does not parse is reported, not skipped).
-
-    ``tracked_only`` keeps only files committed to git, so a page meant for the repository cites no result
-    that exists only in someone's working tree.
-    """
-    allowed = tracked_files(directory) if tracked_only else None
+def load_results(directory: Path = RESULTS_DIR) -> dict[str, Document]:
+    """Every ``*.json`` in ``directory`` by file stem (a file that does not parse is reported, not skipped)."""
     documents: dict[str, Document] = {}
     for path in sorted(directory.glob("*.json")):
-        if allowed is not None and path.resolve() not in allowed:
-            continue
         try:
             documents[path.stem] = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -73,62 +54,26 @@ def load_results(directory: Path, *, tracked_only: bool = False) -> dict[str, Do
 
 def provenance(name: str, doc: Document) -> list[str]:
     """Where a section's figures come from: file, command, time, machine."""
-    machine = doc.get("machine") or doc.get("environment") or {}
-    facts = []
-    for key in ("cpu", "cpus", "load_average", "python", "redis_server", "git_commit"):
-        if key in machine:
-            value = machine[key]
-            facts.append(f"{key.replace('_', ' ')}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
-    packages = machine.get("packages")
-    if isinstance(packages, dict):
+    machine = doc.get("machine") or {}
+    facts = [
+        f"{key.replace('_', ' ')}: {', '.join(map(str, v)) if isinstance(v := machine[key], list) else v}"
+        for key in ("cpu", "cpus", "load_average", "python", "redis_server", "git_commit")
+        if key in machine
+    ]
+    if isinstance(packages := machine.get("packages"), dict):
         facts.append("packages: " + ", ".join(f"{k} {v}" for k, v in packages.items()))
+    if "load_average_at_start" in doc:
+        facts.append(f"load average at the start: {', '.join(map(str, doc['load_average_at_start']))}")
+    if "elapsed_seconds" in doc:
+        facts.append(f"{doc['elapsed_seconds']:g} s")
     if "peer_versions" in doc:
         facts.append("peers: " + ", ".join(f"{k} {v}" for k, v in doc["peer_versions"].items()))
     lines = [f"*File:* `benchmarks/results/{name}.json`"]
     if "command" in doc:
-        lines.append(
-            f"*Command:* `{doc['command']}`"
-            + (f" — *generated* {doc['generated_at']}" if "generated_at" in doc else "")
-        )
+        lines.append(f"*Command:* `{doc['command']}` — *generated* {doc.get('generated_at')}")
     if facts:
         lines.append("*Machine:* " + "; ".join(facts))
     return ["  \n".join(lines), ""]
-
-
-# ---------------------------------------------------------------------------------------------- rendering helpers
-
-META_KEYS = {"benchmark", "command", "generated_at", "machine", "environment", "peer_versions"}
-# Bulky internals that help whoever tunes the code but not a reader of this page (they stay in the JSON).
-OMITTED_KEYS = {"diagnostics", "samples", "top_by_own_time", "memory_hit_batches"}
-MAX_COLUMNS = 16
-MAX_ROWS = 60
-
-
-def cell(value: Any, digits: int | None = None) -> str:
-    """A value as a table cell: thousands separators, floats to ``digits`` decimals (or 3 significant)."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if digits is not None:
-            return f"{value:,.{digits}f}"
-        if value != value:  # NaN
-            return "-"
-        return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
-    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
-        return ", ".join(cell(v) for v in value)
-    text = str(value) if not isinstance(value, dict | list) else json.dumps(value)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """A Markdown table, the first column left-aligned and the others right-aligned."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines
 
 
 def source_line(name: str) -> str:
@@ -138,57 +83,41 @@ def source_line(name: str) -> str:
 def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in record.items():
-        if key in OMITTED_KEYS:
-            continue
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
+        if key not in META_KEYS:
+            flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
     return flat
 
 
-def _records_table(name: str, records: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    """Records (dicts, nested ones flattened to dotted columns) as one table; extra columns and rows are named
-    as left in the JSON rather than dropped silently."""
-    flats = [(label, _flatten(r)) for label, r in records]
-    columns: list[str] = []
-    for _, flat in flats:
-        columns += [c for c in flat if c not in columns]
-    shown_columns = columns[:MAX_COLUMNS]
-    rows = [[label, *(cell(flat.get(c)) for c in shown_columns)] for label, flat in flats[:MAX_ROWS]]
-    out = md_table(["", *shown_columns], rows)
-    if len(columns) > MAX_COLUMNS:
-        out += ["", f"(More columns in the JSON: {', '.join(columns[MAX_COLUMNS:])}.)"]
-    if len(flats) > MAX_ROWS:
-        out += ["", f"({len(flats) - MAX_ROWS} more rows in the JSON.)"]
-    return [*out, "", source_line(name), ""]
-
-
-def generic(name: str, doc: Document, depth: int = 0, title: str | None = None) -> list[str]:
-    """Any JSON document as Markdown: scalars as a key/value table, uniform records as tables, the rest nested."""
-    out: list[str] = []
-    if title is not None:
-        out += [f"{'#' * min(6, 3 + depth)} {title}" if depth < 3 else f"**{title}**", ""]
-    scalars = [[k, cell(v)] for k, v in doc.items() if k not in META_KEYS and not isinstance(v, dict | list)]
-    scalars += [
-        [k, cell(v)] for k, v in doc.items() if isinstance(v, list) and all(not isinstance(x, dict | list) for x in v)
-    ]
-    if scalars:
-        out += [*md_table(["", "value"], scalars), "", source_line(name), ""]
-    omitted = [k for k in doc if k in OMITTED_KEYS]
+def generic(doc: Document) -> list[Table]:
+    """A result file without a ``tables`` function: its scalars, then each list or dict of records, as tables."""
+    flat = {
+        k: v for k, v in _flatten(doc).items() if not isinstance(v, list) or all(not isinstance(x, dict) for x in v)
+    }
+    out = [Table(["", "value"], [[k, fmt(v)] for k, v in flat.items()])] if flat else []
     for key, value in doc.items():
-        if key in META_KEYS or key in OMITTED_KEYS:
-            continue
-        if isinstance(value, dict) and value:
-            if all(isinstance(v, dict) for v in value.values()):
-                out += [f"**{key}**", "", *_records_table(name, list(value.items()))]
-            else:
-                out += generic(name, value, depth + 1, key)
-        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            out += [f"**{key}**", "", *_records_table(name, [(str(i + 1), v) for i, v in enumerate(value)])]
-    if omitted:
-        out += [f"(Not shown here: {', '.join(omitted)} — see the JSON.)", ""]
+        records = (
+            list(value.items())
+            if isinstance(value, dict)
+            else list(enumerate(value, 1))
+            if isinstance(value, list)
+            else []
+        )
+        if records and all(isinstance(r, dict) for _, r in records):
+            flats = [(str(label), _flatten(r)) for label, r in records]
+            columns = list(dict.fromkeys(c for _, f in flats for c in f))
+            out.append(
+                Table(["", *columns], [[label, *(fmt(f.get(c)) for c in columns)] for label, f in flats], f"**{key}**")
+            )
     return out
+
+
+def module_tables(name: str) -> Callable[[Document], Sequence[Table]] | None:
+    try:
+        module = importlib.import_module(f"benchmarks.bench_{name}")
+    except Exception:  # a result file without (or with a broken) script is still shown, generically
+        return None
+    tables = getattr(module, "tables", None)
+    return tables if callable(tables) else None
 
 
 # ---------------------------------------------------------------------------------------------- plots
@@ -275,6 +204,13 @@ def memory_plot(doc: Document, path: Path) -> bool:
     return _save(figure, path)
 
 
+PLOTS: dict[str, tuple[Callable[[Document, Path], bool], str, str]] = {
+    "peers": (peers_plot, "peers_latency.png", "hit and miss latency per contender"),
+    "hit_rates": (hit_rates_plot, "hit_rates.png", "L1 and L2 hit rate per query kind"),
+    "memory": (memory_plot, "memory_l2.png", "Redis memory per entry, plain and zlib"),
+}
+
+
 # ---------------------------------------------------------------------------------------------- acceptance
 
 
@@ -287,347 +223,51 @@ def acceptance_rows(documents: dict[str, Document]) -> list[list[str]]:
             if isinstance(block, dict):
                 rows.extend(_target_rows(name, key, block))
         if isinstance(doc.get("meets_target"), bool):
-            rows.append([f"{name}: target_ns {doc.get('target_ns')}", cell(doc["meets_target"]), f"`{name}.json`"])
+            rows.append([f"{name}: target_ns {doc.get('target_ns')}", fmt(doc["meets_target"]), f"`{name}.json`"])
     return rows
 
 
 def _target_rows(name: str, key: str, block: Document) -> list[list[str]]:
+    def verdict(met: Any) -> str:
+        return "**yes**" if met is True else "**no**" if met is False else "-"
+
     if all(isinstance(v, dict) for v in block.values()):
-        out = []
-        for item, verdict in block.items():
-            facts = ", ".join(f"{k} {cell(v)}" for k, v in verdict.items() if k != "met")
-            met = verdict.get("met")
-            out.append(
-                [f"{item}: {facts}", "**yes**" if met is True else "**no**" if met is False else "-", f"`{name}.json`"]
-            )
-        return out
-    facts = ", ".join(f"{k} {cell(v)}" for k, v in block.items() if not k.endswith("met"))
-    verdicts = [f"{k}: **{cell(v)}**" for k, v in block.items() if k.endswith("met") and isinstance(v, bool)]
-    return [[f"{key}: {facts}", ", ".join(verdicts) or "-", f"`{name}.json`"]]
-
-
-# ---------------------------------------------------------------------------------------------- peers
-
-
-def render_peers(doc: Document, images: list[str]) -> list[str]:
-    rows = doc["rows"]
-    by_name = {r["name"]: r for r in rows}
-    l1 = (by_name.get("hybridcache L1+L2") or {}).get("memory_hit_ns")
-    l2 = (by_name.get("hybridcache L2-only") or {}).get("redis_hit_us")
-    miss = (by_name.get("hybridcache L2-only") or {}).get("miss_us")
-
-    def ratio(value: float | None, reference: float | None) -> str:
-        return "-" if value is None or not reference else f"{value / reference:.1f}x"
-
-    latency = [
-        [
-            r["name"],
-            cell(r["memory_hit_ns"], 0),
-            ratio(r["memory_hit_ns"], l1),
-            cell(r["memory_get_ns"], 0),
-            cell(r["redis_hit_us"], 1),
-            cell(r["redis_hit_p99_us"], 0),
-            ratio(r["redis_hit_us"], l2),
-            cell(r["miss_us"], 1),
-            ratio(r["miss_us"], miss),
-        ]
-        for r in rows
-    ]
-    out = [
-        "Memory-tier hit: median ns per call over round-robin batches (read-through call on one warm key; `get()` "
-        "is the plain lookup). Redis hit: a second instance reads keys the first one stored, each once, µs per "
-        "call (for a contender with a local tier this includes the promotion into it). Miss: a fresh key, an "
-        "instant factory, the store included. Ratios: memory hits against hybridcache L1+L2, Redis hits and "
-        "misses against hybridcache L2-only; above 1.0x is slower than hybridcache.",
-        "",
-        *md_table(
+        return [
             [
-                "contender",
-                "mem hit ns",
-                "vs hc",
-                "get() ns",
-                "Redis hit µs",
-                "p99 µs",
-                "vs hc L2",
-                "miss µs",
-                "vs hc L2",
-            ],
-            latency,
-        ),
-        "",
-        source_line("peers"),
-        "",
-    ]
-    if peers_plot(doc, IMG_DIR / "peers_latency.png"):
-        images.append("peers_latency.png")
-        out += ["![hit and miss latency per contender](img/peers_latency.png)", "", source_line("peers"), ""]
-    params = doc.get("parameters", {})
-    stampede = []
-    for r in rows:
-        for label, s in r["stampede"].items():
-            logged = ", ".join(f"{k}: {v}" for k, v in (s.get("library_log_records") or {}).items())
-            stampede.append(
-                [
-                    r["name"] + (f" ({label})" if label else ""),
-                    cell(s.get("factory_runs", s.get("error"))),
-                    cell(s.get("wall_ms"), 0),
-                    cell(s.get("failed_calls")),
-                    cell(s.get("first_failure")),
-                    logged or "-",
-                ]
-            )
-    out += [
-        f"**Stampede**: {params.get('stampede_callers')} concurrent cold calls to one key, the factory takes "
-        f"{cell((params.get('stampede_factory_seconds') or 0) * 1000, 0)} ms.",
-        "",
-        *md_table(["contender", "factory runs", "wall ms", "failed calls", "first failure", "logged"], stampede),
-        "",
-        source_line("peers"),
-        "",
-    ]
-    propagation = []
-    for r in rows:
-        p = r["propagation"]
-        if isinstance(p, dict):
-            propagation.append(
-                [
-                    r["name"],
-                    cell(p.get("trials")),
-                    cell(p.get("p50_us"), 0),
-                    cell(p.get("p99_us"), 0),
-                    cell(p.get("remove_call_p50_us"), 0),
-                    cell(p.get("not_observed")) + (f" — {p['note']}" if p.get("note") else ""),
-                ]
-            )
-        elif isinstance(p, str):
-            propagation.append([r["name"], "-", "-", "-", "-", p])
-    deadline = params.get("propagation_deadline_seconds")
-    out += [
-        "**Invalidation propagation**: instances A and B both hold a key in their local tier; A removes it; "
-        "the time from the start of A's remove call until B no longer returns the value (B polls, yielding to "
-        f"the event loop between polls; both run in one process; deadline {deadline} s).",
-        "",
-        *md_table(["contender", "trials", "p50 µs", "p99 µs", "A's remove call p50 µs", "not observed"], propagation),
-        "",
-        source_line("peers"),
-        "",
-    ]
-    errors = [[r["name"], "; ".join(r["errors"])] for r in rows if r["errors"]]
-    if errors:
-        out += [
-            "Contenders that failed to start:",
-            "",
-            *md_table(["contender", "error"], errors),
-            "",
-            source_line("peers"),
-            "",
-        ]
-    logs = doc.get("library_log_records") or {}
-    if logs:
-        out += [
-            "Warnings and errors the libraries logged during the run:",
-            "",
-            *md_table(
-                ["logger", "count", "first message"],
-                [[k, cell(v["count"]), v["first_message"]] for k, v in logs.items()],
-            ),
-            "",
-            source_line("peers"),
-            "",
-        ]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- hit rates
-
-
-def render_hit_rates(doc: Document, images: list[str]) -> list[str]:
-    out = []
-    settings = ", ".join(f"{k} {v}" for k, v in doc.get("settings", {}).items())
-    out += [f"Settings: {settings}.", ""]
-    for outcome in doc["scenarios"]:
-        s = outcome["scenario"]
-        mix = ", ".join(f"{k} {v:.0%}" for k, v in s["mix"].items())
-        out += [
-            f"**{s['name']}** — {s['requests']:,} requests ({mix} of reads; {s['write_ratio']:.1%} writes, "
-            f"{outcome['writes']:,} in all) over {s['instances']} instances, {s['rate_per_second']:g} requests/s "
-            f"simulated ({s['simulated_seconds']:,.0f} s), Zipf alpha {s['zipf_alpha']}, {s['entities']:,} ids, "
-            f"{s['search_terms']} search terms, {s['list_pages']} list pages.",
-            "",
-        ]
-        rows = []
-        for window, kinds in outcome["results"].items():
-            for kind, r in kinds.items():
-                rows.append(
-                    [
-                        kind,
-                        "second half (steady state)" if window == "second_half" else "whole run (cold start included)",
-                        f"{r['requests']:,}",
-                        f"{r['l1_hit_rate']:.1%}",
-                        f"{r['l2_hit_rate']:.1%}",
-                        f"**{r['hit_rate']:.1%}**",
-                        f"{r['db_queries_per_1000']:.1f}",
-                        cell(r["stale_reads"]),
-                    ]
-                )
-        out += [
-            *md_table(
-                ["query", "window", "requests", "L1 hit", "L2 hit", "hit", "DB queries / 1,000", "stale reads"], rows
-            ),
-            "",
-            source_line("hit_rates"),
-            "",
-        ]
-    out += _seed_claims_table(doc.get("seed_claims"))
-    if hit_rates_plot(doc, IMG_DIR / "hit_rates.png"):
-        images.append("hit_rates.png")
-        out += ["![L1 and L2 hit rate per query kind](img/hit_rates.png)", "", source_line("hit_rates"), ""]
-    return out
-
-
-def _seed_claims_table(claims: dict[str, Any] | None) -> list[str]:
-    """The seed's claimed hit rates beside ours (steady state), and why searches and lists fall short with writes."""
-    if not claims:
-        return []
-    names = list(claims["steady_state"])
-    rows = [
-        [kind, f"{low:.0%}-{high:.0%}", *(f"**{claims['steady_state'][name][kind]:.1%}**" for name in names)]
-        for kind, (low, high) in claims["claimed"].items()
-    ]
-    gaps = ", ".join(
-        f"{seconds:g} s in {name}" for name, seconds in claims["seconds_between_writes"].items() if seconds is not None
-    )
-    return [
-        "**The seed's claims beside ours** (steady state, per scenario):",
-        "",
-        *md_table(["query", "seed claims", *names], rows),
-        "",
-        "Every write invalidates one entity but *every* cached search and list page (the seed's "
-        "`UpdateDealershipCommand` invalidates the prefixes `Dealership:Search` and `Dealership:List`), so search "
-        f"and list hit rates are bounded by the mean time between writes ({gaps}), not by the cache. The "
-        "scenario without writes shows the ceiling left by the TTLs, the L1 size and the cold start.",
-        "",
-        source_line("hit_rates"),
-        "",
-    ]
-
-
-# ---------------------------------------------------------------------------------------------- memory
-
-
-def render_memory(doc: Document, images: list[str]) -> list[str]:
-    l1 = doc["l1"]
-    out = [
-        *md_table(
-            ["L1, per entry (tracemalloc)", "bytes"],
-            [
-                ["DTO + L1Entry + key + dict slot", cell(l1["bytes_per_entry"])],
-                ["of which the DealershipDto (with zip code and state)", cell(l1["dto_bytes"])],
-                ["of which the cache (entry, stamp, key, slot)", cell(l1["cache_overhead_bytes"])],
-                [f"{1024} entries (the seed's SizeLimit), MiB", cell(l1["seed_size_limit_total_mib"])],
-                ["measured over entries", cell(l1["entries"])],
-            ],
-        ),
-        "",
-        f"The seed's figure for comparison: {l1['seed_claim']}.",
-        "",
-        source_line("memory"),
-        "",
-    ]
-    rows = []
-    for r in doc["l2"]:
-        z1, z6 = r["compression"]["zlib-1"], r["compression"]["zlib-6"]
-        rows.append(
-            [
-                r["value"],
-                cell(r["payload_bytes"]),
-                cell(r["header_bytes"]),
-                cell(r["redis_memory_usage_bytes"]),
-                f"{cell(z1['payload_bytes'])} / {cell(z1['redis_memory_usage_bytes'])}",
-                f"{cell(z6['payload_bytes'])} / {cell(z6['redis_memory_usage_bytes'])}",
-                f"{cell(z1['compress_us'], 1)} / {cell(z1['decompress_us'], 1)}",
-                cell(r["json_decode_us"], 1),
+                f"{item}: " + ", ".join(f"{k} {fmt(v)}" for k, v in facts.items() if k != "met"),
+                verdict(facts.get("met")),
+                f"`{name}.json`",
             ]
-        )
-    out += [
-        "L2: payload = envelope header + JSON body as stored; `MEMORY USAGE` as Redis reports it for the key "
-        "(median over the sample). Compression columns: payload bytes / `MEMORY USAGE` bytes of the same payload "
-        "compressed; zlib-1 µs to compress / decompress, against the µs the typed JSON decode takes anyway.",
-        "",
-        *md_table(
-            [
-                "value",
-                "payload B",
-                "header B",
-                "MEMORY USAGE B",
-                "zlib-1 B / MU",
-                "zlib-6 B / MU",
-                "zlib-1 µs c / d",
-                "decode µs",
-            ],
-            rows,
-        ),
-        "",
-        "Compression verdict (rule in `bench_memory.verdict`: it pays when zlib-1 halves Redis memory per entry, "
-        f"is marginal from a fifth to a half, does not pay below): {doc['compression_verdict']}.",
-        "",
-        "The option: `CompressionThresholdBytes` (off by default) stores bodies of at least that many bytes "
-        "zlib-1-compressed when that makes them smaller; every instance reads both forms. Memory for CPU: set it "
-        "to about 1024 when searches and lists fill Redis, and leave single entities (a few hundred bytes) plain.",
-        "",
-        source_line("memory"),
-        "",
-    ]
-    if memory_plot(doc, IMG_DIR / "memory_l2.png"):
-        images.append("memory_l2.png")
-        out += ["![Redis memory per entry, plain and zlib](img/memory_l2.png)", "", source_line("memory"), ""]
-    return out
+            for item, facts in block.items()
+        ]
+    facts = ", ".join(f"{k} {fmt(v)}" for k, v in block.items() if not k.endswith("met"))
+    verdicts = [f"{k}: **{fmt(v)}**" for k, v in block.items() if k.endswith("met") and isinstance(v, bool)]
+    return [[f"{key}: {facts}", ", ".join(verdicts) or "-", f"`{name}.json`"]]
 
 
 # ---------------------------------------------------------------------------------------------- assembly
 
-TITLES = {
-    "latency_table": "The seed's latency table: mediator and HTTP",
-    "peers": "hybridcache next to cashews and aiocache (same workload, same run)",
-    "hit_rates": "Hit rates under a Zipf workload with the seed's settings",
-    "memory": "Memory per entry: L1 and L2, and whether compression would pay",
-}
-RENDERERS: dict[str, Callable[[Document, list[str]], list[str]]] = {
-    "peers": render_peers,
-    "hit_rates": render_hit_rates,
-    "memory": render_memory,
-}
-
-
-def _module_markdown(name: str) -> Callable[[Document], str] | None:
-    try:
-        module = importlib.import_module(f"benchmarks.bench_{name}")
-    except Exception:  # a result file without (or with a broken) script is still shown, generically
-        return None
-    for attr in ("markdown", "markdown_table"):
-        fn = getattr(module, attr, None)
-        if callable(fn):
-            return fn  # type: ignore[no-any-return]
-    return None
-
 
 def section(name: str, doc: Document, images: list[str]) -> list[str]:
-    out = [f"## {TITLES.get(name, name.replace('_', ' ').capitalize())}", ""]
+    out = [f"## {TITLES.get(name, name.replace('_', ' ').capitalize())}", "", *provenance(name, doc)]
     if name == "latency_table":
         out = [LATENCY_MARK, *out]
-    out += provenance(name, doc)
     if "unreadable" in doc:
         return [*out, f"The file could not be read: {doc['unreadable']}", ""]
-    renderer = RENDERERS.get(name)
-    if renderer is not None:
-        return out + renderer(doc, images)
-    custom = _module_markdown(name)
-    if custom is not None:
-        try:
-            return [*out, custom(doc), "", source_line(name), ""]
-        except Exception as exc:  # fall back to the generic view rather than lose the section
-            out += [f"(`bench_{name}.markdown` failed: {exc.__class__.__name__}: {exc}; generic view below)", ""]
-    return out + generic(name, doc)
+    tables = module_tables(name)
+    try:
+        shown = list(tables(doc)) if tables is not None else generic(doc)
+    except Exception as exc:  # fall back to the generic view rather than lose the section
+        out += [f"(`bench_{name}.tables` failed: {exc.__class__.__name__}: {exc}; generic view below)", ""]
+        shown = generic(doc)
+    for table in shown:
+        out += [table.markdown(), "", source_line(name), ""]
+    if name in PLOTS:
+        plot, image, alt = PLOTS[name]
+        if plot(doc, IMG_DIR / image):
+            images.append(image)
+            out += [f"![{alt}](img/{image})", "", source_line(name), ""]
+    return out
 
 
 def build(documents: dict[str, Document]) -> tuple[str, list[str]]:
@@ -646,39 +286,152 @@ def build(documents: dict[str, Document]) -> tuple[str, list[str]]:
         "",
     ]
     targets = acceptance_rows(documents)
-    lines += (
-        [*md_table(["target and measurement", "met", "source"], targets), ""]
-        if targets
-        else ["No result file reports a target yet.", ""]
-    )
-    names = [n for n in ORDER if n in documents] + sorted(n for n in documents if n not in ORDER)
+    if targets:
+        lines += [Table(["target and measurement", "met", "source"], list(targets)).markdown(), ""]
+    else:
+        lines += ["No result file reports a target yet.", ""]
     if "latency_table" not in documents:
         lines += [
             LATENCY_MARK,
             f"## {TITLES['latency_table']}",
             "",
-            "Not measured yet: `benchmarks/bench_latency_table.py` writes `benchmarks/results/latency_table.json` "
-            "(single entity, search, list; no cache / L2 only / L1+L2; through the mediator and HTTP; SQLite and "
-            "PostgreSQL; simulated database round trips). This section fills in when that file exists.",
+            "Not measured yet: `benchmarks/bench_latency_table.py` writes `benchmarks/results/latency_table.json`.",
             "",
         ]
-    for name in names:
+    for name in [n for n in ORDER if n in documents] + sorted(n for n in documents if n not in ORDER):
         lines += section(name, documents[name], images)
     return "\n".join(lines).rstrip() + "\n", images
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="directory of result JSON files")
-    parser.add_argument("--output", type=Path, default=DOC, help="the Markdown page to write")
-    parser.add_argument("--tracked", action="store_true", help="only result files committed to git")
-    args = parser.parse_args(argv)
+# ---------------------------------------------------------------------------------------------- the service page
+
+
+SERVICE_HEAD = """<!-- Generated by `python -m benchmarks.make_report` from benchmarks/results/latency_table.json
+     and benchmarks/results/service_load.json. Edit the generator, not this file. -->
+# Performance of the dealership service
+
+Two measurements of the reference service, each from a JSON file in `benchmarks/results/` that records the
+command that made it and the machine it ran on. Regenerate this page without measuring:
+`.venv/bin/python -m benchmarks.make_report`.
+
+## The seed's latency table, measured
+
+`.venv/bin/python -m benchmarks.bench_latency_table` (issue 7). Single entity (`GetDealershipById`, ids 1-100),
+search (`SearchDealerships`, ten brand names, 10 results each) and list (`GetDealershipsList`, pages 1-10 of 50),
+for **no cache** (`Enabled: false`: every request runs the handler), **L2 only** (`MemoryCache.Enabled: false`:
+every request reads Redis) and **L1 + L2** (the seed's settings), on SQLite and PostgreSQL, through two paths:
+
+- **mediator**: in the benchmark process, `dealership.bootstrap.bootstrap` builds the service's engine, cache
+  and mediator, once per cache mode; one timed `await mediator.send(query)` per request.
+- **HTTP**: one `python -m dealership` uvicorn process per (database, cache mode, round trip), an `httpx` client
+  in the benchmark process sending requests one after another on a kept-alive connection (client time included).
+
+The three cache modes are measured in 3 rounds of one batch each, round-robin, so a slow spell of the machine
+hits them alike while each batch runs in its own mode's steady state.
+
+Every key is requested once before the timed requests, so the cached columns are steady-state hits; the
+service's cache counters are read around every cell and the JSON says, per cell, that every timed request was
+answered as intended (by the handler, by an L2 hit, by an L1 hit).
+"""
+
+SERVICE_LOAD_HEAD = """## Throughput under load
+
+`.venv/bin/python -m benchmarks.bench_service_load` (issue 6, acceptance 5). One `python -m dealership` process
+per database and cache mode (cache on; `TheTechLoopCache__Enabled=false`), a private redis-server, `wrk` on the
+same machine. Every path is requested once before a warm-up run, so with the cache on the measured run is all
+hits (the cache counters in the JSON show it); only reads, so nothing is invalidated during the run.
+"""
+
+SERVICE_NOTES = """## Reading these figures
+
+- **The machine.** 2 CPU cores, shared by the benchmark (or `wrk`), the service process, redis-server and
+  PostgreSQL, and by whatever else runs at the time (the load averages above say how busy it was). Contention
+  shows most in the tails: wrk's p99 is several times its p50 in every row, cache on or off, and these runs do
+  not separate waiting for a CPU from pauses inside the process (such as garbage collection), so read p99 as an
+  upper bound. Compare the columns of one run rather than runs with each other; the medians of the uncached
+  rows, which need three processes (client, service, database) to get a CPU in turn, move the most between
+  runs.
+- **The simulated round trip** is an `await asyncio.sleep(delay)` before every SQL statement the service sends
+  (a SQLAlchemy `before_cursor_execute` listener; it suspends only the request that runs the statement). A by-id
+  read and a search send one statement, a list page two (the page and the count). BEGIN, ROLLBACK and the pool's
+  pre-ping are not delayed, so a real database at that distance costs more per uncached request, not less. Each
+  sleep lasts a little longer than asked ({slept}; the JSON's `simulated_per_request` has it per mediator cell),
+  and a process that sleeps gives its CPU away on a shared 2-core machine and must wait to get it back, so a
+  delayed *no cache* figure is often more than the `+0 ms` one plus the delay per statement. The `+0 ms` rows are
+  a database on the same machine, reached over loopback (PostgreSQL) or in-process (SQLite).
+- **Mediator vs HTTP.** Through the mediator an L1 hit costs {mediator_hits} (median per cell), so its ratio to
+  an uncached read is large even against a local database. Over HTTP every request also pays for uvicorn
+  (asyncio loop and h11: no uvloop or httptools installed), FastAPI routing, validation and JSON encoding, and
+  the client: {http_hits} per L1 hit, whatever the cache does, so HTTP ratios stay small unless the database
+  is slow. The seed's "100x faster" holds through the pipeline; end to end it depends on how far
+  the database is.
+- **Medians** over the requests of each cell (the JSON also has p90, p99, the minimum and the request count; a
+  cell stops early when its time budget runs out). GC stays enabled, as in the service.
+- **wrk is closed-loop**: each of the 32 connections waits for its answer before sending the next request, so
+  p50 is roughly connections / throughput — it measures queueing in one single-threaded server process, not
+  the cost of one request; use the latency table above for that. PostgreSQL runs with SQLAlchemy's default pool
+  (5 + 10 overflow) for 32 concurrent requests.
+- **Hit rates** here are 100% by construction (a fixed key set, primed, no writes); see the hit-rate benchmark
+  for a Zipf workload with writes.
+"""
+
+
+def ms(us: float) -> str:
+    return format_ns(us * 1000)
+
+
+def _note_figures(latency: dict[str, Any] | None) -> dict[str, str]:
+    ranges = {"mediator_hits": "microseconds", "http_hits": "about a millisecond", "slept": "not measured"}
+    delayed = [
+        c
+        for c in (latency or {}).get("cells", ())
+        if (c["path"], c["operation"], c["cache"]) == ("mediator", "single entity", "none") and c["delay_ms"] > 0
+    ]
+    if delayed:
+        c = max(delayed, key=lambda c: (c["delay_ms"], c["database"] == "postgresql"))
+        ranges["slept"] = (
+            f"e.g. +{c['delay_ms']:g} ms on {c['database']}: {ms(c['simulated_per_request']['slept_us'])} "
+            "slept per single-entity read, on average"
+        )
+    for path in ("mediator", "http"):
+        hits = [c["median_us"] for c in (latency or {}).get("cells", ()) if c["path"] == path and c["cache"] == "l1+l2"]
+        if hits:
+            ranges[f"{path}_hits"] = f"{ms(min(hits))} to {ms(max(hits))}"
+    return ranges
+
+
+def service_page(documents: dict[str, Document]) -> str:
+    """``docs/performance-service.md`` from ``latency_table.json`` and ``service_load.json``."""
+    latency, load = documents.get("latency_table"), documents.get("service_load")
+    parts = [SERVICE_HEAD]
+    for name, document in (("latency_table", latency), ("service_load", load)):
+        if name == "service_load":
+            parts.append(SERVICE_LOAD_HEAD)
+        if document is None:
+            parts.append(f"*No `benchmarks/results/{name}.json` yet: run `python -m benchmarks {name}`.*\n")
+            continue
+        if name == "service_load":
+            settings = document["settings"]
+            parts.append(
+                f"`{settings['wrk']}`, {settings['warmup_seconds']} s warm-up per route; {settings['server']}.\n"
+            )
+        tables = module_tables(name)
+        assert tables is not None
+        parts += [t.markdown() + "\n" for t in tables(document)]
+        parts += provenance(name, document)
+    parts.append(SERVICE_NOTES.format(**_note_figures(latency)))
+    return "\n".join(parts)
+
+
+def main() -> None:
     IMG_DIR.mkdir(parents=True, exist_ok=True)
-    text, images = build(load_results(args.results, tracked_only=args.tracked))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"wrote {args.output} and {len(images)} plots: {', '.join(images) or 'none'}")
-    if args.output == DOC and readme_figures.update_readme(readme_figures.load(args.results)):
+    documents = load_results()
+    text, images = build(documents)
+    DOC.write_text(text)
+    print(f"wrote {DOC} and {len(images)} plots: {', '.join(images) or 'none'}")
+    SERVICE_DOC.write_text(service_page(documents))
+    print(f"wrote {SERVICE_DOC}")
+    if readme_figures.update_readme(documents):
         print(f"updated the measured figures in {readme_figures.README}")
 
 

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from tests.support.postgres import PostgresUnavailableError, check_postgres_sync, postgres_database
-from tests.support.redis_cluster import ClusterError, RedisClusterProcess
-from tests.support.redis_sentinel import RedisSentinelSetup, SentinelError
-from tests.support.redis_server import RedisServer, RedisServerError
+from harness.postgres import PostgresUnavailableError, check_postgres_sync, postgres_database
+from harness.redis_cluster import ClusterError, RedisClusterProcess
+from harness.redis_sentinel import RedisSentinelSetup, SentinelError
+from harness.redis_server import RedisServer, RedisServerError
 
 # Databases on the shared server: each test gets its own db number, so FLUSHDB-style tests cannot collide.
 _SHARED_DATABASES = 1024

@@ -21,8 +21,9 @@ import httpx
 import pytest
 
 from dealership.bootstrap import APPSETTINGS_PATH
-from tests.e2e.harness import ServiceProcess
-from tests.support import RedisServer, wait_until_sync
+from harness.redis_server import RedisServer
+from harness.service import ServiceProcess
+from tests.support import wait_until_sync
 
 SEED_COUNT = 200
 _SRC = Path(__file__).resolve().parents[2] / "src"

@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.harness import ServiceProcess
-from tests.support import RedisServer, wait_until_sync
+from harness.redis_server import RedisServer
+from harness.service import ServiceProcess
+from tests.support import wait_until_sync
 
 SEED_COUNT = 200
 BREAK_SECONDS = 2

@@ -2,7 +2,7 @@
 
 One run:
 
-* starts a private ``redis-server`` (:class:`tests.support.redis_server.RedisServer`; never the system Redis) and a
+* starts a private ``redis-server`` (:class:`harness.redis_server.RedisServer`; never the system Redis) and a
   SQLite file in WAL mode that is the **source of truth**: ``items(key, version)``;
 * spawns :data:`WORKERS` OS processes (this module with ``--worker``), each with its own :class:`HybridCache` at
   default settings except ``service_name`` (shared) and ``configuration`` (the private server). Each runs
@@ -65,9 +65,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import BackplaneSettings
-from tests.support.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,9 @@ from typing import Any, Protocol
 import pytest
 import redis.asyncio
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import MemoryCacheSettings
-from tests.support.redis_server import RedisServer
 
 L1_ONLY = "l1-only"
 L2_ONLY = "l2-only"

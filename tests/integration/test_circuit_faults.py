@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache._resilience import CircuitState
 from hybridcache.settings import CircuitBreakerSettings
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 OPERATION_TIMEOUT = 0.05

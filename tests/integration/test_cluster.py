@@ -41,6 +41,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
+from harness.redis_cluster import RedisClusterProcess
 from hybridcache import CacheSettings, HybridCache
 from hybridcache._resilience import CircuitState
 from tests.integration.conftest import INSTANCE_NAME, L1_L2, L2_ONLY, CacheEnv
@@ -56,7 +57,6 @@ from tests.integration.test_consistency import (
     seed_for_run,
 )
 from tests.integration.topology_suites import *  # noqa: F403  (collected here, on the cluster's fixtures)
-from tests.support.redis_cluster import RedisClusterProcess
 from tests.support.waiting import wait_until
 
 # ------------------------------------------------------------------------------------ fixtures for the suites

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import BackplaneSettings
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 PROPAGATION_BOUND = 0.05  # seconds: acceptance 1's deadline, used as the bound for other instances

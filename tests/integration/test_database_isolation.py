@@ -8,8 +8,8 @@ resynchronises: its whole L1 is cleared on every write to the other database.
 
 from __future__ import annotations
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 

@@ -19,9 +19,10 @@ from dealership.app import create_app
 from dealership.bootstrap import ServiceConfig
 from dealership.dto import MAX_ID
 from dealership.seed import generate
+from harness.postgres import PG_HOST, PG_PORT, PG_USER
+from harness.process import find_free_port
 from hybridcache import CacheSettings
-from tests.support import find_free_port, wait_until
-from tests.support.postgres import PG_HOST, PG_PORT, PG_USER
+from tests.support import wait_until
 
 SEED_COUNT = 60
 SEED = generate(SEED_COUNT)

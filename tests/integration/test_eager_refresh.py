@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 TTL = 0.4

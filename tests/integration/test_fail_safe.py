@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache._resilience import CircuitState
 from hybridcache.cache import FactoryTimeoutError
 from hybridcache.settings import CircuitBreakerSettings, FailSafeSettings, MemoryCacheSettings
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 TTL = 0.2

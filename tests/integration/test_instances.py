@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 import redis.asyncio
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache._redis.l2 import hash_tag
 from hybridcache._redis.registry import InstanceKeys, InstanceRegistry, live_instances
 from hybridcache.cli import main
-from tests.support import RedisServer, wait_until
+from tests.support import wait_until
 
 INSTANCE_NAME = "Ops:"
 SERVICE = "ops-svc"
@@ -427,7 +428,7 @@ async def test_cli_never_prints_the_password(cli: Cli, redis_server: RedisServer
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     """Three masters, no replicas: enough to spread the meta slot and the entries over different nodes."""
-    support = pytest.importorskip("tests.support.redis_cluster", reason="the Redis Cluster harness is not here")
+    support = pytest.importorskip("harness.redis_cluster", reason="the Redis Cluster harness is not here")
     with support.RedisClusterProcess(masters=3, replicas=0) as process:
         yield process
 

@@ -17,8 +17,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 PROPAGATION_DEADLINE = 0.05  # seconds, acceptance 1

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from tests.integration.conftest import CacheEnv, StartCache
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 TTL = 600.0

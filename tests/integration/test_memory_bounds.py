@@ -15,10 +15,10 @@ import tracemalloc
 
 import pytest
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache._generations import fields_for
 from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
-from tests.support.redis_server import RedisServer
 
 KEYS = 1_000_000
 TRACED = 50_000

@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.prometheus import register_cache_latency, register_cache_metrics
 from tests.integration.conftest import CacheEnv, StartCache
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 if TYPE_CHECKING:

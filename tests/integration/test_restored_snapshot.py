@@ -17,8 +17,8 @@ import time
 
 import pytest
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 KEY = "Car:Search:ford"

@@ -21,11 +21,11 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache._redis.backplane import Backplane
 from hybridcache._redis.l2 import RedisL2
 from hybridcache.settings import BackplaneSettings
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 HEARTBEAT = BackplaneSettings(

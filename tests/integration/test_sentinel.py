@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 import redis.asyncio
 
+from harness.redis_sentinel import RedisSentinelSetup
 from hybridcache import HybridCache
 from tests.integration.conftest import L1_L2, L2_ONLY, CacheEnv
 from tests.integration.test_cluster import (
@@ -42,7 +43,6 @@ from tests.integration.test_cluster import (
 )
 from tests.integration.test_consistency import HEARTBEAT
 from tests.integration.topology_suites import *  # noqa: F403  (collected here, on Sentinel's fixtures)
-from tests.support.redis_sentinel import RedisSentinelSetup
 from tests.support.waiting import wait_until
 
 # ------------------------------------------------------------------------------------ fixtures for the suites

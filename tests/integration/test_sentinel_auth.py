@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.redis_sentinel import RedisSentinelSetup
 from hybridcache import CacheConnectionError, CacheSettings, HybridCache
-from tests.support.redis_sentinel import RedisSentinelSetup
 
 PASSWORD = "s3nt1nel-Secret"
 WRONG = "wr0ng-Secret"

@@ -21,11 +21,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.prometheus import register_cache_latency
 from hybridcache.telemetry import FLAT_KEY_NAMESPACE, Instrumentation, instrument, key_namespace, prefix_namespace
 from tests.integration.conftest import CacheEnv, StartCache
-from tests.support.redis_server import RedisServer
 
 SECRET = "Pat's secret search"  # user text inside a key: must never reach telemetry
 SRC = Path(__file__).resolve().parents[2] / "src"

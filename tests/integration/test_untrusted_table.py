@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from redis.asyncio import Redis
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 USER, PASSWORD = "hc-app", "untrusted-table-secret"

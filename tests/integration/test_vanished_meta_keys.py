@@ -14,9 +14,9 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache._redis.l2 import RedisL2
-from tests.support.redis_server import RedisServer
 
 KEY = "Car:7"
 

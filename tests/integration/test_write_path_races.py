@@ -23,8 +23,8 @@ import time
 import pytest
 from redis.asyncio import Redis
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import wait_until
 
 KEY, PREFIX, TAG = "Shop:Search:ford", "Shop:Search", "shops"

@@ -1,15 +1,6 @@
-"""Test support: private redis-server processes, throwaway PostgreSQL databases, deadline-based waiting."""
+"""Test-only support: deadline-based waiting. The private processes (redis-server, Cluster, Sentinel,
+PostgreSQL databases, the service) live in the top-level ``harness`` package, shared with the benchmarks."""
 
-from tests.support.postgres import PostgresUnavailableError, postgres_database
-from tests.support.redis_server import RedisServer, RedisServerError, find_free_port
 from tests.support.waiting import wait_until, wait_until_sync
 
-__all__ = [
-    "PostgresUnavailableError",
-    "RedisServer",
-    "RedisServerError",
-    "find_free_port",
-    "postgres_database",
-    "wait_until",
-    "wait_until_sync",
-]
+__all__ = ["wait_until", "wait_until_sync"]

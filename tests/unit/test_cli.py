@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from harness.process import find_free_port
 from hybridcache.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, build_parser, load_settings, main
-from tests.support import find_free_port
 
 SECRET = "hunter2-very-secret"
 

@@ -15,8 +15,8 @@ import redis.asyncio.retry
 import redis.backoff
 import redis.retry
 
-from tests.support.postgres import postgres_database
-from tests.support.redis_server import RedisServer, find_free_port
+from harness.postgres import postgres_database
+from harness.redis_server import RedisServer, find_free_port
 from tests.support.waiting import wait_until, wait_until_sync
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache._redis.l2 import L2UnavailableError
-from tests.support.redis_server import RedisServer
 
 
 async def test_a_killed_server_is_a_redis_failure_and_a_bug_of_ours_is_not(

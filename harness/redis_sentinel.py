@@ -14,9 +14,7 @@ module's own clients pass it; the data nodes stay password-free.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,85 +24,59 @@ from typing import Any, Self
 
 import redis
 
+from harness.process import HOST as _HOST
+from harness.process import ManagedProcess, ProcessError
+from harness.redis_server import RedisServer, RedisServerError, redis_server_binary
 from hybridcache.connection import mask_configuration
-from tests.support.redis_server import RedisServer, RedisServerError, find_free_port, redis_server_binary
 
 __all__ = ["RedisSentinelSetup", "SentinelError", "SentinelProcess"]
 
-_HOST = "127.0.0.1"
 SERVICE = "mymaster"
-_LIVE: set[subprocess.Popen[bytes]] = set()
 
 
-class SentinelError(RuntimeError):
+class SentinelError(ProcessError):
     """The setup could not be started, or did not reach the expected state in time."""
 
 
-class SentinelProcess:
+class SentinelProcess(ManagedProcess):
     """One ``redis-server <conf> --sentinel`` child process on a free port."""
+
+    error = SentinelError
+    name = "sentinel"
 
     def __init__(
         self, master_port: int, *, down_after_ms: int, failover_timeout_ms: int, password: str | None = None
     ) -> None:
         self._tmpdir = tempfile.TemporaryDirectory(prefix="hc-sentinel-")
         self._conf = Path(self._tmpdir.name) / "sentinel.conf"
-        self._log = Path(self._tmpdir.name) / "sentinel.log"
         self._master_port = master_port
         self._down_after_ms = down_after_ms
         self._failover_timeout_ms = failover_timeout_ms
         self._password = password
-        self._process: subprocess.Popen[bytes] | None = None
-        self.port = 0
+        super().__init__(Path(self._tmpdir.name) / "sentinel.log")
 
-    def start(self, timeout: float = 10.0) -> Self:
-        deadline = time.monotonic() + timeout
-        error = "no attempt made"
-        while time.monotonic() < deadline:
-            self.port = find_free_port()
-            self._conf.write_text(
-                f"port {self.port}\n"
-                f"bind {_HOST}\n"
-                f"dir {self._tmpdir.name}\n"
-                "sentinel resolve-hostnames no\n"
-                f"sentinel monitor {SERVICE} {_HOST} {self._master_port} 2\n"
-                f"sentinel down-after-milliseconds {SERVICE} {self._down_after_ms}\n"
-                f"sentinel failover-timeout {SERVICE} {self._failover_timeout_ms}\n"
-                f"sentinel parallel-syncs {SERVICE} 1\n"
-                + (f"requirepass {self._password}\n" if self._password is not None else "")
-            )
-            with self._log.open("ab") as log:
-                process = subprocess.Popen(
-                    [redis_server_binary(), str(self._conf), "--sentinel"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            self._process = process
-            _LIVE.add(process)
-            while time.monotonic() < deadline and process.poll() is None:
-                with contextlib.suppress(redis.RedisError, OSError), self.client(socket_timeout=0.5) as client:
-                    if client.ping():
-                        return self
-                time.sleep(0.01)
-            error = f"status {process.poll()}; log tail:\n{self.log_tail()}"
-            self.kill()
-        raise SentinelError(f"sentinel did not start within {timeout}s: {error}")
+    def command(self, port: int) -> list[str]:
+        self._conf.write_text(  # rewritten for every attempt: Sentinel rewrites it, and the port may change
+            f"port {port}\n"
+            f"bind {_HOST}\n"
+            f"dir {self._tmpdir.name}\n"
+            "sentinel resolve-hostnames no\n"
+            f"sentinel monitor {SERVICE} {_HOST} {self._master_port} 2\n"
+            f"sentinel down-after-milliseconds {SERVICE} {self._down_after_ms}\n"
+            f"sentinel failover-timeout {SERVICE} {self._failover_timeout_ms}\n"
+            f"sentinel parallel-syncs {SERVICE} 1\n"
+            + (f"requirepass {self._password}\n" if self._password is not None else "")
+        )
+        return [redis_server_binary(), str(self._conf), "--sentinel"]
 
-    def kill(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            _LIVE.discard(process)
+    def ready(self, port: int) -> bool:
+        with contextlib.suppress(redis.RedisError, OSError), self.client(socket_timeout=0.5) as client:
+            return bool(client.ping())
+        return False
 
     def close(self) -> None:
         self.kill()
         self._tmpdir.cleanup()
-
-    @property
-    def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     def client(self, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 5)
@@ -120,12 +92,6 @@ class SentinelProcess:
         with self.client() as client:
             _host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
         return int(port)
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self._log.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
 
 
 class RedisSentinelSetup:
@@ -358,12 +324,3 @@ class RedisSentinelSetup:
 
     def __repr__(self) -> str:
         return f"<RedisSentinelSetup {mask_configuration(self.configuration)}>"
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    for process in list(_LIVE):
-        with contextlib.suppress(OSError):
-            process.kill()
-            process.wait()
-    _LIVE.clear()

@@ -25,11 +25,11 @@ from typing import Any, Self
 import redis
 from redis.crc import key_slot
 
-from tests.support.redis_server import RedisServer, RedisServerError, find_free_port
+from harness.process import HOST as _HOST
+from harness.process import find_free_port
+from harness.redis_server import RedisServer, RedisServerError
 
 __all__ = ["ClusterError", "NodeInfo", "RedisClusterProcess"]
-
-_HOST = "127.0.0.1"
 
 
 class ClusterError(RuntimeError):
