@@ -44,7 +44,12 @@ def layer(module: str) -> int:
 
 def _imports(path: Path) -> Iterator[str]:
     """Every module name this file imports, anywhere in it."""
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
+    if not path.is_relative_to(PACKAGE_DIR):
+        package = ""  # outside the package (benchmarks, the harness): absolute imports are what matters
+    elif path.name == "__init__.py":
+        package = module_name(path)
+    else:
+        package = module_name(path).rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
@@ -173,3 +178,16 @@ def test_internal_modules_are_private() -> None:
     public |= {"prometheus", "settings", "telemetry"}
     top = {m.split(".")[1] for m in MODULES if m.count(".") >= 1}
     assert sorted(name for name in top - public if not name.startswith("_")) == []
+
+
+def test_benchmarks_and_the_harness_do_not_import_the_tests() -> None:
+    """Benchmarks share the process harness (``harness/``) with the tests, never the tests themselves."""
+    root = PACKAGE_DIR.parents[1]
+    offenders = sorted(
+        f"{path.relative_to(root)} imports {name}"
+        for folder in ("benchmarks", "harness")
+        for path in (root / folder).rglob("*.py")
+        for name in _imports(path)
+        if name == "tests" or name.startswith("tests.")
+    )
+    assert offenders == []
