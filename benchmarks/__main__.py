@@ -1,9 +1,7 @@
-"""Run the benchmarks: ``python -m benchmarks [NAME ...]``.
+"""Run the benchmarks: ``python -m benchmarks [NAME ...]`` (``--list`` shows the names).
 
-Every module ``benchmarks/bench_<name>.py`` is a benchmark with a ``main(argv)``. With no NAME all of them run,
-one after another in name order; ``python -m benchmarks cache l1_policy`` runs just those two (``--list`` shows
-the names). Each ``main`` gets an empty argument list, so it runs with its own defaults. A benchmark that raises
-or returns a non-zero int is reported and the others still run; the exit status is 1 if any failed.
+Each ``benchmarks/bench_<name>.py`` has a ``main(argv)``, run with no arguments, in name order; one that raises or
+returns a non-zero int is reported and the others still run. A full run writes ``results/run.json``.
 """
 
 from __future__ import annotations
@@ -19,19 +17,12 @@ from pathlib import Path
 from benchmarks._common import write_results
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-PREFIX = "bench_"
-
-
-def discover() -> list[str]:
-    """The names (without ``bench_``) of every benchmark module in this package, sorted."""
-    return sorted(path.stem.removeprefix(PREFIX) for path in PACKAGE_DIR.glob(f"{PREFIX}*.py"))
 
 
 def run_one(name: str) -> bool:
     """Import ``benchmarks.bench_<name>`` and run its ``main([])``; True when it succeeded."""
-    module = importlib.import_module(f"{__package__ or 'benchmarks'}.{PREFIX}{name}")
-    saved_argv = sys.argv
-    sys.argv = [str(PACKAGE_DIR / f"{PREFIX}{name}.py")]  # a script reading sys.argv sees no runner arguments
+    module = importlib.import_module(f"benchmarks.bench_{name}")
+    saved_argv, sys.argv = sys.argv, [str(PACKAGE_DIR / f"bench_{name}.py")]  # no runner arguments in sys.argv
     try:
         result = module.main([])
     except SystemExit as exit_:  # a script that calls sys.exit() inside main
@@ -42,7 +33,7 @@ def run_one(name: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    available = discover()
+    available = sorted(path.stem.removeprefix("bench_") for path in PACKAGE_DIR.glob("bench_*.py"))
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"benchmarks to run (default: all of {available})")
     parser.add_argument("--list", action="store_true", help="print the benchmark names and exit")
@@ -50,15 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         print("\n".join(available))
         return 0
-    unknown = [n for n in args.names if n.removeprefix(PREFIX) not in available]
-    if unknown:
+    selected = [n.removeprefix("bench_") for n in args.names] or available
+    if unknown := [n for n in selected if n not in available]:
         parser.error(f"unknown benchmark(s) {unknown}; available: {available}")
-    selected = [n.removeprefix(PREFIX) for n in args.names] or available
     failed: list[str] = []
     seconds: dict[str, float] = {}
     run_started = time.monotonic()
     for name in selected:
-        print(f"\n=== {PREFIX}{name} " + "=" * max(0, 70 - len(name)), flush=True)
+        print(f"\n=== bench_{name} " + "=" * max(0, 70 - len(name)), flush=True)
         started = time.monotonic()
         try:
             ok = run_one(name)
@@ -66,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
             ok = False
         seconds[name] = round(time.monotonic() - started, 1)
-        print(f"=== {PREFIX}{name}: {'ok' if ok else 'FAILED'} in {seconds[name]:.1f}s", flush=True)
+        print(f"=== bench_{name}: {'ok' if ok else 'FAILED'} in {seconds[name]:.1f}s", flush=True)
         if not ok:
             failed.append(name)
     total = round(time.monotonic() - run_started, 1)

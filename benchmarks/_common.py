@@ -1,10 +1,5 @@
 """The benchmark toolkit: batch timing, percentiles, tables, the sample value, and result files. Every benchmark
-uses these and re-implements none of them; no benchmark imports another's module. Method: docs/benchmarks.md.
-
-Timing: an operation is timed in *batches* (a loop of ``ops`` repetitions inside one ``perf_counter_ns`` pair, so
-the clock's cost is amortised; loop overhead included, nothing subtracted), several variants round-robin, one
-batch each per round, so drift hits all alike; the figure is the median over rounds, beside this process's CPU
-time per operation. Garbage collection is paused during a batch, as ``timeit`` does. Every loop is bounded.
+uses these; none imports another's module. How timing works: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -40,8 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 _PACKAGES = ("hybridcache", "redis", "hiredis", "pydantic", "pydantic-core", "orjson")
 
-# ---------------------------------------------------------------------------------------------- percentiles
-
 
 def percentile(values: Sequence[float], fraction: float) -> float:
     """The nearest-rank percentile (``fraction`` in 0..1) of ``values``; 0.5 is the median; NaN when empty."""
@@ -73,8 +66,6 @@ def summarize(
         out[f"{stat}_{unit}" if unit else stat] = round(value * scale, digits)
     return out
 
-
-# ---------------------------------------------------------------------------------------------- timing
 
 #: A batch: ``run(ops)`` performs the operation ``ops`` times (sync or async).
 Batch = Callable[[int], None] | Callable[[int], Awaitable[None]]
@@ -128,25 +119,19 @@ def paired_ratio(numerator: Timing, denominator: Timing) -> float:
     return statistics.median(a / b for a, b in zip(numerator.samples, denominator.samples, strict=True))
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
+async def _time_batch(variant: Variant) -> tuple[float, float]:
+    """Wall-clock and CPU nanoseconds per operation for one batch of ``variant`` (GC paused, as ``timeit`` does)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-async def _time_batch(variant: Variant) -> tuple[float, float]:
-    """Wall-clock and CPU nanoseconds per operation for one batch of ``variant``."""
-    with _gc_paused():
         cpu_start, start = time.process_time_ns(), time.perf_counter_ns()
         result = variant.run(variant.ops)
         if inspect.isawaitable(result):
             await result
         elapsed, cpu = time.perf_counter_ns() - start, time.process_time_ns() - cpu_start
+    finally:
+        if enabled:
+            gc.enable()
     return elapsed / variant.ops, cpu / variant.ops
 
 
@@ -189,9 +174,6 @@ def zipf(n: int, alpha: float, rng: random.Random) -> Callable[[], int]:
     cumulative = list(itertools.accumulate(1.0 / (k**alpha) for k in range(1, n + 1)))
     total, draw, last = cumulative[-1], rng.random, n - 1
     return lambda: min(bisect.bisect_left(cumulative, draw() * total), last)
-
-
-# ---------------------------------------------------------------------------------------------- tables
 
 
 def format_ns(ns: float) -> str:
@@ -254,18 +236,14 @@ class Table:
         return "\n\n".join(filter(None, [self.title, "\n".join(body), self.note]))
 
 
-def print_tables(tables: Sequence[Table]) -> None:
-    print("\n\n".join(t.text() for t in tables))
-
-
-# ---------------------------------------------------------------------------------------------- the sample value
-
-SEED_ROWS = 2000  # the service's default seed count; ids beyond it reuse rows with their own id
+SEED_COUNT = 2000  # the service's default seed count: dealerships seeded into its database; ids beyond reuse rows
+#: Brand names each matching at least 10 of the 2000 seeded dealerships (the search route's terms).
+SEARCH_TERMS = ("ford", "toyota", "honda", "chevrolet", "nissan", "hyundai", "kia", "subaru", "mazda", "jeep")
 
 
 @functools.cache
 def _seed_rows() -> list[tuple[dict[str, object], ZipCodeDto]]:
-    data = generate(SEED_ROWS)
+    data = generate(SEED_COUNT)
     states = [StateProvinceDto(id=i + 1, code=s["code"], name=s["name"]) for i, s in enumerate(data.states)]
     zips = [
         ZipCodeDto(id=i + 1, code=c["code"], city=c["city"], state_province_id=s + 1, state_province=states[s])
@@ -287,13 +265,6 @@ def dealership_dto(dealership_id: int = 42) -> DealershipDto:
         unique_key=columns["unique_key"],
         business_zip_code=zip_code,
     )
-
-
-# ---------------------------------------------------------------------------------------------- the service
-
-SEED_COUNT = 2000  # dealerships seeded into the service's database
-#: Brand names each matching at least 10 of the 2000 seeded dealerships (the search route's terms).
-SEARCH_TERMS = ("ford", "toyota", "honda", "chevrolet", "nissan", "hyundai", "kia", "subaru", "mazda", "jeep")
 
 
 @contextlib.contextmanager
@@ -319,27 +290,19 @@ def stats_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str
     return {k: int(after[k]) - int(before[k]) for k in ("l1Hits", "l2Hits", "misses", "handlerRuns")}
 
 
-# ---------------------------------------------------------------------------------------------- result files
-
-
-def command_line() -> str:
-    """The command line that started this process, exactly as typed (``sys.orig_argv``)."""
-    return shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
-
-
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages now: the figures are only as quiet as the machine was."""
     return [round(x, 2) for x in os.getloadavg()]
 
 
 def package_versions(*names: str) -> dict[str, str]:
-    versions = {}
-    for name in names:
+    def version(name: str) -> str:
         try:
-            versions[name] = importlib.metadata.version(name)
+            return importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+            return "not installed"
+
+    return {name: version(name) for name in names}
 
 
 def _cpu_model() -> str:
@@ -378,7 +341,7 @@ def write_results(name: str, payload: Mapping[str, Any]) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     document = {
         "benchmark": name,
-        "command": command_line(),
+        "command": shlex.join(sys.orig_argv),  # exactly as typed
         "generated_at": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
         "machine": machine_info(),
         **payload,
@@ -402,6 +365,7 @@ class Run:
         path = write_results(
             self.name, {**payload, "load_average_at_start": self.load_at_start, "elapsed_seconds": elapsed}
         )
-        print_tables(tables(json.loads(path.read_text())))  # the tables make_report shows, from the same file
+        document = json.loads(path.read_text())  # the tables make_report shows, from the same file
+        print("\n\n".join(t.text() for t in tables(document)))
         print(f"\n{elapsed:.0f} s; wrote {path}")
         return path

@@ -1,28 +1,10 @@
-"""Cap processes at a fixed share of one CPU core with a Linux cgroup CPU quota (benchmark helper).
+"""Cap processes at a fixed share of one CPU core with a Linux cgroup CPU quota (CFS bandwidth control), to model
+servers that each have a core of their own on a machine with too few cores. Needs root, in practice.
 
-Used to model servers that each run on a core of their own on a machine that has too few cores for that: a
-process capped at ``percent`` of a core gets at most ``period_us * percent / 100`` µs of CPU in every
-``period_us`` window (CFS bandwidth control) and is stopped for the rest of the window once it has used them.
-
-Contract:
-
-- ``unavailable_reason()`` returns ``None`` when CPU-quota groups can be created here, else a sentence saying why
-  not (no ``cpu`` controller mounted, not writable, ...). It creates and removes one probe group to find out.
-- ``CpuCap(pids, percent=..., period_us=...)`` is a context manager. On entry it creates one new group per pid
-  (``hybridcache-bench-<this pid>-<n>``, a child of the group this process is in for cgroup v1, of the cgroup2
-  mount for v2), sets its period and quota, and moves the pid's whole process (every thread, via
-  ``cgroup.procs``) into it: each pid gets its own budget. It raises ``CpuCapUnavailable`` if that fails, after
-  undoing what it did; ``ValueError`` if the quota would be below the kernel's 1 ms minimum (see ``period_for``).
-- On exit — also when the body raised, or when entry failed half-way — every process still in one of the groups
-  (the pid, or a child it forked) is moved back to the group it was in before, or to the parent group if that is
-  gone, and the groups are removed. If a group cannot be removed, exit raises ``RuntimeError`` naming it (only a
-  ``RuntimeWarning`` if the body already raised, so that its exception is not hidden).
-- ``CpuCap.throttling()`` reads each group's ``cpu.stat``: CFS periods, how many of them were throttled, and the
-  seconds spent throttled, cumulative since entry.
-
-cgroup v1 (a ``cgroup`` mount whose options include ``cpu``: ``cpu.cfs_period_us``, ``cpu.cfs_quota_us``) is used
-when present; otherwise cgroup v2 (``cpu.max``) when the cgroup2 mount's ``cgroup.controllers`` lists ``cpu``
-(the ``cpu`` controller is enabled in its ``cgroup.subtree_control`` if it is not yet). Needs root, in practice.
+``CpuCap(pids, percent=..., period_us=...)`` puts each pid's whole process in a new group of its own (cgroup v1
+when a hierarchy has the ``cpu`` controller, else cgroup v2's ``cpu.max``) with a quota of ``period_us * percent
+/ 100`` µs per period. Entry raises ``CpuCapUnavailable`` (after undoing what it did) when that cannot be done;
+exit, also after an error, moves every process in the groups back where it was and removes the groups.
 """
 
 from __future__ import annotations
@@ -37,10 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-#: The kernel refuses a CFS quota below 1 ms per period.
-MIN_QUOTA_US = 1000
-#: Short periods keep each throttling stall short (a capped process waits at most period - quota).
-DEFAULT_SHORTEST_PERIOD_US = 10_000
+MIN_QUOTA_US = 1000  # the kernel refuses a CFS quota below 1 ms per period
+SHORTEST_PERIOD_US = 10_000  # short periods keep each throttling stall short
 GROUP_PREFIX = "hybridcache-bench"
 
 
@@ -50,11 +30,10 @@ class CpuCapUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Throttling:
-    """Cumulative CFS bandwidth figures of one group (``cpu.stat``)."""
+    """Cumulative CFS figures of one group (``cpu.stat``)."""
 
     periods: int
     throttled_periods: int
-    throttled_seconds: float
 
 
 @dataclass(frozen=True)
@@ -71,20 +50,15 @@ class _Hierarchy:
             return None
         for line in lines:
             _, controllers, path = line.split(":", 2)
-            mine = controllers == "" if self.version == 2 else "cpu" in controllers.split(",")
-            if not mine:
+            if (controllers != "") if self.version == 2 else "cpu" not in controllers.split(","):
                 continue
-            if self.mount_root != "/" and not (path == self.mount_root or path.startswith(self.mount_root + "/")):
-                return None
-            relative = path[len(self.mount_root) :] if self.mount_root != "/" else path
-            directory = self.mount / relative.lstrip("/")
+            if self.mount_root != "/":
+                if not (path == self.mount_root or path.startswith(self.mount_root + "/")):
+                    return None
+                path = path[len(self.mount_root) :]
+            directory = self.mount / path.lstrip("/")
             return directory if directory.is_dir() else None
         return None
-
-    def parent_for_new_groups(self) -> Path:
-        if self.version == 2:
-            return self.mount  # the root is exempt from cgroup v2's "no processes in inner groups" rule
-        return self.directory_of(os.getpid()) or self.mount
 
     def set_quota(self, group: Path, *, period_us: int, quota_us: int) -> None:
         if self.version == 1:
@@ -94,88 +68,52 @@ class _Hierarchy:
             (group / "cpu.max").write_text(f"{quota_us} {period_us}")
 
     def read_throttling(self, group: Path) -> Throttling:
-        fields = {}
-        for line in (group / "cpu.stat").read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if value.strip().isdigit():
-                fields[name] = int(value)
-        throttled = (
-            fields.get("throttled_time", 0) / 1e9 if self.version == 1 else fields.get("throttled_usec", 0) / 1e6
-        )
-        return Throttling(fields.get("nr_periods", 0), fields.get("nr_throttled", 0), throttled)
+        fields = dict(line.split(" ", 1) for line in (group / "cpu.stat").read_text().splitlines() if " " in line)
+        return Throttling(int(fields.get("nr_periods", 0)), int(fields.get("nr_throttled", 0)))
 
 
-def _find_hierarchy() -> _Hierarchy | str:
-    """The cgroup hierarchy with the cpu controller, or why there is none."""
+def _find_hierarchy() -> _Hierarchy:
+    """The cgroup hierarchy with the cpu controller; CpuCapUnavailable if there is none."""
     try:
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError as exc:
-        return f"cannot read /proc/self/mountinfo ({exc})"
+        raise CpuCapUnavailable(f"cannot read /proc/self/mountinfo ({exc})") from exc
     cgroup2 = None
     for line in mounts:
         before, _, after = line.partition(" - ")
         fields, tail = before.split(), after.split()
         if len(fields) < 5 or len(tail) < 3:
             continue
-        root, mount_point, fstype, super_options = fields[3], fields[4], tail[0], tail[2].split(",")
-        if fstype == "cgroup" and "cpu" in super_options:
-            return _Hierarchy(1, Path(mount_point), root)
-        if fstype == "cgroup2" and cgroup2 is None:
-            cgroup2 = _Hierarchy(2, Path(mount_point), root)
+        if tail[0] == "cgroup" and "cpu" in tail[2].split(","):
+            return _Hierarchy(1, Path(fields[4]), fields[3])
+        if tail[0] == "cgroup2" and cgroup2 is None:
+            cgroup2 = _Hierarchy(2, Path(fields[4]), fields[3])
     if cgroup2 is None:
-        return "no cgroup v1 hierarchy with the cpu controller and no cgroup2 mount"
+        raise CpuCapUnavailable("no cgroup v1 hierarchy with the cpu controller and no cgroup2 mount")
     try:
         controllers = (cgroup2.mount / "cgroup.controllers").read_text().split()
     except OSError as exc:
-        return f"cgroup2 at {cgroup2.mount}: cannot read cgroup.controllers ({exc})"
+        raise CpuCapUnavailable(f"cgroup2 at {cgroup2.mount}: cannot read cgroup.controllers ({exc})") from exc
     if "cpu" not in controllers:
-        return f"no cgroup v1 cpu hierarchy, and the cgroup2 mount at {cgroup2.mount} does not offer cpu"
+        raise CpuCapUnavailable(f"no cgroup v1 cpu hierarchy, and the cgroup2 mount at {cgroup2.mount} lacks cpu")
     return cgroup2
 
 
-def period_for(percent: float, shortest_us: int = DEFAULT_SHORTEST_PERIOD_US) -> int:
-    """The shortest period (whole ms, at least ``shortest_us``) whose quota at ``percent`` reaches 1 ms."""
+def period_for(percent: float) -> int:
+    """The shortest period (whole ms, at least ``SHORTEST_PERIOD_US``) whose quota at ``percent`` reaches 1 ms."""
     if not 0 < percent <= 100:
         raise ValueError(f"percent must be in (0, 100], not {percent}")
-    needed = math.ceil(MIN_QUOTA_US * 100 / percent / 1000) * 1000
-    return max(shortest_us, needed)
-
-
-def unavailable_reason() -> str | None:
-    """None when ``CpuCap`` can work here, else why not (creates and removes one probe group)."""
-    try:
-        with CpuCap([], percent=100, period_us=DEFAULT_SHORTEST_PERIOD_US, probe=True):
-            pass
-    except CpuCapUnavailable as exc:
-        return str(exc)
-    return None
+    return max(SHORTEST_PERIOD_US, math.ceil(MIN_QUOTA_US * 100 / percent / 1000) * 1000)
 
 
 class CpuCap:
     """Each of ``pids`` in a group of its own, capped at ``percent`` of one core (see the module docstring)."""
 
-    def __init__(
-        self,
-        pids: Iterable[int],
-        *,
-        percent: float,
-        period_us: int = DEFAULT_SHORTEST_PERIOD_US,
-        probe: bool = False,
-    ) -> None:
-        if not 0 < percent <= 100:
-            raise ValueError(f"percent must be in (0, 100], not {percent}")
-        if not 1000 <= period_us <= 1_000_000:
-            raise ValueError(f"period_us must be between 1 ms and 1 s, not {period_us}")
-        self.pids = tuple(pids)
-        self.percent = percent
-        self.period_us = period_us
+    def __init__(self, pids: Iterable[int], *, percent: float, period_us: int) -> None:
+        self.pids, self.percent, self.period_us = tuple(pids), percent, period_us
         self.quota_us = round(period_us * percent / 100)
         if self.quota_us < MIN_QUOTA_US:
-            raise ValueError(
-                f"{percent}% of a {period_us} µs period is below the kernel's {MIN_QUOTA_US} µs minimum quota; "
-                f"use period_us >= {period_for(percent)}"
-            )
-        self._probe = probe  # one group, no process moved: checks that groups can be made
+            raise ValueError(f"{percent}% of {period_us} µs is below the kernel's {MIN_QUOTA_US} µs minimum quota")
         self._hierarchy: _Hierarchy | None = None
         self._groups: dict[int, Path] = {}  # pid -> its group
         self._origins: dict[int, Path] = {}  # pid -> the group it was in
@@ -183,31 +121,25 @@ class CpuCap:
 
     @property
     def hierarchy(self) -> str:
-        """``"cgroup v1"`` or ``"cgroup v2"`` once entered."""
         return f"cgroup v{self._hierarchy.version}" if self._hierarchy else "not entered"
 
     def throttling(self) -> dict[int, Throttling]:
-        """Per capped pid: its group's cumulative CFS periods, throttled periods and throttled seconds."""
+        """Per capped pid: its group's cumulative CFS periods and throttled periods."""
         assert self._hierarchy is not None, "CpuCap not entered"
         return {pid: self._hierarchy.read_throttling(group) for pid, group in self._groups.items()}
 
     def __enter__(self) -> CpuCap:
-        found = _find_hierarchy()
-        if isinstance(found, str):
-            raise CpuCapUnavailable(found)
-        self._hierarchy = found
-        self._parent = found.parent_for_new_groups()
+        found = self._hierarchy = _find_hierarchy()
+        # cgroup v2: under the root, exempt from the "no processes in inner groups" rule.
+        self._parent = found.mount if found.version == 2 else found.directory_of(os.getpid()) or found.mount
         try:
-            if found.version == 2:
-                self._enable_cpu_controller(found.mount)
-            targets = [0] if self._probe else list(self.pids)
-            for index, pid in enumerate(targets):
+            if found.version == 2 and "cpu" not in (found.mount / "cgroup.subtree_control").read_text().split():
+                (found.mount / "cgroup.subtree_control").write_text("+cpu")
+            for index, pid in enumerate(self.pids):
                 group = self._parent / f"{GROUP_PREFIX}-{os.getpid()}-{index}"
                 group.mkdir()
                 self._groups[pid] = group
                 found.set_quota(group, period_us=self.period_us, quota_us=self.quota_us)
-                if self._probe:
-                    continue
                 self._origins[pid] = found.directory_of(pid) or self._parent
                 (group / "cgroup.procs").write_text(str(pid))
         except OSError as exc:
@@ -221,18 +153,11 @@ class CpuCap:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        leftovers = self._release()
-        if leftovers:
+        if leftovers := self._release():
             message = f"CPU-cap groups left behind: {', '.join(leftovers)}"
             if exc_type is None:
                 raise RuntimeError(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
-
-    @staticmethod
-    def _enable_cpu_controller(mount: Path) -> None:
-        subtree = mount / "cgroup.subtree_control"
-        if "cpu" not in subtree.read_text().split():
-            subtree.write_text("+cpu")
 
     def _release(self) -> list[str]:
         """Move every process out of the groups and remove them; the groups that could not be removed."""
@@ -254,7 +179,6 @@ class CpuCap:
                 except OSError:
                     if attempt == 19:
                         leftovers.append(str(group))
-                    else:
-                        time.sleep(0.05)
+                    time.sleep(0.05)
             self._groups.pop(pid, None)
         return leftovers

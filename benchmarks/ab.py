@@ -1,11 +1,7 @@
-"""Compare one benchmark on two commits in one run: ``python -m benchmarks.ab BASE [TARGET] [--bench cache]``.
+"""Compare one benchmark on two commits: ``python -m benchmarks.ab BASE [TARGET] [--bench cache] [-- options]``.
 
-A change that must not slow a path down ("the L1 hit stays as fast as today") is checked here, not by a timed
-test. Both commits are checked out as git worktrees under a temporary directory; the benchmark runs from each in
-turn, alternating BASE, TARGET, BASE, TARGET… (``--runs`` pairs), with this repository's interpreter and each
-tree's own ``src`` first on the path, so load on this noisy machine falls on both sides alike. Prints, per
-operation, the median of the runs' medians on each side and their ratio (TARGET / BASE), and writes
-``benchmarks/results/ab_<bench>.json``. TARGET defaults to HEAD; extra arguments after ``--`` go to the benchmark.
+Both commits become temporary git worktrees; the benchmark runs from each in turn (BASE, TARGET, … ``--runs``
+pairs) so load falls on both alike; writes ``results/ab_<bench>.json``. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,16 +1,11 @@
-"""Latency of a cache hit, beside what it is made of: a dict lookup, and a raw redis-py GET plus decoding; L1 and L2
-hits through ``get_or_create`` and ``get``, all in one round-robin run. Targets reported (not asserted): L1 hit under
-1.5 µs median; L2 hit within 10% of raw GET + decode (paired ratio); a missed target (or ``--profile``) adds a
-cProfile of that path. Options: ``--rounds``, ``--max-seconds``, ``--profile``. The rows: docs/benchmarks.md.
+"""Latency of L1 and L2 hits beside a dict lookup and a raw redis-py GET + decode, in one round-robin run.
+Targets reported, not asserted (L1 hit < 1.5 µs; L2 hit within 10% of raw GET + decode). Rows: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
-import io
-import pstats
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -56,36 +51,6 @@ def settings_for(server: RedisServer, *, l1: bool, redis: bool = True) -> CacheS
 
 
 Op = Callable[[], Awaitable[Any]]
-# asyncio and socket primitives whose per-operation call counts explain a latency gap independently of load.
-_PRIMITIVES = {
-    "loop iterations": "_run_once",
-    "tasks created": "create_task",
-    "futures created": "create_future",
-    "epoll waits": "<method 'poll' of 'select.epoll' objects>",
-    "socket sends": "<method 'send' of '_socket.socket' objects>",
-}
-
-
-async def profile_ops(op: Op, ops: int, top: int = 12) -> dict[str, Any]:
-    """cProfile ``ops`` awaits of ``op``: the top functions by own time, and per-op counts of loop primitives.
-
-    Profiling inflates every call alike, so the listing shows *where* time goes, not how much there is.
-    """
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(ops):
-        await op()
-    profiler.disable()
-    out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    stats.sort_stats("tottime").print_stats(top)
-    calls: dict[str, int] = {}
-    for (_, _, function), (_, ncalls, *_rest) in stats.stats.items():  # type: ignore[attr-defined]
-        calls[function] = calls.get(function, 0) + ncalls
-    return {
-        "per_op": {label: round(calls.get(name, 0) / ops, 2) for label, name in _PRIMITIVES.items()},
-        "top_by_own_time": [line.rstrip() for line in out.getvalue().splitlines() if line.strip()],
-    }
 
 
 def raw_client(server: RedisServer, settings: CacheSettings, *, timeouts: bool = True) -> redis.asyncio.Redis:
@@ -97,7 +62,7 @@ def raw_client(server: RedisServer, settings: CacheSettings, *, timeouts: bool =
     return redis.asyncio.Redis(**kwargs)
 
 
-async def run(rounds: int, max_seconds: float, profile: bool) -> dict[str, Any]:
+async def run(rounds: int, max_seconds: float) -> dict[str, Any]:
     dto = dealership_dto(42)
     adapter: TypeAdapter[DealershipDto] = TypeAdapter(DealershipDto)
     payload = adapter.dump_json(dto)
@@ -185,60 +150,13 @@ async def run(rounds: int, max_seconds: float, profile: bool) -> dict[str, Any]:
             assert both.stats().l2_hits == 0, "the L1 figures include L2 hits"
             stats = {"l1+l2": both.stats().as_dict(), "l2-only": l2_only.stats().as_dict()}
 
-            diagnostics: dict[str, Any] = {}
-            l2_paired = paired_ratio(timings[L2_HIT], timings[RAW])
-            if profile or timings[L1_HIT].median_ns >= L1_TARGET_NS:
-                diagnostics[L1_HIT] = await profile_ops(hit(both), 50_000)
-            if profile or l2_paired > L2_TARGET_RATIO:
-                for name, op in ((RAW, raw_get_decode(raw)), (L2_HIT, hit(l2_only)), (GET_L2, get(l2_only))):
-                    diagnostics[name] = await profile_ops(op, 2_000)
-                # Last: it stubs the L2-only cache's Redis GET.
-                without_io = await l2_path_without_io(l2_only, entry, payload, adapter, hit, get)
-                diagnostics["l2 path without I/O"] = without_io
-            assert factory_runs == runs_before, "a diagnostic read missed and ran the factory"
             await direct.disconnect()
         await raw.aclose()
         await raw_untimed.aclose()
-    return report(timings, diagnostics, stats)
+    return report(timings, stats)
 
 
-async def l2_path_without_io(
-    cache: HybridCache,
-    entry: bytes,
-    payload: bytes,
-    adapter: TypeAdapter[DealershipDto],
-    hit: Callable[[HybridCache], Op],
-    get: Callable[[HybridCache], Op],
-) -> dict[str, Any]:
-    """The cache's own CPU cost of an L2 hit: its Redis GET replaced by a coroutine returning the stored bytes.
-
-    Reaches into the cache's L2 adapter (``cache._l2.get``) on purpose, as a diagnostic; call it last, it leaves
-    the cache unusable for real reads.
-    """
-    l2 = getattr(cache, "_l2", None)
-    if l2 is None or not hasattr(l2, "get"):
-        return {"skipped": "the cache has no _l2.get to stub (internals changed)"}
-
-    async def stored_entry(full_key: str) -> bytes:
-        return entry
-
-    async def stored_payload() -> bytes:
-        return payload
-
-    async def decode_after_await() -> DealershipDto:
-        return adapter.validate_json(await stored_payload())
-
-    l2.get = stored_entry
-    variants = [
-        Variant("validate_json after a trivial await", looped(decode_after_await), FAST_OPS // 4),
-        Variant("get, Redis GET stubbed", looped(get(cache)), FAST_OPS // 4),
-        Variant("get_or_create, Redis GET stubbed", looped(hit(cache)), FAST_OPS // 4),
-    ]
-    timings = await measure(variants, rounds=20, max_seconds=20)
-    return {name: {"cpu_median_ns": round(t.cpu_median_ns, 1)} for name, t in timings.items()}
-
-
-def report(timings: dict[str, Timing], diagnostics: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+def report(timings: dict[str, Timing], stats: dict[str, Any]) -> dict[str, Any]:
     l1_ns, dict_ns = timings[L1_HIT].median_ns, timings[DICT].median_ns
     l2_paired = paired_ratio(timings[L2_HIT], timings[RAW])
     return {
@@ -263,7 +181,6 @@ def report(timings: dict[str, Timing], diagnostics: dict[str, Any], stats: dict[
             "l2_hit_judged_by": "l2_hit_over_raw_get_decode_paired",
         },
         "cache_stats": stats,
-        "diagnostics": diagnostics,
     }
 
 
@@ -289,24 +206,16 @@ def tables(result: dict[str, Any]) -> list[Table]:
         f"own work, against the same GET on a connection of its own: {ratios['l2_hit_over_raw_direct_paired']:.3f}x."
     )
     headers = ["operation", "median", "p10", "p90", "min", "CPU (median)", "ratio of medians"]
-    out = [Table(headers, rows, note=note), Table(["ratio", "value"], list(ratios.items()))]
-    for name, diagnosis in result["diagnostics"].items():  # the profiles' top functions: in the JSON only
-        if "per_op" in diagnosis:
-            out.append(Table(["per op (profiled)", ""], list(diagnosis["per_op"].items()), f"profile of {name!r}"))
-        else:
-            costs = [[k, format_ns(v["cpu_median_ns"])] for k, v in diagnosis.items() if k != "skipped"]
-            out.append(Table(["CPU per op", ""], costs, name))
-    return out
+    return [Table(headers, rows, note=note), Table(["ratio", "value"], list(ratios.items()))]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cache", description=__doc__)
     parser.add_argument("--rounds", type=int, default=60, help="batches per operation (default 60)")
     parser.add_argument("--max-seconds", type=float, default=90.0, help="stop starting rounds after this long")
-    parser.add_argument("--profile", action="store_true", help="profile L1 and L2 hits even when targets are met")
     args = parser.parse_args(argv)
     bench = Run("cache")
-    bench.finish(asyncio.run(run(args.rounds, args.max_seconds, args.profile)), tables)
+    bench.finish(asyncio.run(run(args.rounds, args.max_seconds)), tables)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,14 @@
-"""Redis Cluster and Sentinel against a standalone Redis (issue 8, acceptance 2): ``get_or_create`` L2-hit latency on
-each topology (target: cluster within 20% of standalone, paired), and throughput with 1 vs 3 masters under the same
-client load, uncapped (client-bound on this machine) and server-bound (every master capped at the same share of a
-core with a cgroup CPU quota, ``benchmarks/_cpu_cap.py``; skipped with the reason where the cgroup cannot be
-written). Options: see ``--help``. Method and caveats: docs/benchmarks.md and docs/cluster.md.
+"""Redis Cluster and Sentinel against a standalone Redis (issue 8): L2-hit latency per topology (target: cluster
+within 20% of standalone), and throughput with 1 vs 3 masters, uncapped and server-bound (masters CPU-capped,
+``_cpu_cap``). Method and caveats: docs/benchmarks.md and docs/cluster.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import multiprocessing
-import multiprocessing.connection
 import os
 import random
 import statistics
@@ -19,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
 from benchmarks._common import Run, Table, Timing, Variant, dealership_dto, format_ns, measure, paired_ratio
-from benchmarks._cpu_cap import CpuCap, CpuCapUnavailable, period_for, unavailable_reason
+from benchmarks._cpu_cap import CpuCap, CpuCapUnavailable, period_for
 from dealership.dto import DealershipDto
 from harness.redis_cluster import RedisClusterProcess
 from harness.redis_sentinel import RedisSentinelSetup
@@ -40,14 +39,9 @@ TTL = timedelta(hours=2)
 LATENCY_KEYS = 64
 REDIS_OPS = 200
 OPERATION_TIMEOUT_MS = 2000
-#: Server-bound mode: a capped master answers in bursts between throttled stretches, so a caller can queue behind
-#: many others. A margin, not a measured need: 32 callers queued at ~2,500 GETs/s plus one throttled stretch of at
-#: most a period wait tens of ms; errors and misses are reported either way.
-CAPPED_OPERATION_TIMEOUT_MS = 10_000
-#: Default CPU budget of each master in the server-bound mode, in percent of one core (see main's --help).
-MASTER_CPU_PERCENT = 3.0
-#: The 1-master run counts as server-bound when its busiest master used at least this share of its cap.
-SERVER_BOUND_SHARE_OF_CAP = 0.9
+CAPPED_OPERATION_TIMEOUT_MS = 10_000  # a margin: callers queue behind a capped master's throttled stretches
+MASTER_CPU_PERCENT = 3.0  # each master's CPU budget in the server-bound mode, percent of one core
+SERVER_BOUND_SHARE_OF_CAP = 0.9  # the 1-master run is server-bound when its busiest master used this much of its cap
 
 STANDALONE = "standalone"
 CLUSTER_1 = "cluster, 1 master"
@@ -157,27 +151,20 @@ async def latency(
 
 
 @dataclass(frozen=True)
-class WorkerResult:
-    ops: int
-    cpu_seconds: float
-    l2_hits: int
-    misses: int
-    errors: int
+class Load:
+    """The client side of a throughput run: ``processes`` x ``tasks`` callers on ``keys`` keys for ``duration`` s."""
+
+    processes: int
+    tasks: int
+    keys: int
+    duration: float
+    operation_timeout_ms: int = OPERATION_TIMEOUT_MS
 
 
-def _worker(
-    configuration: str,
-    operation_timeout_ms: int,
-    keys: int,
-    tasks: int,
-    start_at: float,
-    duration: float,
-    seed: int,
-    pipe: multiprocessing.connection.Connection,
-) -> None:
-    """One client process: a cache, ``tasks`` concurrent callers, ops counted between ``start_at`` and its end."""
+def _worker(configuration: str, load: Load, start_at: float, seed: int, pipe: Connection) -> None:
+    """One client process: sends back its ops, CPU seconds, L2 hits, misses and L2 errors (or its exception)."""
     try:
-        pipe.send(asyncio.run(_work(configuration, operation_timeout_ms, keys, tasks, start_at, duration, seed)))
+        pipe.send(asyncio.run(_work(configuration, load, start_at, seed)))
     except BaseException as exc:
         pipe.send(exc)
         raise
@@ -185,64 +172,37 @@ def _worker(
         pipe.close()
 
 
-async def _work(
-    configuration: str, operation_timeout_ms: int, keys: int, tasks: int, start_at: float, duration: float, seed: int
-) -> WorkerResult:
-    settings = settings_for(configuration, operation_timeout_ms=operation_timeout_ms)
+async def _work(configuration: str, load: Load, start_at: float, seed: int) -> tuple[int, float, int, int, int]:
+    settings = settings_for(configuration, operation_timeout_ms=load.operation_timeout_ms)
     async with HybridCache.from_settings(settings) as cache:
         assert await cache.wait_until_connected(10.0)
-        names = [key_of(n) for n in range(keys)]
+        names = [key_of(n) for n in range(load.keys)]
         # Warm every connection the tasks will use before the clock starts.
-        await asyncio.gather(*(cache.get_or_create(names[i], _never, type_=DealershipDto) for i in range(tasks)))
+        await asyncio.gather(*(cache.get_or_create(names[i], _never, type_=DealershipDto) for i in range(load.tasks)))
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        end = start_at + duration
-        hits0, misses0, errors0 = cache.counters.l2_hits, cache.counters.misses, cache.counters.l2_errors
-        cpu0 = time.process_time()
-        counts = [0] * tasks
+        end, c = start_at + load.duration, cache.counters
+        before, cpu0 = (c.l2_hits, c.misses, c.l2_errors), time.process_time()
+        counts = [0] * load.tasks
 
         async def caller(index: int) -> None:
             rng = random.Random(seed * 1000 + index)
-            limit = 10_000_000  # a bound on the loop besides the clock
-            while counts[index] < limit and time.time() < end:
+            while counts[index] < 10_000_000 and time.time() < end:  # bounded by a count besides the clock
                 await cache.get_or_create(rng.choice(names), _never, ttl=TTL, type_=DealershipDto)
                 counts[index] += 1
 
-        await asyncio.gather(*(caller(i) for i in range(tasks)))
+        await asyncio.gather(*(caller(i) for i in range(load.tasks)))
         cpu = time.process_time() - cpu0
-        return WorkerResult(
-            ops=sum(counts),
-            cpu_seconds=cpu,
-            l2_hits=cache.counters.l2_hits - hits0,
-            misses=cache.counters.misses - misses0,
-            errors=cache.counters.l2_errors - errors0,
-        )
-
-
-def _scheduler_cpu_seconds(pid: int) -> float | None:
-    """CPU time of all of ``pid``'s threads as the scheduler counts it (ns precision), or None if not exposed."""
-    total = 0.0
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            for line in (task / "sched").read_text().splitlines():
-                if line.startswith("se.sum_exec_runtime"):
-                    total += float(line.split(":", 1)[1]) / 1000  # milliseconds
-                    break
-            else:
-                return None
-    except (OSError, ValueError):
-        return None
-    return total
+        return sum(counts), cpu, c.l2_hits - before[0], c.misses - before[1], c.l2_errors - before[2]
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time of ``pid``: the scheduler's runtime where the kernel exposes it (``/proc/<pid>/task/*/sched``),
-    else utime + stime from ``/proc/<pid>/stat``, which count whole clock ticks (10 ms): too coarse for a master
-    capped at a few percent of a core over a few seconds."""
-    precise = _scheduler_cpu_seconds(pid)
-    if precise is not None:
-        return precise
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    """CPU time of all of ``pid``'s threads as the scheduler counts it (``/proc/<pid>/task/*/sched``, ns precision:
+    utime + stime count 10 ms ticks, too coarse for a master capped at a few percent of a core)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        line = next(x for x in (task / "sched").read_text().splitlines() if x.startswith("se.sum_exec_runtime"))
+        total += float(line.split(":", 1)[1]) / 1000  # milliseconds
+    return total
 
 
 @dataclass(frozen=True)
@@ -267,33 +227,16 @@ class Masters:
 
 
 def run_load(
-    name: str,
-    configuration: str,
-    masters: Masters,
-    *,
-    processes: int,
-    tasks: int,
-    keys: int,
-    duration: float,
-    seed: int,
-    operation_timeout_ms: int = OPERATION_TIMEOUT_MS,
-    cap: CpuCap | None = None,
+    name: str, configuration: str, masters: Masters, load: Load, seed: int, cap: CpuCap | None
 ) -> dict[str, Any]:
-    """One throughput measurement: ``processes`` client processes of ``tasks`` callers for ``duration`` seconds.
-
-    With ``cap`` (the masters' CPU quota groups), also the share of CFS periods in which each master was throttled
-    during the window.
-    """
+    """One window of ``load`` against one topology (with ``cap``: the share of CFS periods each master was
+    throttled)."""
     context = multiprocessing.get_context("spawn")
     start_at = time.time() + 4.0  # spawning and connecting take a few seconds on a busy 2-core machine
     pipes, children = [], []
-    for index in range(processes):
+    for index in range(load.processes):
         receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(
-            target=_worker,
-            args=(configuration, operation_timeout_ms, keys, tasks, start_at, duration, seed + index, sender),
-            name=f"bench-cluster-{index}",
-        )
+        child = context.Process(target=_worker, args=(configuration, load, start_at, seed + index, sender))
         child.start()
         sender.close()
         pipes.append(receiver)
@@ -301,12 +244,12 @@ def run_load(
     masters.reset()
     time.sleep(max(0.0, start_at - time.time()))
     before, throttled_before = masters.snapshot(), cap.throttling() if cap else {}
-    time.sleep(duration)
+    time.sleep(load.duration)
     after, throttled_after = masters.snapshot(), cap.throttling() if cap else {}
-    results: list[WorkerResult] = []
+    results = []
     try:
         for pipe in pipes:
-            if not pipe.poll(duration + 60):
+            if not pipe.poll(load.duration + 60):
                 raise TimeoutError(f"{name}: a client process did not report")
             result = pipe.recv()
             if isinstance(result, BaseException):
@@ -318,12 +261,9 @@ def run_load(
             if child.is_alive():
                 child.kill()
                 child.join()
-    ops = sum(r.ops for r in results)
+    ops, client_cpu, l2_hits, misses, errors = (sum(column) for column in zip(*results, strict=True))
     per_master = {
-        str(port): {
-            "cpu_seconds": round(after[port][0] - before[port][0], 3),
-            "gets": after[port][1] - before[port][1],
-        }
+        str(port): {"cpu_seconds": round(after[port][0] - before[port][0], 3), "gets": after[port][1] - before[port][1]}
         for port in after
     }
     for port, pid in masters.nodes:
@@ -336,150 +276,84 @@ def run_load(
     return {
         "topology": name,
         "ops": ops,
-        "ops_per_s": round(ops / duration),
-        "client_cpu_seconds": round(sum(r.cpu_seconds for r in results), 3),
-        "client_cpu_us_per_op": round(1e6 * sum(r.cpu_seconds for r in results) / max(ops, 1), 1),
+        "ops_per_s": round(ops / load.duration),
+        "client_cpu_seconds": round(client_cpu, 3),
+        "client_cpu_us_per_op": round(1e6 * client_cpu / max(ops, 1), 1),
         "master_cpu_seconds": round(master_cpu, 3),
         "master_cpu_us_per_get": round(1e6 * master_cpu / max(gets, 1), 2),
-        "busiest_master_core_share": round(max(m["cpu_seconds"] for m in per_master.values()) / duration, 3),
+        "busiest_master_core_share": round(max(m["cpu_seconds"] for m in per_master.values()) / load.duration, 3),
         "gets_share_per_master": [round(m["gets"] / max(gets, 1), 3) for m in per_master.values()],
         "per_master": per_master,
-        "l2_hits": sum(r.l2_hits for r in results),
-        "misses": sum(r.misses for r in results),
-        "errors": sum(r.errors for r in results),
+        "l2_hits": l2_hits,
+        "misses": misses,
+        "errors": errors,
     }
 
 
 def throughput(
-    topologies: dict[str, tuple[str, Masters]],
-    *,
-    processes: int,
-    tasks: int,
-    keys: int,
-    duration: float,
-    repeats: int,
-    operation_timeout_ms: int = OPERATION_TIMEOUT_MS,
-    cap: CpuCap | None = None,
+    topologies: dict[str, tuple[str, Masters]], load: Load, repeats: int, cap: CpuCap | None = None
 ) -> dict[str, Any]:
-    """``repeats`` interleaved ``run_load`` rounds over ``topologies`` (order reversed every other round).
-
-    Returns ``runs`` and a per-topology ``summary`` of medians; with ``cap``, the summary also gives the busiest
-    master's CPU as a share of its cap, and how often the busiest master was throttled.
-    """
+    """``repeats`` interleaved ``run_load`` rounds (order reversed every other round): ``runs`` and a per-topology
+    ``summary`` of medians (with ``cap``: the busiest master's CPU as a share of its cap, and its throttling)."""
     runs = []
     for repeat in range(repeats):
-        order = list(topologies) if repeat % 2 == 0 else list(reversed(topologies))
-        for name in order:
-            configuration, masters = topologies[name]
-            run = run_load(
-                name,
-                configuration,
-                masters,
-                processes=processes,
-                tasks=tasks,
-                keys=keys,
-                duration=duration,
-                seed=repeat * 100,
-                operation_timeout_ms=operation_timeout_ms,
-                cap=cap,
-            )
-            run["repeat"] = repeat
+        for name in list(topologies) if repeat % 2 == 0 else list(reversed(topologies)):
+            run = run_load(name, *topologies[name], load, seed=repeat * 100, cap=cap) | {"repeat": repeat}
+            print(f"  {name:<20} repeat {repeat}: {run['ops_per_s']:>7,} ops/s", flush=True)
             runs.append(run)
-            throttled = [
-                m["throttled_periods_share"] for m in run["per_master"].values() if "throttled_periods_share" in m
-            ]
-            print(
-                f"  {name:<20} repeat {repeat}: {run['ops_per_s']:>7,} ops/s, client CPU "
-                f"{run['client_cpu_us_per_op']} µs/op, busiest master {100 * run['busiest_master_core_share']:.1f}% "
-                f"of a core, GET shares {run['gets_share_per_master']}"
-                + (f", throttled in {throttled} of CFS periods" if throttled else "")
-                + (f", {run['errors']} L2 errors, {run['misses']} misses" if run["errors"] or run["misses"] else "")
-            )
+
+    def median(rows: list[dict[str, Any]], key: str, digits: int) -> Any:
+        return round(statistics.median(r[key] for r in rows), digits)
+
     summary = {}
     for name in topologies:
         mine = [r for r in runs if r["topology"] == name]
         summary[name] = {
             "ops_per_s_median": round(statistics.median(r["ops_per_s"] for r in mine)),
             "ops_per_s_runs": [r["ops_per_s"] for r in mine],
-            "client_cpu_us_per_op_median": round(statistics.median(r["client_cpu_us_per_op"] for r in mine), 1),
-            "master_cpu_us_per_get_median": round(statistics.median(r["master_cpu_us_per_get"] for r in mine), 2),
-            "busiest_master_core_share_median": round(
-                statistics.median(r["busiest_master_core_share"] for r in mine), 3
-            ),
+            "client_cpu_us_per_op_median": median(mine, "client_cpu_us_per_op", 1),
+            "master_cpu_us_per_get_median": median(mine, "master_cpu_us_per_get", 2),
+            "busiest_master_core_share_median": median(mine, "busiest_master_core_share", 3),
             "gets_share_per_master": mine[-1]["gets_share_per_master"],
             "misses": sum(r["misses"] for r in mine),
             "errors": sum(r["errors"] for r in mine),
         }
         if cap is not None:
-            summary[name]["busiest_master_share_of_cap_median"] = round(
-                summary[name]["busiest_master_core_share_median"] / (cap.percent / 100), 3
-            )
-            summary[name]["busiest_master_throttled_periods_share_median"] = round(
-                statistics.median(
-                    max(m.get("throttled_periods_share", 0.0) for m in r["per_master"].values()) for r in mine
-                ),
-                3,
-            )
+            share = summary[name]["busiest_master_core_share_median"] / (cap.percent / 100)
+            throttled = [max(m.get("throttled_periods_share", 0.0) for m in r["per_master"].values()) for r in mine]
+            summary[name]["busiest_master_share_of_cap_median"] = round(share, 3)
+            summary[name]["busiest_master_throttled_periods_share_median"] = round(statistics.median(throttled), 3)
     return {"runs": runs, "summary": summary}
 
 
 def throughput_server_bound(
-    topologies: dict[str, tuple[str, Masters]],
-    *,
-    percent: float,
-    processes: int,
-    tasks: int,
-    keys: int,
-    duration: float,
-    repeats: int,
+    topologies: dict[str, tuple[str, Masters]], load: Load, percent: float, repeats: int
 ) -> dict[str, Any]:
-    """``throughput`` with every master's process capped at ``percent`` of one core (each its own budget).
-
-    Models masters that each have a core (a machine) of their own and are the bottleneck, which 2 shared cores
-    cannot show otherwise. When the cgroup cannot be written, returns only ``setup`` and ``skipped`` (the reason).
-    The caps are removed before returning, also when a run fails (its exception then propagates).
-    """
+    """``throughput`` with every master capped at ``percent`` of one core (each its own budget): masters that are
+    the bottleneck. Only ``setup`` and ``skipped`` (the reason) when the cgroup cannot be written."""
     period_us = period_for(percent)
+    load = dataclasses.replace(load, operation_timeout_ms=CAPPED_OPERATION_TIMEOUT_MS)
     setup = {
         "master_cpu_percent": percent,
         "cfs_period_us": period_us,
         "cfs_quota_us": round(period_us * percent / 100),
-        "processes": processes,
-        "tasks": tasks,
-        "keys": keys,
-        "duration_s": duration,
+        **{k: v for k, v in dataclasses.asdict(load).items() if k != "duration"},
+        "duration_s": load.duration,
         "repeats": repeats,
-        "operation_timeout_ms": CAPPED_OPERATION_TIMEOUT_MS,
-        "master_cpu_clock": (
-            "scheduler runtime (/proc/<pid>/task/*/sched)"
-            if _scheduler_cpu_seconds(os.getpid()) is not None
-            else "utime + stime (10 ms clock ticks)"
-        ),
+        "master_cpu_clock": "scheduler runtime (/proc/<pid>/task/*/sched)",
     }
-    reason = unavailable_reason()
-    if reason is not None:
-        return {"setup": setup, "skipped": reason}
     pids = [pid for _, masters in topologies.values() for _, pid in masters.nodes]
     try:
         with CpuCap(pids, percent=percent, period_us=period_us) as cap:
             setup["cgroup"] = cap.hierarchy
-            load = throughput(
-                topologies,
-                processes=processes,
-                tasks=tasks,
-                keys=keys,
-                duration=duration,
-                repeats=repeats,
-                operation_timeout_ms=CAPPED_OPERATION_TIMEOUT_MS,
-                cap=cap,
-            )
+            result = throughput(topologies, load, repeats, cap)
     except CpuCapUnavailable as exc:
         return {"setup": setup, "skipped": str(exc)}
-    summary = load["summary"]
+    summary = result["summary"]
     share_of_cap = summary[CLUSTER_1]["busiest_master_share_of_cap_median"]
     return {
         "setup": setup,
-        **load,
+        **result,
         "ratio_3_vs_1_masters": round(
             summary[CLUSTER_3]["ops_per_s_median"] / max(summary[CLUSTER_1]["ops_per_s_median"], 1), 3
         ),
@@ -580,20 +454,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per throughput window (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved throughput runs per topology")
     parser.add_argument("--no-sentinel", action="store_true", help="leave Sentinel out of the latency table")
-    parser.add_argument(
-        "--master-cpu-percent",
-        type=float,
-        default=MASTER_CPU_PERCENT,
-        help=f"server-bound throughput: each master's CPU cap, percent of one core (default {MASTER_CPU_PERCENT:g}); "
-        "3 capped masters must need less than the client processes can supply",
-    )
-    parser.add_argument(
-        "--server-bound-repeats", type=int, default=2, help="interleaved server-bound runs per topology (default 2)"
-    )
+    parser.add_argument("--master-cpu-percent", type=float, default=MASTER_CPU_PERCENT, help="server-bound CPU cap")
+    parser.add_argument("--server-bound-repeats", type=int, default=2, help="interleaved server-bound runs")
     parser.add_argument("--no-server-bound", action="store_true", help="skip the server-bound (CPU-capped) runs")
     args = parser.parse_args(argv)
     bench = Run("cluster")
-    load = {"processes": args.processes, "tasks": args.tasks, "keys": args.keys, "duration": args.duration}
+    load = Load(args.processes, args.tasks, args.keys, args.duration)
 
     with ExitStack() as stack:
         print("starting: standalone, 3-master cluster (+3 replicas), 1-master cluster (+1 replica), Sentinel ...")
@@ -622,13 +488,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     await fill(cache, args.keys)
 
         asyncio.run(fill_all())
-        client_bound = throughput(topologies, repeats=args.repeats, **load)
+        client_bound = throughput(topologies, load, args.repeats)
         server_bound: dict[str, Any] = {"skipped": "--no-server-bound"}
         if not args.no_server_bound:
             print(f"server-bound throughput: every master capped at {args.master_cpu_percent:g}% of one core ...")
-            server_bound = throughput_server_bound(
-                topologies, percent=args.master_cpu_percent, repeats=args.server_bound_repeats, **load
-            )
+            server_bound = throughput_server_bound(topologies, load, args.master_cpu_percent, args.server_bound_repeats)
 
     ratios = {name: round(paired_ratio(timings[name], timings[L2_STANDALONE]), 3) for name in timings}
     client_ratios = {
@@ -649,11 +513,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "cache_stats": latency_stats,
         },
         "throughput": {
-            "setup": {
-                **{k: v for k, v in load.items() if k != "duration"},
-                "duration_s": args.duration,
-                "repeats": args.repeats,
-            },
+            "setup": {"processes": load.processes, "tasks": load.tasks, "keys": load.keys, "duration_s": load.duration}
+            | {"repeats": args.repeats},
             **client_bound,
             "ratio_3_vs_1_masters": scaling,
         },

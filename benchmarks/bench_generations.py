@@ -1,6 +1,5 @@
-"""What the generation hash costs at 10k, 100k and 1M distinct prefixes/tags (Redis memory, resync time and the
-longest command of it, the in-process mirror), and how fast the sweep forgets them once they are older than the
-retention. Options: ``--sizes``. Method: docs/benchmarks.md.
+"""What the generation hash costs at 10k, 100k and 1M prefixes/tags (Redis memory, resync, the in-process mirror),
+and how fast the sweep forgets them past the retention. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Hit rates under a Zipf workload with the seed's settings: three ``HybridCache`` instances (round-robin) on one
-private Redis, configured as the seed's ``appsettings.json``, with the seed's query durations, keys and
-invalidating writes, at 1%, 0.1% and no writes; simulated time. Our steady-state rates beside the seed's claims
-(entities 95-99%, searches 80-90%, lists 85-95%). Target reported: entity-by-id hit rate >= 95%. Options:
-``--requests``, ``--rate``, ``--seed``. Method: docs/benchmarks.md.
+"""Hit rates under a Zipf workload with the seed's settings, keys and writes (1%, 0.1%, none), three instances,
+simulated time, beside the seed's claims. Target reported: entity hit rate >= 95%. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""Invalidation (issue 3): how fast it reaches other instances (same loop, 1 and 2 observers; two processes), and
-what ``remove_by_prefix`` costs with 1,000 vs 1,000,000 keys in Redis (target: ratio of medians under 1.5).
-Options: ``--iterations``, ``--rounds``, ``--small-keys``, ``--large-keys``. Method: docs/benchmarks.md.
+"""Invalidation (issue 3): how fast it reaches other instances, and what ``remove_by_prefix`` costs with 1,000 vs
+1,000,000 keys in Redis (target: ratio of medians under 1.5). Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations

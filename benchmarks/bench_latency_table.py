@@ -1,11 +1,6 @@
-"""The seed's "Latency Comparison" table, measured (issue 7): single entity, search (10 results) and list (50
-results) with no cache / L2 only / L1+L2, through the mediator pipeline and through HTTP, on SQLite and
-PostgreSQL, with a simulated database round trip of 0, 1 and 10 ms added to every SQL statement.
-
-Options: ``--delays-ms``, ``--databases``, ``--paths``, ``--requests``, ``--http-requests``, ``--cell-seconds``.
-PostgreSQL rows need a server on 127.0.0.1:5432 accepting user ``postgres`` (else skipped with a note). Target,
-reported: a cached single-entity read through the mediator at least 100x faster than the uncached PostgreSQL
-path with 10 ms simulated latency. Method: docs/benchmarks.md; the page: ``python -m benchmarks.make_report``.
+"""The seed's "Latency Comparison" table, measured (issue 7): single entity, search and list with no cache / L2
+only / L1+L2, through the mediator and HTTP, on SQLite and PostgreSQL (skipped if 127.0.0.1:5432 is down), with a
+simulated round trip added to every SQL statement. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -75,10 +70,7 @@ class Operation:
 
 OPERATIONS = (
     Operation(
-        "single entity",
-        len(ENTITY_IDS),
-        lambda i: GetDealershipById(ENTITY_IDS[i]),
-        lambda i: f"/api/dealership/{ENTITY_IDS[i]}",
+        "single entity", len(ENTITY_IDS), lambda i: GetDealershipById(i + 1), lambda i: f"/api/dealership/{i + 1}"
     ),
     Operation(
         "search (10 results)",
@@ -89,8 +81,8 @@ OPERATIONS = (
     Operation(
         "list (50 results)",
         len(LIST_PAGES),
-        lambda i: GetDealershipsList(LIST_PAGES[i], 50),
-        lambda i: f"/api/dealership?page={LIST_PAGES[i]}&size=50",
+        lambda i: GetDealershipsList(i + 1, 50),
+        lambda i: f"/api/dealership?page={i + 1}&size=50",
     ),
 )
 
@@ -408,13 +400,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.delays_ms = [float(d) for d in args.delays_ms.split(",") if d.strip()]
     args.databases = [d for d in args.databases.split(",") if d]
     args.paths = [p for p in args.paths.split(",") if p]
-    if any(not (d == 0 or 1 <= d <= 100) for d in args.delays_ms) or not args.delays_ms:
-        # asyncio's epoll timeouts are whole milliseconds: a shorter sleep lasts about 1 ms anyway
-        parser.error("--delays-ms: 0, or values in 1..100")
-    if set(args.databases) - {"sqlite", "postgresql"} or set(args.paths) - {"mediator", "http"}:
-        parser.error("--databases: sqlite,postgresql; --paths: mediator,http")
-    if args.requests < 1 or args.http_requests < 1 or not 0 < args.cell_seconds <= 60:
-        parser.error("--requests and --http-requests must be positive, --cell-seconds in (0, 60]")
+    if not args.delays_ms or any(0 < d < 1 for d in args.delays_ms):  # epoll timeouts are whole milliseconds
+        parser.error("--delays-ms: 0, or at least 1")
 
     bench, cells = Run("latency_table"), []
     with (

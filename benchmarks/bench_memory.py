@@ -1,6 +1,5 @@
-"""Memory per cached entry: L1 bytes per Dealership entry (``tracemalloc`` over a real ``HybridCache``), L2 bytes per
-entry (``MEMORY USAGE`` in a private redis-server), and whether zlib compression of the stored payload would pay,
-for an entity, a search result and list pages. Options: ``--entries``, ``--sample``. Method: docs/benchmarks.md.
+"""Memory per cached entry in L1 (``tracemalloc``) and L2 (``MEMORY USAGE``), and whether zlib compression of the
+stored payload would pay. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -151,11 +150,7 @@ async def measure_l2(server: RedisServer, db: int, sample: int) -> list[dict[str
 
 
 def verdict(l2: Sequence[dict[str, Any]]) -> str:
-    """Whether a compression option would pay, per value kind, from the measured sizes and costs.
-
-    Rule: it pays when zlib-1 cuts Redis memory per entry by at least half; below a fifth it does not; between,
-    it is marginal. The CPU it adds to an L2 hit is shown next to the JSON decode the hit pays anyway.
-    """
+    """Per value kind: compression pays when zlib-1 halves Redis memory per entry, does not below a fifth."""
     parts = []
     for row in l2:
         z = row["compression"]["zlib-1"]

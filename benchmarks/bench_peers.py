@@ -1,8 +1,5 @@
-"""hybridcache next to the caches a Python user would pick instead (cashews ``mem://``, ``redis://`` and
-client-side; aiocache ``SimpleMemoryCache`` and ``RedisCache``; a raw redis-py GET + decode baseline): same
-workload, same run, one private Redis. Memory-tier hit, Redis hit from a second instance, miss, a 1,000-caller
-stampede, invalidation propagation. Options: ``--rounds``, ``--max-seconds``, ``--keys``, ``--chunks``,
-``--trials``. Method: docs/benchmarks.md. Every loop is bounded by a count and a deadline.
+"""hybridcache next to cashews and aiocache (and a raw redis-py GET + decode), same workload, same run, one private
+Redis: memory-tier hit, Redis hit from a second instance, miss, stampede, propagation. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -60,9 +57,6 @@ class LogTally(logging.Handler):
         self.counts[record.name] += 1
         self.first.setdefault(record.name, record.getMessage()[:300])
 
-    def since(self, before: collections.Counter[str]) -> dict[str, int]:
-        return {name: n - before[name] for name, n in self.counts.items() if n > before[name]}
-
 
 LOGS = LogTally()
 
@@ -83,10 +77,6 @@ class Database:
 
 NO_LOCAL_TIER = "n/a: no local tier (every read goes to Redis)"
 MEMORY_ONLY = "n/a: memory only (each process has its own copy, nothing crosses instances)"
-
-
-async def _nothing() -> None:
-    return None
 
 
 @dataclass
@@ -194,7 +184,7 @@ def aiocache(db: Database, server: RedisServer | None, db_index: int) -> Contend
         read=read,
         peek=lambda i: read.cache.get(f"dealership:{i}"),
         remove=lambda i: read.cache.delete(f"dealership:{i}"),
-        start=_nothing,
+        start=lambda: asyncio.sleep(0),
         close=close,
         twin=(lambda: aiocache(db, server, db_index)) if server is not None else None,
         stampede_readers={"@cached": read, "@cached_stampede": guarded},
@@ -329,7 +319,7 @@ async def measure_stampede(contenders: Sequence[Contender], rows: dict[str, Row]
                 failures = [r for r in results if isinstance(r, BaseException)]
                 rows[c.name].stampede[label] = {
                     "callers": STAMPEDE_CALLERS,
-                    "library_log_records": LOGS.since(logged),
+                    "library_log_records": dict(LOGS.counts - logged),
                     "factory_runs": db.queries - before,
                     "wall_ms": (time.perf_counter() - start) * 1000,
                     "failed_calls": len(failures),
@@ -345,39 +335,32 @@ async def measure_propagation(pair: tuple[Contender, Contender], row: Row, trial
     seen_us: list[float] = []
     remove_us: list[float] = []
     missed = 0
-    base = 400_000
-    for trial in range(trials):
-        key = base + trial
+    for key in range(400_000, 400_000 + trials):
+        if missed >= 3 and not seen_us:
+            break  # it never propagates: three full deadlines say so
         await a.read(key)
         await b.read(key)
         if await b.peek(key) is None:
             raise RuntimeError(f"{b.name}: B does not hold the key it just read")
         start = time.perf_counter_ns()
         await a.remove(key)
-        removed = time.perf_counter_ns()
-        deadline = time.monotonic() + PROPAGATION_DEADLINE
-        while await b.peek(key) is not None:
+        removed, deadline = time.perf_counter_ns(), time.monotonic() + PROPAGATION_DEADLINE
+        while held := await b.peek(key) is not None:
             if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0)
-        else:
-            seen_us.append((time.perf_counter_ns() - start) / 1000)
-            remove_us.append((removed - start) / 1000)
+        if held:
+            missed += 1
             continue
-        missed += 1
-        if missed >= 3 and not seen_us:
-            break  # it never propagates: three full deadlines say so
-    attempted = len(seen_us) + missed
+        seen_us.append((time.perf_counter_ns() - start) / 1000)
+        remove_us.append((removed - start) / 1000)
+    row.propagation = {"trials": len(seen_us) + missed, "not_observed": missed}
     if not seen_us:
-        row.propagation = {
-            "trials": attempted,
-            "not_observed": missed,
-            "note": f"B kept serving the removed value past {PROPAGATION_DEADLINE:g} s in every trial (stale)",
-        }
+        row.propagation["note"] = (
+            f"B kept serving the removed value past {PROPAGATION_DEADLINE:g} s in every trial (stale)"
+        )
         return
-    row.propagation = {
-        "trials": attempted,
-        "not_observed": missed,
+    row.propagation |= {
         "p50_us": statistics.median(seen_us),
         "p99_us": percentile(seen_us, 0.99),
         "remove_call_p50_us": statistics.median(remove_us),
@@ -466,12 +449,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for c in contenders:
             if c.twin is None:
                 continue
-            t = c.twin()
-            started = await _start_all([t], failed)
-            if started:
-                twins.append((c, t))
+            if started := await _start_all([c.twin()], failed):
+                twins.append((c, started[0]))
             else:
-                failed[c.name] = f"second instance: {failed.pop(t.name, 'did not start')}"
+                failed[c.name] = f"second instance: {failed.pop(c.name, 'did not start')}"
         raw = RawBaseline(server, 7)
         rows = {c.name: Row(c.name) for c in contenders} | {raw.name: Row(raw.name)}
         for name, error in failed.items():
@@ -494,10 +475,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if c.propagation_note is not None:
                     rows[c.name].propagation = c.propagation_note
         finally:
-            for c in contenders:
+            for c in [*contenders, *(t for _, t in twins)]:
                 await _quiet_close(c)
-            for _, t in twins:
-                await _quiet_close(t)
             await raw.close()
     return {
         "unit": (

@@ -1,6 +1,5 @@
-"""The CQRS pipeline's cost on an L1 hit: ``mediator.send(query)`` through ``CachingBehavior`` into
-``HybridCache.get_or_create``, next to a bare ``get_or_create`` L1 hit on the same L1-only cache. Target: the
-pipeline's L1 hit under 5 µs. Options: ``--rounds``, ``--ops``, ``--max-seconds``. Method: docs/benchmarks.md.
+"""The CQRS pipeline's cost on an L1 hit (``mediator.send`` through ``CachingBehavior``) next to a bare
+``get_or_create`` L1 hit. Target: under 5 µs. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,14 @@
-"""Resilience figures (issue 4): stampede protection (1,000 concurrent cold calls, one and four instances, with and
-without the distributed lock), the miss path with the circuit breaker open (Redis killed, and paused with SIGSTOP;
-target: under 0.1 ms added) and the time it takes to close again, eager refresh, and memory after many distinct
-keys. Options: ``--trials``, ``--rounds``, ``--max-seconds``, ``--profile``. Method: docs/benchmarks.md.
+"""Resilience figures (issue 4): stampedes, the miss path with the breaker open (target: < 0.1 ms added) and
+the time to close again, eager refresh, memory after many distinct keys. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import gc
-import io
 import itertools
 import logging
-import pstats
 import statistics
 import time
 import tracemalloc
@@ -170,7 +165,7 @@ async def _time_to_close(fault: str, repeats: int) -> list[float]:
     return out
 
 
-async def bench_breaker(rounds: int, max_seconds: float, profile: bool) -> dict[str, Any]:
+async def bench_breaker(rounds: int, max_seconds: float) -> dict[str, Any]:
     results: dict[str, Any] = {"operation_timeout_ms": OPERATION_TIMEOUT_MS}
     with RedisServer() as dead, RedisServer() as frozen, RedisServer() as healthy:
         async with AsyncExitStack() as stack:
@@ -194,15 +189,6 @@ async def bench_breaker(rounds: int, max_seconds: float, profile: bool) -> dict[
                 results[f"added_ns_{fault}"] = added
                 results[f"tail_{fault}"] = await _tail_while_open(cache, 5_000)
                 assert cache.breaker.state is CircuitState.OPEN
-            if profile or max(results["added_ns_killed"], results["added_ns_paused"]) > ADDED_TARGET_NS:
-                profiler = cProfile.Profile()
-                run = _miss_batch(killed, "profile")
-                profiler.enable()
-                await run(20_000)
-                profiler.disable()
-                text = io.StringIO()
-                pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats("hybridcache", 25)
-                results["profile_open_miss"] = text.getvalue()
     results["close_after_back_s"] = {
         fault: [round(s, 3) for s in await _time_to_close(fault, 5)] for fault in ("killed", "paused")
     }
@@ -257,13 +243,8 @@ MEMORY_SIZE_LIMIT = 256
 
 
 def trace_warmup_keys() -> int:
-    """Keys read under tracing before the steady-state mark: enough for every bounded structure (twice the L1's
-    entries, plus the memo of ``fields_for``) to turn over once, as tests/integration/test_memory_bounds.py does.
-
-    tracemalloc counts what is allocated after it starts but not the frees of older blocks: without this warm-up
-    a full bounded cache replacing its untraced entries looks like growth (about 290 KB for the memo), though
-    nothing grows.
-    """
+    """Keys read under tracing before the steady-state mark: enough for every bounded structure (L1, the memo of
+    ``fields_for``) to turn over once; tracemalloc misses frees of older blocks, so churn would look like growth."""
     return 2 * MEMORY_SIZE_LIMIT + (fields_for.cache_info().maxsize or 0)
 
 
@@ -312,11 +293,11 @@ async def bench_memory(untraced: int, traced: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- report
 
 
-async def run(trials: int, rounds: int, max_seconds: float, profile: bool) -> dict[str, Any]:
+async def run(trials: int, rounds: int, max_seconds: float) -> dict[str, Any]:
     logging.getLogger("hybridcache").setLevel(logging.ERROR)  # the faults are deliberate
     return {
         "stampede": await bench_stampede(trials, 0.01),
-        "breaker": await bench_breaker(rounds, max_seconds, profile),
+        "breaker": await bench_breaker(rounds, max_seconds),
         "eager_refresh": await bench_eager_refresh(),
         "memory": await bench_memory(200_000, 50_000),
     }
@@ -371,13 +352,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=50, help="stampede trials per setup (default 50)")
     parser.add_argument("--rounds", type=int, default=30, help="batches per miss variant (default 30)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="stop starting rounds after this long")
-    parser.add_argument("--profile", action="store_true", help="profile the open-breaker miss even if on target")
     args = parser.parse_args(argv)
     bench = Run("resilience")
-    result = asyncio.run(run(args.trials, args.rounds, args.max_seconds, args.profile))
-    bench.finish(result, tables)
-    if "profile_open_miss" in result["breaker"]:
-        print(result["breaker"]["profile_open_miss"])
+    bench.finish(asyncio.run(run(args.trials, args.rounds, args.max_seconds)), tables)
 
 
 if __name__ == "__main__":
