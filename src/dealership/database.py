@@ -8,12 +8,14 @@ and does nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from dealership.models import Base
@@ -88,11 +90,28 @@ async def _lock_for_preparation(connection: AsyncConnection) -> None:
 
 async def _enable_wal(database_url: str) -> None:
     # WAL lets readers in one process proceed while another writes; the mode persists in the file. It cannot
-    # change inside a transaction, hence a plain engine (whose driver does not BEGIN before a PRAGMA).
+    # change inside a transaction, hence a plain engine (whose driver does not BEGIN before a PRAGMA). Switching
+    # needs the file to itself, and SQLite answers "database is locked" at once (its busy timeout does not apply)
+    # while another process is switching or seeding: retry, within the busy timeout, until the file is in WAL.
     engine = create_engine(database_url)
+    deadline = asyncio.get_running_loop().time() + _SQLITE_BUSY_TIMEOUT
+    delay = 0.01
     try:
         async with engine.connect() as connection:
-            await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+            while True:
+                try:
+                    mode = (await connection.exec_driver_sql("PRAGMA journal_mode=WAL")).scalar()
+                except OperationalError as exc:
+                    if "locked" not in str(exc) or asyncio.get_running_loop().time() + delay > deadline:
+                        raise
+                    mode = None
+                if mode is not None and str(mode).lower() == "wal":
+                    return
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    logger.warning("SQLite kept journal mode %s (WAL could not be enabled); continuing", mode)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
     finally:
         await engine.dispose()
 
