@@ -117,9 +117,9 @@ async def latency(
             await fill(cache, LATENCY_KEYS)
             caches[name] = cache
         standalone = caches[STANDALONE]
-        assert standalone._l2 is not None
-        redis_keys = [standalone._l2.redis_key(f"{SERVICE}:v1:{key_of(n)}") for n in range(LATENCY_KEYS)]
-        raw_standalone = standalone._l2.client
+        assert standalone.internals.l2 is not None
+        redis_keys = [standalone.internals.l2.redis_key(f"{SERVICE}:v1:{key_of(n)}") for n in range(LATENCY_KEYS)]
+        raw_standalone = standalone.internals.l2.client
         cluster_l2 = caches[CLUSTER_3]._l2
         assert cluster_l2 is not None
         raw_cluster = cluster_l2.client

@@ -190,7 +190,7 @@ async def propagation_two_processes(server: RedisServer, iterations: int) -> dic
 
 async def fill(cache: HybridCache, admin: Any, service: str, keys: int) -> int:
     """``keys`` entries, half under PREFIX and half elsewhere, in batches of one Lua script each."""
-    l2 = cache._l2
+    l2 = cache.internals.l2
     assert l2 is not None
     under = l2.redis_key(f"{service}:v1:{PREFIX}:")
     elsewhere = l2.redis_key(f"{service}:v1:Elsewhere:")
@@ -239,7 +239,7 @@ async def prefix_cost(small_keys: int, large_keys: int, rounds: int) -> dict[str
 
 async def scan_cost(admin: Any, cache: HybridCache, runs: int = 3) -> float:
     """Median milliseconds of one full ``SCAN MATCH <prefix>*`` walk (counted only, nothing deleted)."""
-    l2 = cache._l2
+    l2 = cache.internals.l2
     assert l2 is not None
     pattern = l2.redis_key(f"{cache.settings.service_name}:v1:{PREFIX}:*")
     times = []

@@ -285,8 +285,8 @@ async def bench_memory(untraced: int, traced: int) -> dict[str, Any]:
             "growth_first_half_bytes": halfway - steady,
             "growth_second_half_bytes": final - halfway,
             "growth_bytes_per_key": round((final - halfway) / second_half, 4),
-            "flights_left": len(cache._loads),
-            "l1_entries": len(cache._l1) if cache._l1 is not None else 0,
+            "flights_left": len(cache.internals.loads),
+            "l1_entries": len(cache.internals.l1) if cache.internals.l1 is not None else 0,
         }
 
 

@@ -25,6 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
@@ -68,6 +69,22 @@ _REQUEST_POOL_SIZE: Final = 64
 
 class CacheConnectionError(HybridCacheError):
     """Redis was unreachable at start-up and the configuration says ``abortConnect=true``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInternals:
+    """What :attr:`HybridCache.internals` shows: the cache's parts (``None`` where not configured or started)."""
+
+    l1: MemoryStore | None
+    l2: RedisL2 | None
+    table: GenerationTable
+    backplane: Backplane | None
+    dlock: DistributedSingleFlight | None
+    loads: InFlightLoads
+    coherence: Coherence
+    reader: ReadPath
+    clients: RedisClients | None
+    client: AnyRedis | None
 
 
 class HybridCache:
@@ -487,6 +504,23 @@ class HybridCache:
                 await self._coherence.invalidate(full_keys, prefix_list, tag_list, fields)
 
     # ------------------------------------------------------------------ observation
+
+    @property
+    def internals(self) -> CacheInternals:
+        """The parts this cache is composed of, for tests and diagnostics: not a stable API, and nothing to
+        change through (each part owns its own state; see ``_core/``)."""
+        return CacheInternals(
+            l1=self._l1,
+            l2=self._l2,
+            table=self._table,
+            backplane=self._backplane,
+            dlock=self._dlock,
+            loads=self._loads,
+            coherence=self._coherence,
+            reader=self._reader,
+            clients=self._clients,
+            client=self._client,
+        )
 
     def stats(self) -> CacheStats:
         c = self.counters

@@ -64,13 +64,13 @@ async def running_caches(settings: CacheSettings, count: int = 2) -> AsyncIterat
 
 def l2_of(cache: HybridCache) -> RedisL2:
     """The cache's Redis layer, whose attributes name the keys and channel (the layout is its business)."""
-    l2 = cache._l2
+    l2 = cache.internals.l2
     assert l2 is not None
     return l2
 
 
 def backplane_of(cache: HybridCache) -> Backplane:
-    backplane = cache._backplane
+    backplane = cache.internals.backplane
     assert backplane is not None
     return backplane
 

@@ -198,7 +198,7 @@ def errors(caches: list[HybridCache]) -> dict[str, int]:
 
 
 def epochs(caches: list[HybridCache]) -> list[str | None]:
-    return [c._table.epoch for c in caches]
+    return [c.internals.table.epoch for c in caches]
 
 
 class CountingWorkload(Workload):
@@ -273,8 +273,8 @@ async def test_every_configuration_form_reaches_the_cluster(
         "one-seed": f"{host}:{port}",  # a single endpoint is probed: cluster_enabled:1 means a cluster seed
     }[form]
     async with running_caches(configuration, namespace, count=2) as (writer, other):
-        assert writer._clients is not None
-        assert writer._clients.topology == "cluster"
+        assert writer.internals.clients is not None
+        assert writer.internals.clients.topology == "cluster"
         assert await writer.get_or_create("k", const("v")) == "v"
         assert await other.get_or_create("k", const("other")) == "v", "the value must come from the cluster"
         assert other.stats().l2_hits == 1
@@ -297,8 +297,8 @@ async def test_an_entry_its_generation_and_its_lock_share_a_slot_and_entries_spr
 ) -> None:
     keys = [f"Dealership:{n}" for n in range(60)] + ["Dealership:{42}:search", "Search:{ford}:10"]
     async with running_caches(redis_cluster.url, namespace, count=1, distributed_lock={"enabled": True}) as (c,):
-        assert c._l2 is not None
-        l2 = c._l2
+        assert c.internals.l2 is not None
+        l2 = c.internals.l2
         for key in keys:
             await c.get_or_create(key, const(key))  # each miss creates its key's capture token (hc-kgen)
         masters = set()
@@ -327,12 +327,12 @@ async def test_misses_and_l2_hits_never_touch_the_meta_slot(redis_cluster: Redis
     """The meta slot sees invalidations, heartbeats and resyncs only: a miss captures prefix/tag generations from
     the local mirror and checks only its own key's generation (in its own slot), and an L2 hit is one GET."""
     async with running_caches(redis_cluster.url, namespace, count=2) as (writer, reader_):
-        assert writer._l2 is not None
-        meta_master = redis_cluster.master_for_key(writer._l2.generations_key)
+        assert writer.internals.l2 is not None
+        meta_master = redis_cluster.master_for_key(writer.internals.l2.generations_key)
         keys = [
             key
             for key in (f"Dealership:Search:{n}" for n in range(400))
-            if redis_cluster.master_for_key(writer._l2.redis_key(f"{namespace}:v1:{key}")) != meta_master
+            if redis_cluster.master_for_key(writer.internals.l2.redis_key(f"{namespace}:v1:{key}")) != meta_master
         ][:150]
         await writer.remove_by_prefix("Dealership:Search")  # a generation to capture, so the mirror has a field
         await wait_until(lambda: reader_.stats().invalidations_received == 1, timeout=1, message="not received")
@@ -498,8 +498,8 @@ async def test_a_paused_master_opens_the_breaker_and_its_return_closes_it(namesp
     with RedisClusterProcess(node_timeout_ms=15_000) as cluster:  # a private cluster, no failover during the pause
         async with HybridCache.from_settings(fault_settings(namespace, cluster.url)) as cache_:
             assert await cache_.wait_until_connected(5)
-            assert cache_._l2 is not None
-            l2 = cache_._l2
+            assert cache_.internals.l2 is not None
+            l2 = cache_.internals.l2
             meta_master = cluster.master_for_key(l2.generations_key)
             frozen = next(port for _, port in cluster.masters() if port != meta_master)
             on_frozen = (
@@ -575,8 +575,8 @@ async def test_a_killed_master_is_replaced_and_the_caches_keep_answering(
     slots are down), a replica takes over after the node timeout, L2 and invalidations work again, new epoch."""
     cluster = private_cluster
     async with running_caches(cluster.url, namespace, count=2) as (first, second):
-        assert first._l2 is not None
-        meta_master = cluster.master_for_key(first._l2.generations_key)
+        assert first.internals.l2 is not None
+        meta_master = cluster.master_for_key(first.internals.l2.generations_key)
         before = epochs([first, second])
         keys = [f"K:{n}" for n in range(30)]
         for key in keys:
@@ -639,10 +639,10 @@ async def test_an_l2_read_follows_its_slot_to_another_master(
         operation_timeout_milliseconds=2000,
     )
     async with HybridCache.from_settings(settings) as l2_only:
-        assert l2_only._l2 is not None
+        assert l2_only.internals.l2 is not None
         await l2_only.set("Dealership:1", {"n": 1})
         assert await l2_only.get("Dealership:1") == {"n": 1}  # the client has mapped the slot
-        slot = key_slot(l2_only._l2.redis_key(f"{namespace}:v1:Dealership:1").encode())
+        slot = key_slot(l2_only.internals.l2.redis_key(f"{namespace}:v1:Dealership:1").encode())
         source = redis_cluster.master_for_slot(slot)
         target = next(port for _, port in redis_cluster.masters() if port != source)
         try:

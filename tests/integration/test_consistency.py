@@ -332,7 +332,7 @@ class Workload:
 
 def resync_count(cache: HybridCache) -> int:
     """How often the cache's backplane has resynchronised (not in ``stats()``, so read from the backplane)."""
-    backplane = cache._backplane
+    backplane = cache.internals.backplane
     assert backplane is not None
     return backplane.resyncs
 

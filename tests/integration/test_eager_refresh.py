@@ -273,14 +273,16 @@ async def test_with_the_distributed_lock_one_instance_refreshes_a_hot_key_for_al
         assert await b.get_or_create("k", version, ttl=20, type_=int, eager_refresh=0.5) == 1
         assert (a.counters.l1_hits, b.counters.l1_hits) == (1, 1)
         await wait_until(
-            lambda: len(a._reader.background) + len(b._reader.background) == 1,
+            lambda: len(a.internals.reader.background) + len(b.internals.reader.background) == 1,
             timeout=5,
             message="both instances are refreshing the key (or neither is)",
         )
         assert runs == 2, "a second instance ran its refresh beside the lease holder"
         gate.set()
         await wait_until(
-            lambda: not a._reader.background and not b._reader.background, timeout=5, message="refresh never ended"
+            lambda: not a.internals.reader.background and not b.internals.reader.background,
+            timeout=5,
+            message="refresh never ended",
         )
 
     assert runs == 2

@@ -136,7 +136,7 @@ async def test_an_entry_made_stale_by_a_forgotten_bump_has_expired_before_the_bu
     await sweep_until_gone(writer, raw_redis, gens, "t:x")
 
     late = await start_cache(cache_env.settings(**SETTINGS))
-    assert late._table.current("t:x") == 0
+    assert late.internals.table.current("t:x") == 0
     assert await late.get_or_create("Order:1", source.load, tags=("x",)) == 2
 
 
@@ -154,7 +154,7 @@ async def test_an_entry_stored_after_redis_forgot_a_field_is_current_where_the_m
     first_bump = int(await raw_redis.hget(gens, "t:x") or 0)
     await wait_for_server_time(raw_redis, first_bump + int(RETENTION * 1000) + 50)
     await sweep_until_gone(writer, raw_redis, gens, "t:x")
-    assert reader._table.current("t:x") == first_bump  # the reader's mirror still remembers it
+    assert reader.internals.table.current("t:x") == first_bump  # the reader's mirror still remembers it
 
     for _ in range(3):
         assert await reader.get_or_create("Order:1", source.load, tags=("x",)) == 1
@@ -172,14 +172,18 @@ async def test_a_resync_reads_a_hash_larger_than_a_page_in_full(
     for start in range(0, count, 5000):
         chunk = dict(list(fields.items())[start : start + 5000])
         await raw_redis.hset(cache_env.generations_key, mapping=chunk)  # type: ignore[arg-type]
-    assert cache._backplane is not None
-    resyncs = cache._backplane.resyncs
+    assert cache.internals.backplane is not None
+    resyncs = cache.internals.backplane.resyncs
     await raw_redis.client_kill_filter(_type="pubsub")
     await wait_until(
-        lambda: cache._backplane is not None and cache._backplane.resyncs > resyncs and cache._table.trusted,
+        lambda: (
+            cache.internals.backplane is not None
+            and cache.internals.backplane.resyncs > resyncs
+            and cache.internals.table.trusted
+        ),
         timeout=5.0,
         message="no resync after the subscriber was killed",
     )
-    table = cache._table
+    table = cache.internals.table
     missing = [f for f, g in fields.items() if table.current(f) != g]
     assert not missing, f"{len(missing)} of {count} fields not loaded, e.g. {missing[:3]}"

@@ -150,8 +150,8 @@ async def test_the_registry_reports_every_interval_with_a_ttl(client: redis.asyn
 
 async def test_keys_share_the_meta_slot_and_nothing_scans(client: redis.asyncio.Redis, start_cache: StartCache) -> None:
     cache = await start_cache()
-    assert cache._l2 is not None
-    meta = hash_tag(cache._l2.generations_key)
+    assert cache.internals.l2 is not None
+    meta = hash_tag(cache.internals.l2.generations_key)
     assert hash_tag(KEYS.index) == hash_tag(KEYS.report(cache.instance_id)) == meta
 
     await client.config_resetstat()

@@ -54,8 +54,8 @@ def gets_served(server: RedisServer) -> int:
 
 def reads_in_flight(cache: HybridCache) -> int:
     """GETs holding one of the connections the cache keeps for them (made, minus those idle in its free list)."""
-    assert cache._l2 is not None
-    connections = cache._l2._get_connections
+    assert cache.internals.l2 is not None
+    connections = cache.internals.l2._get_connections
     assert connections is not None, "a standalone server's GETs use the cache's own connections"
     return len(connections) - len(connections._idle)
 
@@ -110,8 +110,8 @@ async def test_the_caches_own_clients_never_retry_a_failed_call(cache_env: Cache
     """redis-py 6+ retries timeouts and connection errors with backoff by default, which would keep a down Redis
     from the circuit breaker for seconds: every client the cache builds has retries off."""
     cache = await start_cache(cache_env.settings())
-    assert cache._clients is not None
-    for client in (cache._clients.request, cache._clients.background):
+    assert cache.internals.clients is not None
+    for client in (cache.internals.clients.request, cache.internals.clients.background):
         retry = client.get_retry()
         assert retry is not None
         assert retry.get_retries() == 0

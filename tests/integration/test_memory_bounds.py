@@ -32,10 +32,12 @@ async def _one() -> int:
 
 
 def _no_per_key_state(cache: HybridCache) -> None:
-    assert len(cache._loads) == 0, f"{len(cache._loads)} single-flight entries left behind"
-    assert not cache._reader.background, f"{len(cache._reader.background)} background tasks left behind"
-    if cache._dlock is not None:
-        assert len(cache._dlock) == 0, f"{len(cache._dlock)} lock waiter lists left behind"
+    assert len(cache.internals.loads) == 0, f"{len(cache.internals.loads)} single-flight entries left behind"
+    assert not cache.internals.reader.background, (
+        f"{len(cache.internals.reader.background)} background tasks left behind"
+    )
+    if cache.internals.dlock is not None:
+        assert len(cache.internals.dlock) == 0, f"{len(cache.internals.dlock)} lock waiter lists left behind"
 
 
 @pytest.mark.slow
@@ -70,8 +72,8 @@ async def test_a_million_distinct_keys_leave_no_per_key_state(namespace: str) ->
 
         assert cache.counters.handler_runs == KEYS
         _no_per_key_state(cache)
-        assert cache._l1 is not None
-        assert len(cache._l1) == SIZE_LIMIT
+        assert cache.internals.l1 is not None
+        assert len(cache.internals.l1) == SIZE_LIMIT
         growth = final - steady
         per_key = growth / (TRACED - warm_up)
         assert growth < STEADY_STATE_SLACK, f"memory grew by {growth} bytes ({per_key:.2f} B/key) at steady state"

@@ -42,13 +42,13 @@ def settings_for(server: RedisServer, namespace: str, protocol: int) -> CacheSet
 
 
 def l2_of(cache: HybridCache) -> RedisL2:
-    assert cache._l2 is not None
-    return cache._l2
+    assert cache.internals.l2 is not None
+    return cache.internals.l2
 
 
 def backplane_of(cache: HybridCache) -> Backplane:
-    assert cache._backplane is not None
-    return cache._backplane
+    assert cache.internals.backplane is not None
+    return cache.internals.backplane
 
 
 class Database:
@@ -113,7 +113,7 @@ async def test_a_forged_huge_counter_does_not_switch_caching_off(
             interval=0.05,
             message="one forged message switched caching off (every read ran the factory)",
         )
-        assert cache._table.current(f"p:{PREFIX}") == 0, "the mirror kept the forged counter"
+        assert cache.internals.table.current(f"p:{PREFIX}") == 0, "the mirror kept the forged counter"
 
 
 # ------------------------------------------------------------------------------------- item 7
@@ -163,14 +163,14 @@ async def test_the_table_is_not_trusted_while_a_gap_is_being_resynchronised(
         generation_state = l2.generation_state
 
         async def observed(**options: Any) -> Any:
-            trusted_when_asked.append(cache._table.trusted)  # what L1 is being held to during the round trip
+            trusted_when_asked.append(cache.internals.table.trusted)  # what L1 is being held to during the round trip
             return await generation_state(**options)
 
         l2.generation_state = observed  # type: ignore[method-assign]
         await forge(admin, cache, backplane.last_sequence + 5, {})
         await wait_until(lambda: trusted_when_asked, timeout=NOTICE, message="no resync after a gap")
         assert trusted_when_asked[0] is False, "the table was still trusted while the gap was being resynchronised"
-        await wait_until(lambda: cache._table.trusted, timeout=NOTICE, message="trust never came back")
+        await wait_until(lambda: cache.internals.table.trusted, timeout=NOTICE, message="trust never came back")
 
 
 # ------------------------------------------------------------------------------------- item 3

@@ -105,8 +105,8 @@ async def test_both_configuration_forms_reach_the_master_through_the_sentinels(
 ) -> None:
     configuration = redis_sentinel.configuration if form == "stackexchange" else redis_sentinel.url
     async with running_caches(configuration, namespace, count=2) as (writer, other):
-        assert writer._clients is not None
-        assert writer._clients.topology == "sentinel"
+        assert writer.internals.clients is not None
+        assert writer.internals.clients.topology == "sentinel"
         assert await writer.get_or_create("k", const("v")) == "v"
         assert await other.get_or_create("k", const("other")) == "v", "the value must come from the master"
         with redis_sentinel.client(redis_sentinel.master()) as master:
@@ -218,20 +218,22 @@ async def test_a_resync_after_a_failover_moves_the_subscription_to_the_new_maste
 
         async def writer_moved() -> bool:
             await writer.get_or_create("warm", const("w"))
-            return writer._table.epoch != epochs([lagging])[0] and writer.stats().backplane == "connected"
+            return writer.internals.table.epoch != epochs([lagging])[0] and writer.stats().backplane == "connected"
 
         await wait_until(writer_moved, timeout=10, interval=0.05, message="the writer never moved to the new master")
-        assert lagging._client is not None
-        await lagging._client.connection_pool.disconnect()  # its next request connection resolves the new master
+        assert lagging.internals.client is not None
+        await (
+            lagging.internals.client.connection_pool.disconnect()
+        )  # its next request connection resolves the new master
         resyncs = lagging.stats().backplane_resyncs
         probes = (f"probe:{n}" for n in itertools.count())
 
         async def lagging_resynced() -> bool:
             await lagging.get_or_create(next(probes), const("p"))  # a miss: its capture meets the new epoch
-            return lagging.stats().backplane_resyncs > resyncs and lagging._table.trusted
+            return lagging.stats().backplane_resyncs > resyncs and lagging.internals.table.trusted
 
         await wait_until(lagging_resynced, timeout=10, interval=0.05, message="the lagging instance never resynced")
-        assert lagging._table.epoch == writer._table.epoch
+        assert lagging.internals.table.epoch == writer.internals.table.epoch
 
         source["K"] = 2
         await writer.remove("K")

@@ -66,8 +66,8 @@ async def test_the_sentinel_password_reaches_the_sentinels_and_the_value_goes_th
     configuration = protected_sentinel.configuration
     assert f"sentinelPassword={PASSWORD}" in configuration
     async with HybridCache(settings(configuration, namespace)) as writer:
-        assert writer._clients is not None
-        assert writer._clients.topology == "sentinel"
+        assert writer.internals.clients is not None
+        assert writer.internals.clients.topology == "sentinel"
         await writer.set("k", "v")
     with protected_sentinel.client(protected_sentinel.master()) as master:
         assert master.exists(f"hc-test:{namespace}:v1:k") == 1

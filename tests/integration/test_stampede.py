@@ -70,7 +70,7 @@ async def test_a_thousand_concurrent_callers_on_a_cold_key_run_the_factory_once(
     assert factory.runs == 1
     assert results == ["dealership-42"] * CALLERS
     assert cache.counters.handler_runs == 1
-    assert len(cache._loads) == 0
+    assert len(cache.internals.loads) == 0
 
 
 async def test_the_factory_exception_reaches_every_caller_and_nothing_is_cached(cache: HybridCache) -> None:
@@ -166,7 +166,10 @@ async def test_with_the_distributed_lock_four_instances_run_the_factory_once_in_
 
         assert runs_per_trial == [1] * TRIALS
         assert sum(c.counters.handler_runs for c in caches) == TRIALS
-        assert all(len(c._loads) == 0 and c._dlock is not None and len(c._dlock) == 0 for c in caches)
+        assert all(
+            len(c.internals.loads) == 0 and c.internals.dlock is not None and len(c.internals.dlock) == 0
+            for c in caches
+        )
 
 
 async def test_a_lease_taken_after_another_instance_filled_the_key_does_not_run_the_factory_again(
@@ -182,14 +185,14 @@ async def test_a_lease_taken_after_another_instance_filled_the_key_does_not_run_
             stack, namespace, redis_server, 2, distributed_lock=lock, operation_timeout_milliseconds=2_000
         )
         factory = CountingFactory("filled", delay=0)
-        assert late._dlock is not None
-        take_lease = late._dlock.try_acquire
+        assert late.internals.dlock is not None
+        take_lease = late.internals.dlock.try_acquire
 
         async def after_the_other_instance_filled(full_key: str) -> str | None:
             assert await early.get_or_create("k", factory, ttl=60, type_=str) == "filled"
             return await take_lease(full_key)
 
-        late._dlock.try_acquire = after_the_other_instance_filled  # type: ignore[method-assign]
+        late.internals.dlock.try_acquire = after_the_other_instance_filled  # type: ignore[method-assign]
 
         assert await late.get_or_create("k", factory, ttl=60, type_=str) == "filled"
 
@@ -217,8 +220,8 @@ async def test_a_waiter_served_by_the_holder_never_takes_back_a_counted_miss(
         first = asyncio.create_task(holder.get_or_create("k", gated, ttl=60, type_=str))
         await asyncio.wait_for(started.wait(), 5)
         waiting = asyncio.create_task(waiter.get_or_create("k", gated, ttl=60, type_=str))
-        assert waiter._dlock is not None
-        dlock = waiter._dlock
+        assert waiter.internals.dlock is not None
+        dlock = waiter.internals.dlock
         await wait_until(lambda: len(dlock) == 1, timeout=5, message="the waiter never registered for the notice")
         during = waiter.stats()  # what a scrape now would read
         release.set()
@@ -253,8 +256,8 @@ async def test_a_fill_notice_that_finds_nothing_sends_the_waiter_back_for_the_le
         first = asyncio.create_task(holder.get_or_create("k", gated, ttl=60, type_=str))
         await asyncio.wait_for(started.wait(), 5)
         waiting = asyncio.create_task(waiter.get_or_create("k", gated, ttl=60, type_=str))
-        assert waiter._dlock is not None
-        dlock = waiter._dlock
+        assert waiter.internals.dlock is not None
+        dlock = waiter.internals.dlock
         await wait_until(lambda: len(dlock) == 1, timeout=5, message="the waiter never registered for the notice")
         dlock.notify(f"{namespace}:v1:k")  # a stale notice: the holder has stored nothing yet
         assert len(dlock) == 0, "the notice did not wake the waiter"
@@ -291,8 +294,8 @@ async def test_notices_that_keep_finding_nothing_cannot_keep_a_waiter_past_its_w
             return "waiter's"
 
         full_key = f"{namespace}:v1:k"
-        assert waiter._dlock is not None
-        dlock = waiter._dlock
+        assert waiter.internals.dlock is not None
+        dlock = waiter.internals.dlock
         reads = 0
 
         class NoticeDuringEveryRead:
@@ -401,7 +404,7 @@ async def test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills(
             waited = time.monotonic() - began
         finally:
             stuck.cancel()
-            holder._loads.cancel_all()
+            holder.internals.loads.cancel_all()
 
         assert result == "fallback"
         assert 0.25 <= waited < 2.0, f"fallback after {waited:.2f}s, expected about the 0.3 s wait timeout"

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
 
 
 def l2_of(cache: HybridCache) -> RedisL2:
-    assert cache._l2 is not None
-    return cache._l2
+    assert cache.internals.l2 is not None
+    return cache.internals.l2
 
 
 class HeldLoad:

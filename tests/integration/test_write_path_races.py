@@ -66,10 +66,10 @@ async def test_a_read_between_the_first_apply_and_the_script_does_not_survive_th
             "prefix": lambda: writer.remove_by_prefix(PREFIX),
             "tag": lambda: writer.remove_by_tag(TAG),
         }[kind]
-        applied_before = writer._coherence.log.sequence  # the resync on subscribing recorded one already
+        applied_before = writer.internals.coherence.log.sequence  # the resync on subscribing recorded one already
         removing = asyncio.create_task(invalidation())
         await wait_until(
-            lambda: writer._coherence.log.sequence > applied_before,
+            lambda: writer.internals.coherence.log.sequence > applied_before,
             timeout=1.0,
             message="the first apply did not happen",
         )
@@ -129,7 +129,7 @@ async def test_an_l2_hit_whose_get_raced_a_received_removal_is_not_promoted_to_l
         assert await reader.wait_until_connected(5.0)
         assert await writer.wait_until_connected(5.0)
         assert await filler.get_or_create(KEY, db.load) == 1  # in L2; not in the reader's L1
-        l2 = reader._l2
+        l2 = reader.internals.l2
         assert l2 is not None
         real_get = l2.get
 

@@ -22,7 +22,7 @@ async def test_a_killed_server_is_a_redis_failure_and_a_bug_of_ours_is_not(
         operation_timeout_milliseconds=500,
     )
     async with HybridCache(settings) as cache:
-        lock = cache._dlock
+        lock = cache.internals.dlock
         assert lock is not None
         token = await lock.try_acquire("k")
         assert token is not None
@@ -31,11 +31,11 @@ async def test_a_killed_server_is_a_redis_failure_and_a_bug_of_ours_is_not(
             await lock.try_acquire(None)  # type: ignore[arg-type]
 
         redis_server.kill()
-        assert cache._l2 is not None
-        failures = cache._l2.breaker.consecutive_failures
+        assert cache.internals.l2 is not None
+        failures = cache.internals.l2.breaker.consecutive_failures
         with pytest.raises(L2UnavailableError, match="Redis call failed: ConnectionError"):
             await lock.try_acquire("k")
-        assert cache._l2.breaker.consecutive_failures == failures + 1, "the breaker did not see the failure"
+        assert cache.internals.l2.breaker.consecutive_failures == failures + 1, "the breaker did not see the failure"
         await lock.release("k", token)  # the lease would expire by itself: nothing to raise
         with pytest.raises(TypeError):
             await lock.release(None, token)  # type: ignore[arg-type]
