@@ -63,7 +63,7 @@ MUTATIONS = (
     ),
     Mutation(
         "l1-put-stamp-check",
-        "_put_l1 does not re-check the stamp against the trusted table",
+        "put_l1 does not re-check the stamp against the trusted table",
         "src/hybridcache/_core/fill_path.py",
         '            if not table.is_current(epoch or "", generations, fields):\n                return',
         "            if False:\n                return",

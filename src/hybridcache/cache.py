@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from hybridcache._core.tracing import CacheTracer
 
 from hybridcache._core.coherence import Coherence
-from hybridcache._core.fill_path import _NEVER, TtlLike, _Found, _no_factory
+from hybridcache._core.fill_path import _NEVER, FillPath, TtlLike, _Found, _no_factory
 from hybridcache._core.loads import InFlightLoads
 from hybridcache._core.pending import DEFAULT_CLOSE_FLUSH_TIMEOUT
 from hybridcache._core.read_path import ReadPath, _LeaderGone
@@ -83,6 +83,7 @@ class CacheInternals:
     loads: InFlightLoads
     coherence: Coherence
     reader: ReadPath
+    filler: FillPath
     clients: RedisClients | None
     client: AnyRedis | None
 
@@ -156,8 +157,8 @@ class HybridCache:
             loads=self._loads,
             wall_clock=wall_clock,
         )
-        # Misses: L2 reads, factory runs, stores (see _core/read_path.py).
-        self._reader = ReadPath(
+        # Factory runs and stores (_core/fill_path.py), and the misses that lead to them (_core/read_path.py).
+        self._filler = FillPath(
             settings,
             l1=self._l1,
             table=self._table,
@@ -168,6 +169,18 @@ class HybridCache:
             clock=clock,
             wall_clock=wall_clock,
             stale_set_protection=stale_set_protection,
+        )
+        self._reader = ReadPath(
+            settings,
+            filler=self._filler,
+            l1=self._l1,
+            table=self._table,
+            coherence=self._coherence,
+            loads=self._loads,
+            counters=self.counters,
+            namespace_length=self._namespace_length,
+            clock=clock,
+            wall_clock=wall_clock,
         )
         self._dlock: DistributedSingleFlight | None = None
         self._started = False
@@ -181,7 +194,7 @@ class HybridCache:
 
     @tracer.setter
     def tracer(self, tracer: CacheTracer | None) -> None:
-        self._reader.tracer = tracer
+        self._reader.tracer = self._filler.tracer = tracer
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -257,7 +270,8 @@ class HybridCache:
                     on_fill=self._on_fill,
                     subscriber=self._open_subscriber,
                 )
-            self._reader.connect(self._l2, self._dlock, self._backplane)
+            self._filler.connect(self._l2, self._dlock, self._backplane)
+            self._reader.connect(self._l2, self._dlock)
             if self._backplane is not None:
                 await self._backplane.start()
                 await self._backplane.wait_trusted(timeout=self.settings.connect_timeout_milliseconds / 1000)
@@ -312,7 +326,7 @@ class HybridCache:
         if self._backplane is not None:
             await self._backplane.close()
             self._backplane = None
-        background = self._reader.background
+        background = self._filler.background
         if background:
             # Let background refreshes and timed-out factories finish storing, within a bound.
             await asyncio.wait(list(background), timeout=self.settings.operation_timeout_milliseconds / 1000)
@@ -376,7 +390,7 @@ class HybridCache:
                 self.counters.l1_hits += 1
                 if now >= entry.refresh_at:
                     entry.refresh_at = _NEVER
-                    self._reader.refresh_later(
+                    self._filler.refresh_later(
                         self._reader.plan(
                             key,
                             full_key,
@@ -460,7 +474,7 @@ class HybridCache:
         full_key = self._namespace + validate_key(key)
         await self.invalidate(keys=[key])  # other instances must drop their L1 copy of the old value
         plan = self._reader.plan(key, full_key, _no_factory, ttl, type_, tags, False, None, None, None)
-        await self._reader.store(plan, value, await self._reader.capture(plan))
+        await self._filler.store(plan, value, await self._filler.capture(plan))
 
     # ------------------------------------------------------------------ writes
 
@@ -518,6 +532,7 @@ class HybridCache:
             loads=self._loads,
             coherence=self._coherence,
             reader=self._reader,
+            filler=self._filler,
             clients=self._clients,
             client=self._client,
         )

@@ -273,14 +273,14 @@ async def test_with_the_distributed_lock_one_instance_refreshes_a_hot_key_for_al
         assert await b.get_or_create("k", version, ttl=20, type_=int, eager_refresh=0.5) == 1
         assert (a.counters.l1_hits, b.counters.l1_hits) == (1, 1)
         await wait_until(
-            lambda: len(a.internals.reader.background) + len(b.internals.reader.background) == 1,
+            lambda: len(a.internals.filler.background) + len(b.internals.filler.background) == 1,
             timeout=5,
             message="both instances are refreshing the key (or neither is)",
         )
         assert runs == 2, "a second instance ran its refresh beside the lease holder"
         gate.set()
         await wait_until(
-            lambda: not a.internals.reader.background and not b.internals.reader.background,
+            lambda: not a.internals.filler.background and not b.internals.filler.background,
             timeout=5,
             message="refresh never ended",
         )

@@ -33,8 +33,8 @@ async def _one() -> int:
 
 def _no_per_key_state(cache: HybridCache) -> None:
     assert len(cache.internals.loads) == 0, f"{len(cache.internals.loads)} single-flight entries left behind"
-    assert not cache.internals.reader.background, (
-        f"{len(cache.internals.reader.background)} background tasks left behind"
+    assert not cache.internals.filler.background, (
+        f"{len(cache.internals.filler.background)} background tasks left behind"
     )
     if cache.internals.dlock is not None:
         assert len(cache.internals.dlock) == 0, f"{len(cache.internals.dlock)} lock waiter lists left behind"

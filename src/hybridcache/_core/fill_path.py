@@ -89,11 +89,12 @@ class _Capture:
 
 
 class FillPath:
-    """Computes and stores values (the base of :class:`~hybridcache._core.read_path.ReadPath`).
+    """Computes and stores values: the collaborator the miss path (:class:`~hybridcache._core.read_path.ReadPath`)
+    hands loads to, and the cache its ``set``.
 
     Built with only what it uses; the Redis side (L2, the distributed lock, the backplane) is given by
     :meth:`connect` when the cache starts. It owns its background tasks (refreshes, stores of timed-out
-    factories) and the tracer hook; the cache lends it L1, the generation table, the invalidation state
+    factories) and its tracer hook (factory spans); the cache lends it L1, the generation table, the invalidation state
     (:class:`~hybridcache._core.coherence.Coherence`), the loads in flight and the counters.
     """
 
@@ -140,7 +141,7 @@ class FillPath:
         """Use Redis from now on: ``l2`` for entries, ``dlock`` for leases, ``backplane`` to ask for a resync."""
         self._l2, self._dlock, self._backplane = l2, dlock, backplane
 
-    async def _compute(self, plan: _Plan, stale: _Found | None) -> Any:
+    async def compute(self, plan: _Plan, stale: _Found | None) -> Any:
         """Run the factory (with its timeouts) and store the result; fall back to ``stale`` under fail-safe."""
         capture = await self.capture(plan)
         self.counters.handler_runs += 1
@@ -196,12 +197,12 @@ class FillPath:
         if self._l1 is not None:
             # Keep serving it for the throttle period instead of hammering a failing factory on every request.
             throttle = float(self.settings.fail_safe.throttle_duration_seconds)
-            self._put_l1(
+            self.put_l1(
                 plan.full_key, stale.value, throttle, stale.epoch, stale.generations, stale.fields, retain=stale.retain
             )
         return stale.value
 
-    def _stale_from_l1(self, full_key: str) -> _Found | None:
+    def stale_from_l1(self, full_key: str) -> _Found | None:
         entry = self._l1.peek(full_key) if self._l1 is not None else None
         if entry is None or entry.retain_until <= self._clock():
             return None
@@ -247,7 +248,7 @@ class FillPath:
                     return  # another instance holds the lease: it is refreshing or loading the key
         self.counters.eager_refreshes += 1
         try:
-            await self._compute(plan, None)
+            await self.compute(plan, None)
         finally:
             if dlock is not None and token is not None:
                 await dlock.release(plan.full_key, token)
@@ -332,7 +333,7 @@ class FillPath:
             )
         epoch, generations = (remote.epoch, remote.generations) if remote else (self._table.epoch, capture.snapshot)
         refresh_in = _NEVER if plan.eager_refresh is None else plan.eager_refresh * seconds
-        self._put_l1(
+        self.put_l1(
             plan.full_key,
             value,
             seconds,
@@ -353,7 +354,7 @@ class FillPath:
                 self._retention,
             )
 
-    def _put_l1(
+    def put_l1(
         self,
         full_key: str,
         value: Any,

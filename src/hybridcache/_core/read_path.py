@@ -19,11 +19,19 @@ from hybridcache._generations import fields_for, is_behind
 from hybridcache._memory import L1Entry
 from hybridcache._redis.l2 import L2UnavailableError
 from hybridcache._serialization import CorruptEntryError, EntryHeader, ValueCodec, codec_for, decode_entry
+from hybridcache.metrics import Counters
+from hybridcache.settings import CacheSettings
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
+    from hybridcache._core.coherence import Coherence
+    from hybridcache._core.loads import InFlightLoads
     from hybridcache._core.tracing import CacheTracer, SpanHandle
+    from hybridcache._generations import GenerationTable
+    from hybridcache._memory import MemoryStore
+    from hybridcache._redis.l2 import RedisL2
+    from hybridcache._redis.lock import DistributedSingleFlight
 
 logger = logging.getLogger("hybridcache")
 
@@ -32,9 +40,44 @@ class _LeaderGone(Exception):
     """The caller reading L2 for a key was cancelled or failed before telling its followers anything."""
 
 
-class ReadPath(FillPath):
+class ReadPath:
     """The miss path of one cache: the collaborator :class:`~hybridcache.cache.HybridCache` hands every L1 miss
-    to (``plan``, ``lead``, ``load``, ``read_l2``, ``revalidate``); built as :class:`FillPath` is."""
+    to (``plan``, ``lead``, ``load``, ``read_l2``, ``revalidate``). Loads go to its ``filler``
+    (:class:`~hybridcache._core.fill_path.FillPath`); the Redis side is given by :meth:`connect` at start."""
+
+    def __init__(
+        self,
+        settings: CacheSettings,
+        *,
+        filler: FillPath,
+        l1: MemoryStore | None,
+        table: GenerationTable,
+        coherence: Coherence,
+        loads: InFlightLoads,
+        counters: Counters,
+        namespace_length: int,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.counters = counters
+        self.tracer: CacheTracer | None = None
+        self._filler = filler
+        self._l1 = l1
+        self._table = table
+        self._coherence = coherence
+        self._loads = loads
+        self._namespace_length = namespace_length
+        self._clock = clock
+        self._wall = wall_clock
+        self._default_ttl = settings.default_expiration_minutes * 60.0
+        self._disconnected_ttl = float(settings.backplane.disconnected_expiration_seconds)
+        self._l2: RedisL2 | None = None
+        self._dlock: DistributedSingleFlight | None = None
+
+    def connect(self, l2: RedisL2, dlock: DistributedSingleFlight | None) -> None:
+        """Read from ``l2`` from now on, and load under ``dlock``'s leases when the distributed lock is on."""
+        self._l2, self._dlock = l2, dlock
 
     async def lead(self, full_key: str, codec: ValueCodec, eager: float | None, plan: Callable[[], _Plan]) -> Any:
         """Read L2 for ``full_key`` on behalf of every caller that arrives meanwhile, then run or share the load.
@@ -116,7 +159,7 @@ class ReadPath(FillPath):
     async def load(self, plan: _Plan, stale: _Found | None) -> Any:
         """The miss path, run once per key however many callers share it (L2 was already read by the caller)."""
         if stale is None and plan.fail_safe:
-            stale = self._stale_from_l1(plan.full_key)
+            stale = self._filler.stale_from_l1(plan.full_key)
         if self._dlock is not None:
             return await self._load_with_lock(plan, stale)
         return await self._miss(plan, stale)
@@ -129,7 +172,7 @@ class ReadPath(FillPath):
         this one waited), and a miss counted before that and taken back after reads as a counter reset.
         """
         self.counters.misses += 1
-        return await self._compute(plan, stale)
+        return await self._filler.compute(plan, stale)
 
     async def _load_with_lock(self, plan: _Plan, stale: _Found | None) -> Any:
         """Load under the distributed lease: hold it and compute, or wait for its holder's fill notice.
@@ -268,12 +311,12 @@ class ReadPath(FillPath):
         if plan is not None and eager_refresh is not None:
             refresh_in = header.created + eager_refresh * (header.expires - header.created) - wall
             if refresh_in <= 0:
-                self.refresh_later(plan())
+                self._filler.refresh_later(plan())
                 refresh_in = _NEVER
         if self._l1 is not None and not self._coherence.log.covers_since(
             mark, full_key, self._namespace_length, header.tags
         ):
-            self._put_l1(
+            self._filler.put_l1(
                 full_key,
                 value,
                 remaining,
