@@ -2,9 +2,9 @@
 
 Every guarantee in docs/invalidation.md rests on a handful of protections in the read, fill and write paths and in
 the Lua scripts. A protection whose removal leaves every test green is not protected by the suite: this script
-finds them. For each mutation below it copies ``src/`` and ``tests/`` to a scratch directory (the work tree is
-never touched), applies the one edit, runs the tests named for it there with the repository's interpreter, and
-reports whether they failed (the mutation was *caught*) or passed (it *survived*).
+finds them. For each mutation below it copies ``src/``, ``tests/`` and ``harness/`` to a scratch directory (the
+work tree is never touched), applies the one edit, runs the tests named for it there with the repository's
+interpreter, and reports whether they failed (the mutation was *caught*) or passed (it *survived*).
 
 Usage (from the repository root, with the dev environment installed)::
 
@@ -278,7 +278,7 @@ def run(mutation: Mutation, python: str) -> Outcome:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="hc-mutation-") as scratch:
         work = Path(scratch)
-        for part in ("src", "tests"):
+        for part in ("src", "tests", "harness"):
             shutil.copytree(ROOT / part, work / part, ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
         target = work / mutation.path
