@@ -1,6 +1,6 @@
 """Live instances: every cache with Redis reports its counters there, so ``hybridcache stats`` can list them.
 
-Layout (``I`` = InstanceName, ``N`` = ``{ServiceName}:{CacheVersion}:``, the meta hash tag of ``hybridcache.redis``):
+Layout (``I`` = InstanceName, ``N`` = ``{ServiceName}:{CacheVersion}:``, the meta hash tag of ``_redis/l2.py``):
   ``{I hybridcache:N}instances``         sorted set: instance id → time of its last report (Redis server ms)
   ``{I hybridcache:N}instance:<id>``     that instance's report (JSON), expiring ``ttl`` after it was written
 Both carry the meta hash tag, so on a Redis Cluster they live in the slot of the generation hash and one script
