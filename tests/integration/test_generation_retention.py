@@ -24,23 +24,11 @@ import redis.asyncio
 
 from hybridcache import HybridCache
 from hybridcache._redis.l2 import SYNC_PAGE
-from tests.integration.conftest import CacheEnv, StartCache
+from tests.integration.conftest import CacheEnv, Factory, StartCache
 from tests.support.waiting import wait_until
 
 RETENTION = 2.0
 SETTINGS = {"generation_retention_hours": RETENTION / 3600}
-
-
-class Source:
-    """The source of truth: a version per key, and how many times each was loaded."""
-
-    def __init__(self) -> None:
-        self.version = 1
-        self.loads = 0
-
-    async def load(self) -> int:
-        self.loads += 1
-        return self.version
 
 
 async def server_ms(client: redis.asyncio.Redis) -> int:
@@ -90,22 +78,22 @@ async def test_a_field_swept_and_bumped_again_makes_entries_stamped_before_stale
     second bump must land above what it recorded, or the reader keeps serving the old value from L2."""
     writer = await start_cache(cache_env.settings(**SETTINGS))
     reader = await start_cache(cache_env.settings(memory={"enabled": False}, **SETTINGS))
-    source, gens = Source(), cache_env.generations_key
+    source, gens = Factory(1), cache_env.generations_key
     await writer.remove_by_tag("x")
     first_bump = int(await raw_redis.hget(gens, "t:x") or 0)
     # Stamped late in the retention window, so the entry (TTL cut to the retention) outlives the field.
     await wait_for_server_time(raw_redis, first_bump + int(RETENTION * 1000) - 400)
-    assert await reader.get_or_create("Order:1", source.load, tags=("x",)) == 1
+    assert await reader.get_or_create("Order:1", source, tags=("x",)) == 1
     await sweep_until_gone(writer, raw_redis, gens, "t:x")
     assert await raw_redis.exists(cache_env.redis_key("Order:1")), "the entry expired before the test could run"
 
-    source.version = 2
+    source.value = 2
     await writer.remove_by_tag("x")
     assert int(await raw_redis.hget(gens, "t:x") or 0) > first_bump
     await wait_until(
         lambda: reader.stats().invalidations_received >= 2, timeout=2.0, message="the reader missed the bump"
     )
-    assert await reader.get_or_create("Order:1", source.load, tags=("x",)) == 2
+    assert await reader.get_or_create("Order:1", source, tags=("x",)) == 2
 
 
 async def test_no_entry_outlives_its_capture_by_more_than_the_retention(
@@ -114,7 +102,7 @@ async def test_no_entry_outlives_its_capture_by_more_than_the_retention(
     cache = await start_cache(cache_env.settings(**SETTINGS))
     caplog.set_level(logging.WARNING, logger="hybridcache")
     for key in ("Order:1", "Order:2"):
-        await cache.get_or_create(key, Source().load, ttl=3600.0)
+        await cache.get_or_create(key, Factory(1), ttl=3600.0)
         ttl_ms = await raw_redis.pttl(cache_env.redis_key(key))
         assert 0 < ttl_ms <= RETENTION * 1000, f"{key}: a 1 h TTL was stored as {ttl_ms} ms"
     cuts = [r for r in caplog.records if "GenerationRetentionHours" in r.getMessage()]
@@ -127,9 +115,9 @@ async def test_an_entry_made_stale_by_a_forgotten_bump_has_expired_before_the_bu
     """An entry stored before a bump, and not read since, must be gone from L2 by the time the bump is swept: an
     instance that starts afterwards loads a mirror without the field and would judge the entry current."""
     writer = await start_cache(cache_env.settings(**SETTINGS))
-    source, gens = Source(), cache_env.generations_key
-    assert await writer.get_or_create("Order:1", source.load, tags=("x",), ttl=3600.0) == 1
-    source.version = 2
+    source, gens = Factory(1), cache_env.generations_key
+    assert await writer.get_or_create("Order:1", source, tags=("x",), ttl=3600.0) == 1
+    source.value = 2
     await writer.remove_by_tag("x")
     bump = int(await raw_redis.hget(gens, "t:x") or 0)
     await wait_for_server_time(raw_redis, bump + int(RETENTION * 1000) + 50)
@@ -137,7 +125,7 @@ async def test_an_entry_made_stale_by_a_forgotten_bump_has_expired_before_the_bu
 
     late = await start_cache(cache_env.settings(**SETTINGS))
     assert late.internals.table.current("t:x") == 0
-    assert await late.get_or_create("Order:1", source.load, tags=("x",)) == 2
+    assert await late.get_or_create("Order:1", source, tags=("x",)) == 2
 
 
 async def test_an_entry_stored_after_redis_forgot_a_field_is_current_where_the_mirror_still_has_it(
@@ -148,7 +136,7 @@ async def test_an_entry_stored_after_redis_forgot_a_field_is_current_where_the_m
     above the old bump, so the reader serves it instead of loading it again on every read."""
     writer = await start_cache(cache_env.settings(**SETTINGS))
     reader = await start_cache(cache_env.settings(memory={"enabled": False}, **SETTINGS))
-    source, gens = Source(), cache_env.generations_key
+    source, gens = Factory(1), cache_env.generations_key
     await writer.remove_by_tag("x")
     await wait_until(lambda: reader.stats().invalidations_received >= 1, timeout=2.0, message="bump not heard")
     first_bump = int(await raw_redis.hget(gens, "t:x") or 0)
@@ -157,8 +145,8 @@ async def test_an_entry_stored_after_redis_forgot_a_field_is_current_where_the_m
     assert reader.internals.table.current("t:x") == first_bump  # the reader's mirror still remembers it
 
     for _ in range(3):
-        assert await reader.get_or_create("Order:1", source.load, tags=("x",)) == 1
-    assert source.loads == 1, f"loaded {source.loads} times: the stored entry looked stale to the reader"
+        assert await reader.get_or_create("Order:1", source, tags=("x",)) == 1
+    assert source.runs == 1, f"loaded {source.runs} times: the stored entry looked stale to the reader"
 
 
 @pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])

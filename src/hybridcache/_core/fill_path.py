@@ -125,7 +125,6 @@ class FillPath:
         self._wall = wall_clock
         self._stale_set_protection = stale_set_protection
         self._l1_max_ttl = float(settings.memory_cache.default_expiration_seconds)
-        self._default_ttl = settings.default_expiration_minutes * 60.0
         self._null_ttl = float(settings.null_expiration_seconds)
         self._disconnected_ttl = float(settings.backplane.disconnected_expiration_seconds)
         self._jitter = float(settings.jitter_max_duration_seconds)

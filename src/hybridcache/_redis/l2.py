@@ -324,7 +324,7 @@ class RedisL2:
     def _stamp(self, fields: Sequence[str], counters: Sequence[str], now_ms: int) -> dict[str, int]:
         """The generations a capture records: its floor, and the fields whose counters are above it."""
         floor = now_ms - self.retention_ms
-        stamp = {f: int(g) for f, g in zip(fields, counters, strict=True) if int(g) > floor}
+        stamp = {f: n for f, g in zip(fields, counters, strict=True) if (n := int(g)) > floor}
         if floor > 0:
             stamp[FLOOR_FIELD] = floor
         return stamp
@@ -415,8 +415,8 @@ class RedisL2:
             scan = functools.partial(self.client.hscan, self.generations_key, cursor, count=SYNC_PAGE)
             async with asyncio.timeout(page_timeout):
                 cursor, page = await self._call(scan, guarded=guarded)
-            flat = list(page.items()) if isinstance(page, dict) else list(zip(page[::2], page[1::2], strict=True))
-            _merge_counters(counters, ((_text(f), _text(g)) for f, g in flat))
+            assert isinstance(page, dict), "redis-py parses HSCAN into a dict (RESP2 and RESP3)"
+            _merge_counters(counters, ((_text(f), _text(g)) for f, g in page.items()))
             if not cursor:
                 return GenerationState(int(sequence), _text(epoch), counters)
 
