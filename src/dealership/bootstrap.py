@@ -9,6 +9,7 @@ owned by one of those requests could be closed under the others. On a cache hit 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -33,7 +34,7 @@ from dealership.queries import GetDealershipById, GetDealershipsList, SearchDeal
 from dealership.seed import DEFAULT_SEED_COUNT
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.cqrs import CacheInvalidationBehavior, CachingBehavior, Mediator, Request, RequestHandler
-from hybridcache.persistence import UnitOfWork, create_session_factory, in_unit_of_work
+from hybridcache.persistence import Outbox, UnitOfWork, create_session_factory, in_unit_of_work
 
 __all__ = [
     "APPSETTINGS_PATH",
@@ -78,11 +79,15 @@ class Services:
     session_factory: async_sessionmaker[AsyncSession]
     cache: HybridCache
     mediator: Mediator[None]
+    outbox: Outbox | None = None
 
 
-def build_mediator(cache: HybridCache, session_factory: Callable[[], AsyncSession]) -> Mediator[None]:
-    """The mediator with the caching and invalidation behaviors and every dealership handler registered."""
-    mediator: Mediator[None] = Mediator([CachingBehavior(cache), CacheInvalidationBehavior(cache)])
+def build_mediator(
+    cache: HybridCache, session_factory: Callable[[], AsyncSession], outbox: Outbox | None = None
+) -> Mediator[None]:
+    """The mediator with the caching and invalidation behaviors and every dealership handler registered; with an
+    ``outbox``, each command's invalidations are written in its transaction."""
+    mediator: Mediator[None] = Mediator([CachingBehavior(cache), CacheInvalidationBehavior(cache, outbox=outbox)])
 
     def register(request_type: type[ReqT], build: Callable[[UnitOfWork], RequestHandler[ReqT, Any]]) -> None:
         mediator.register(request_type, in_unit_of_work(session_factory, build))
@@ -101,8 +106,8 @@ def build_mediator(cache: HybridCache, session_factory: Callable[[], AsyncSessio
 
 @asynccontextmanager
 async def bootstrap(config: ServiceConfig) -> AsyncIterator[Services]:
-    """Prepare the database (schema, first-start seed), start the cache, build the mediator; yield them all,
-    then close the cache and dispose of the engine.
+    """Prepare the database (schema, first-start seed), start the cache (and, when ``Outbox:Enabled``, the
+    outbox relay), build the mediator; yield them all, then close them and dispose of the engine.
 
     An unreachable Redis does not stop the start-up (unless its configuration says ``abortConnect=true``): the
     cache logs it once and serves from L1 and the database until Redis answers.
@@ -112,21 +117,26 @@ async def bootstrap(config: ServiceConfig) -> AsyncIterator[Services]:
     engine = create_engine(config.database_url)
     try:
         session_factory = create_session_factory(engine)
-        async with HybridCache.from_settings(settings) as cache:
+        async with HybridCache.from_settings(settings) as cache, contextlib.AsyncExitStack() as stack:
+            outbox = None
+            if settings.outbox.enabled:
+                outbox = await stack.enter_async_context(Outbox(cache, engine))
             health = cache.health()
             logger.info(
-                "dealership ready: database %s, cache %s (redis %s, circuit %s)",
+                "dealership ready: database %s, cache %s (redis %s, circuit %s, outbox %s)",
                 redact(config.database_url),
                 settings.service_name,
                 health["redis"],
                 health["circuit"],
+                "on" if outbox is not None else "off",
             )
             yield Services(
                 config=config,
                 engine=engine,
                 session_factory=session_factory,
                 cache=cache,
-                mediator=build_mediator(cache, session_factory),
+                mediator=build_mediator(cache, session_factory, outbox),
+                outbox=outbox,
             )
     finally:
         await engine.dispose()

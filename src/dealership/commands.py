@@ -6,11 +6,12 @@
 | :class:`UpdateDealership` | ``Dealership:{id}`` | ``Dealership:Search``, ``Dealership:List`` |
 | :class:`DeleteDealership` | ``Dealership:{id}`` | ``Dealership:Search``, ``Dealership:List`` |
 
-Unlike the seed, a command declares these only once its handler *committed a change* (the handler calls
-:meth:`DealershipCommand.record_change`; the invalidation behavior reads the declarations after the handler
-returned). So a ``PUT`` or ``DELETE`` of a missing id — free for any client to send — does not wipe every cached
-list and search, and a create can invalidate its new id, which is known only after the insert: a ``GET`` of
-that id before it existed cached ``None``. A failing handler invalidates nothing.
+Unlike the seed, a command declares these only once its handler *made a change* (the handler calls
+:meth:`DealershipCommand.record_change` just before committing it, so the outbox row written by that commit
+carries it; the invalidation behavior reads the declarations after the handler returned). So a ``PUT`` or
+``DELETE`` of a missing id — free for any client to send — does not wipe every cached list and search, and a
+create can invalidate its new id, which is known only after the insert: a ``GET`` of that id before it existed
+cached ``None``. A failing handler (or commit) invalidates nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class DealershipCommand(InvalidatesCache):
     _changed_ids: list[int] = field(default_factory=list, init=False, repr=False, compare=False)
 
     def record_change(self, dealership_id: int) -> None:
-        """Called by the handler once the change to ``dealership_id`` is committed."""
+        """Called by the handler once it changed ``dealership_id``, before it commits."""
         self._changed_ids.append(dealership_id)
 
     @property

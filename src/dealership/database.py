@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from dealership.models import Base
 from dealership.seed import DEFAULT_RANDOM_SEED, DEFAULT_SEED_COUNT, seed_database
+from hybridcache.persistence import create_outbox_table
 
 __all__ = ["DEFAULT_DATABASE_URL", "create_engine", "prepare_database", "redact"]
 
@@ -119,7 +120,8 @@ async def _enable_wal(database_url: str) -> None:
 async def prepare_database(
     database_url: str, seed_count: int = DEFAULT_SEED_COUNT, random_seed: int = DEFAULT_RANDOM_SEED
 ) -> bool:
-    """Create missing tables and seed them when empty; return whether this call seeded.
+    """Create missing tables (the service's and the cache's outbox) and seed them when empty; return whether
+    this call seeded.
 
     Safe to call from several processes at once. Uses its own short-lived engine so the service's pool never
     carries the preparation's connection settings.
@@ -132,6 +134,7 @@ async def prepare_database(
         async with engine.begin() as connection:
             await _lock_for_preparation(connection)
             await connection.run_sync(Base.metadata.create_all)
+            await create_outbox_table(connection)  # created whether or not Outbox:Enabled, so it can be turned on
             seeded = await seed_database(connection, seed_count, random_seed)
     finally:
         await engine.dispose()

@@ -36,7 +36,11 @@ _WITH_ZIP_AND_STATE = joinedload(Dealership.business_zip_code).joinedload(ZipCod
 
 
 class Committer(Protocol):
-    """The part of the unit of work a command handler needs: make the transaction's changes durable."""
+    """The part of the unit of work a command handler needs: send changes early, make them durable."""
+
+    async def flush(self) -> None:
+        """Send the pending changes without committing (a new row gets its generated id)."""
+        ...
 
     async def commit(self) -> int:
         """Commit; the number of rows inserted, updated or deleted (the seed's ``SaveChangesAsync``)."""
@@ -122,8 +126,9 @@ class CreateDealershipHandler(RequestHandler[CreateDealership, DealershipDto]):
             unique_key=uuid.uuid4(),
         )
         await self._dealerships.add(entity)
+        await self._unit_of_work.flush()
+        request.record_change(entity.id)  # before the commit, so the outbox row (if any) carries it
         await self._unit_of_work.commit()
-        request.record_change(entity.id)
         created = await self._reader.first(_dealerships(self._reader).where(Dealership.id == entity.id))
         if created is None:  # deleted by another request between our commit and this read
             raise LookupError(f"dealership {entity.id} vanished right after it was created")
@@ -144,8 +149,8 @@ class UpdateDealershipHandler(RequestHandler[UpdateDealership, bool]):
         entity.name = request.name
         entity.business_address = request.business_address
         self._dealerships.update(entity)
-        await self._unit_of_work.commit()
         request.record_change(request.id)
+        await self._unit_of_work.commit()
         return True
 
 
@@ -161,6 +166,6 @@ class DeleteDealershipHandler(RequestHandler[DeleteDealership, bool]):
         if entity is None:
             return False
         await self._dealerships.remove(entity)
-        await self._unit_of_work.commit()
         request.record_change(request.id)
+        await self._unit_of_work.commit()
         return True

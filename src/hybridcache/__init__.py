@@ -14,6 +14,7 @@ from hybridcache.settings import (
     DistributedLockSettings,
     FailSafeSettings,
     MemoryCacheSettings,
+    OutboxSettings,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "HybridCache",
     "HybridCacheError",
     "MemoryCacheSettings",
+    "OutboxSettings",
 ]

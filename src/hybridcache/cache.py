@@ -45,7 +45,7 @@ from hybridcache._resilience import CircuitBreaker
 from hybridcache._serialization import codec_for
 from hybridcache.errors import HybridCacheError
 from hybridcache.keys import namespace, normalize_prefix, validate_key
-from hybridcache.metrics import CacheStats, Counters
+from hybridcache.metrics import CacheStats, Counters, OutboxGauge
 from hybridcache.settings import CacheSettings
 
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ class HybridCache:
         self._namespace = namespace(settings.service_name, settings.cache_version)
         self._namespace_length = len(self._namespace)
         self._enabled = settings.enabled
+        self._outbox: OutboxGauge | None = None
         memory = settings.memory_cache
         self._l1 = MemoryStore(memory.size_limit, clock=clock) if memory.enabled else None
         breaker = settings.circuit_breaker
@@ -495,27 +496,35 @@ class HybridCache:
         await self.invalidate(prefixes=[""])
 
     async def invalidate(
-        self, *, keys: Iterable[str] = (), prefixes: Iterable[str] = (), tags: Iterable[str] = ()
-    ) -> None:
+        self,
+        *,
+        keys: Iterable[str] = (),
+        prefixes: Iterable[str] = (),
+        tags: Iterable[str] = (),
+        queue: bool = True,
+    ) -> bool:
         """Invalidate exact keys, prefixes and tags at once, as one backplane message.
 
         This instance stops serving them before the call returns. Never raises for Redis trouble: an invalidation
-        that cannot be published is applied here, logged, counted and retried once Redis answers again.
+        that cannot be published is applied here, logged, counted and (``queue``, the default) retried once Redis
+        answers again. Returns True when it was published to every instance (or there is no Redis), False when it
+        was not (yet). ``queue=False`` is for a caller that keeps the invalidation durably and retries it itself
+        (the outbox relay, :class:`hybridcache.persistence.Outbox`): the attempt goes past an open circuit breaker
+        and nothing is queued.
         """
         if not self._enabled:
-            return
+            return True
         full_keys = [self._namespace + validate_key(k) for k in keys]
         prefix_list = [normalize_prefix(p) for p in prefixes]
         tag_list = list(tags)
         if not (full_keys or prefix_list or tag_list):
-            return
+            return True
         fields = [prefix_field(p) for p in prefix_list] + [tag_field(t) for t in tag_list]
         if self.tracer is None:
-            await self._coherence.invalidate(full_keys, prefix_list, tag_list, fields)
-        else:
-            logical = [k[self._namespace_length :] for k in full_keys]
-            with self.tracer.invalidation(logical, prefix_list, tag_list):
-                await self._coherence.invalidate(full_keys, prefix_list, tag_list, fields)
+            return await self._coherence.invalidate(full_keys, prefix_list, tag_list, fields, queue=queue)
+        logical = [k[self._namespace_length :] for k in full_keys]
+        with self.tracer.invalidation(logical, prefix_list, tag_list):
+            return await self._coherence.invalidate(full_keys, prefix_list, tag_list, fields, queue=queue)
 
     # ------------------------------------------------------------------ observation
 
@@ -563,7 +572,14 @@ class HybridCache:
             circuit=str(self.breaker.state),
             redis=self._redis_state(),
             backplane=self._backplane_state(),
+            outbox_depth=self._outbox.depth if self._outbox is not None else 0,
+            outbox_lag_seconds=self._outbox.lag_seconds if self._outbox is not None else 0.0,
         )
+
+    def attach_outbox(self, outbox: OutboxGauge | None) -> None:
+        """Report ``outbox``'s depth and lag in :meth:`stats` (and so in every exporter); ``None`` detaches.
+        :class:`hybridcache.persistence.Outbox` attaches itself when it starts."""
+        self._outbox = outbox
 
     def health(self) -> dict[str, str]:
         """``{"redis": "up"|"down"|"disabled", "circuit": "closed"|"open"|"half-open"}``."""

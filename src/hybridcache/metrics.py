@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
-from typing import Any
+from typing import Any, Protocol
 
 
 class Counters:
@@ -56,6 +56,8 @@ class CacheStats:
     computation; ``stale_reads_rejected`` counts entries found in L2 but refused because a generation moved.
     ``backplane_gaps`` counts invalidation messages found missing (by number, or by the heartbeat) and
     ``backplane_resyncs`` every reload of the generation table (on each (re)subscription and after each gap).
+    ``outbox_depth`` and ``outbox_lag_seconds`` are the attached outbox's unpublished rows and the age of the
+    oldest of them, as its relay last measured them (0 without an outbox; see :class:`OutboxGauge`).
     """
 
     l1_hits: int
@@ -81,6 +83,8 @@ class CacheStats:
     circuit: str
     redis: str
     backplane: str
+    outbox_depth: int = 0
+    outbox_lag_seconds: float = 0.0
 
     @property
     def hit_ratio(self) -> float:
@@ -90,6 +94,20 @@ class CacheStats:
     def as_dict(self) -> dict[str, Any]:
         """camelCase keys, as the reference service's ``/api/cache/stats`` returns them."""
         return {_camel(field.name): getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+class OutboxGauge(Protocol):
+    """What :meth:`HybridCache.attach_outbox` reads for :class:`CacheStats` (``hybridcache.persistence.Outbox``)."""
+
+    @property
+    def depth(self) -> int:
+        """Rows not yet published, as last measured."""
+        ...
+
+    @property
+    def lag_seconds(self) -> float:
+        """Age of the oldest row not yet published (0 when there is none), as last measured."""
+        ...
 
 
 def _camel(name: str) -> str:

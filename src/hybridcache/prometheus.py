@@ -4,7 +4,8 @@ Every field of :class:`~hybridcache.CacheStats` is exported as ``hybridcache_<fi
 
 * counts as **counters** (``hybridcache_l1_hits_total``, ``hybridcache_misses_total``, ...; help text
   ``Cache <field with spaces>``);
-* the levels ``pending_invalidations`` and ``l1_entries`` as **gauges** (``hybridcache_l1_entries``);
+* the levels ``pending_invalidations``, ``l1_entries``, ``outbox_depth`` and ``outbox_lag_seconds`` as **gauges**
+  (``hybridcache_l1_entries``);
 * the states ``circuit``, ``redis`` and ``backplane`` as **state sets**: one 0/1 gauge series per possible value,
   labelled ``state`` (``hybridcache_circuit{state="open"} 1.0``; help ``Cache circuit state (1 = current)``). A
   value outside the known ones gets its own series rather than being dropped.
@@ -60,7 +61,7 @@ StatsSource: TypeAlias = Callable[[], CacheStats | None]
 
 _PREFIX = "hybridcache_"
 # Fields of CacheStats that are levels, not monotonic counts.
-_GAUGES = frozenset({"pending_invalidations", "l1_entries"})
+_GAUGES = frozenset({"pending_invalidations", "l1_entries", "outbox_depth", "outbox_lag_seconds"})
 # The values each state field can take, exported as one 0/1 series per value (a Prometheus state set).
 _STATES: dict[str, tuple[str, ...]] = {
     "circuit": ("closed", "open", "half-open"),

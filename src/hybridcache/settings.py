@@ -39,6 +39,7 @@ __all__ = [
     "DistributedLockSettings",
     "FailSafeSettings",
     "MemoryCacheSettings",
+    "OutboxSettings",
     "RedisEndpointConfig",
     "parse_redis_configuration",
 ]
@@ -218,6 +219,35 @@ class DistributedLockSettings(_Section):
         return _ms(self.wait_timeout_milliseconds)
 
 
+class OutboxSettings(_Section):
+    """``Outbox`` (ours): invalidations written in the command's transaction and relayed if never published.
+
+    See docs/invalidation.md, "The outbox". Off by default: it needs a database the service writes to.
+    """
+
+    section_path: ClassVar[tuple[str, ...]] = (SECTION, "Outbox")
+    enabled: Flag = False
+    grace_period_seconds: NonNegativeFloat = 2.0
+    poll_interval_seconds: PositiveFloat = 1.0
+    batch_size: PositiveInt = 100
+    retention_hours: PositiveFloat = 24.0
+    lag_warning_seconds: PositiveFloat = 30.0
+
+    @property
+    def grace_period(self) -> timedelta:
+        """How long a row is left to the writer's own fast path before any relay publishes it."""
+        return timedelta(seconds=self.grace_period_seconds)
+
+    @property
+    def poll_interval(self) -> timedelta:
+        return timedelta(seconds=self.poll_interval_seconds)
+
+    @property
+    def retention(self) -> timedelta:
+        """How long a published row is kept before it is pruned."""
+        return timedelta(hours=self.retention_hours)
+
+
 class CacheSettings(_Section):
     """The ``TheTechLoopCache`` section. Frozen; build it with :meth:`from_json`, :meth:`from_mapping`,
     :meth:`from_env` or directly with python names. Properties without a unit suffix are ``timedelta``s.
@@ -253,6 +283,7 @@ class CacheSettings(_Section):
     # Ours: prefix/tag generations not bumped for this long are forgotten, and no L2 entry outlives its capture by
     # more (longer TTLs are cut to it). See docs/invalidation.md, "How the generation hash stays bounded".
     generation_retention_hours: PositiveFloat = 168.0
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
 
     @field_validator("configuration")
     @classmethod

@@ -376,6 +376,18 @@ def instrument(
         description="Invalidations waiting to be published (Redis unavailable)",
     )
     meter.create_observable_gauge(
+        f"{_NAME}.outbox.depth",
+        observe(lambda s: [(s.outbox_depth, {})]),
+        unit="{row}",
+        description="Outbox rows whose invalidations are not yet published",
+    )
+    meter.create_observable_gauge(
+        f"{_NAME}.outbox.lag",
+        observe(lambda s: [(s.outbox_lag_seconds, {})]),
+        unit="s",
+        description="Age of the oldest outbox row not yet published",
+    )
+    meter.create_observable_gauge(
         f"{_NAME}.circuit.state",
         observe(
             lambda s: [

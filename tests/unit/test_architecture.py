@@ -167,6 +167,7 @@ def test_the_public_names_are_pinned() -> None:
         "HybridCache",
         "HybridCacheError",
         "MemoryCacheSettings",
+        "OutboxSettings",
     ]
     for name in hybridcache.__all__:
         assert getattr(hybridcache, name) is not None

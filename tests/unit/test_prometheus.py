@@ -83,7 +83,7 @@ def test_every_stats_field_is_exported_with_its_name_type_and_help() -> None:
         if field.name in ("circuit", "redis", "backplane"):
             assert f"# HELP {name} Cache {field.name} state (1 = current)\n# TYPE {name} gauge\n" in text
             assert value(samples, name, state=current) == 1.0
-        elif field.name in ("pending_invalidations", "l1_entries"):
+        elif field.name in ("pending_invalidations", "l1_entries", "outbox_depth", "outbox_lag_seconds"):
             assert f"# HELP {name} Cache {field.name.replace('_', ' ')}\n# TYPE {name} gauge\n" in text
             assert value(samples, name) == float(current)
         else:

@@ -65,9 +65,20 @@ class Coherence:
         self._l2 = l2
 
     async def invalidate(
-        self, full_keys: list[str], prefix_list: list[str], tag_list: list[str], fields: list[str]
-    ) -> None:
-        """Stop serving what the invalidation covers here, then publish it (or queue it) for every instance."""
+        self,
+        full_keys: list[str],
+        prefix_list: list[str],
+        tag_list: list[str],
+        fields: list[str],
+        *,
+        queue: bool = True,
+    ) -> bool:
+        """Stop serving what the invalidation covers here, then publish it for every instance.
+
+        True when it was published (or there is no Redis to publish to). When Redis does not take it, it is queued
+        and retried (``queue``), or, with ``queue=False``, left to the caller (the outbox relay, which retries it
+        itself and must not pile copies into the queue): that attempt goes past an open circuit breaker.
+        """
         self.apply_locally(full_keys, prefix_list, tag_list, removed_at=self._wall())
         for full_key in full_keys:
             logger.info("Removed key: %s", full_key)
@@ -77,18 +88,25 @@ class Coherence:
             logger.info("Removed tag: %s", tag)
         if self._l2 is None:
             self.table.bump_locally(fields)
-            return
-        await self._publish(full_keys, fields)
+            return True
+        return await self._publish(full_keys, fields, queue=queue)
 
-    async def _publish(self, full_keys: list[str], fields: list[str]) -> bool:
+    async def _publish(self, full_keys: list[str], fields: list[str], *, queue: bool) -> bool:
         assert self._l2 is not None
         try:
-            message = await self._l2.invalidate(full_keys, fields, sender=self.instance_id, sent_at=self._wall())
+            message = await self._l2.invalidate(
+                full_keys, fields, sender=self.instance_id, sent_at=self._wall(), past_breaker=not queue
+            )
         except L2UnavailableError as exc:
             self.counters.invalidation_failures += 1
-            self.pending.add(full_keys, fields)
-            logger.error("Invalidation event not published (%s); queued for retry (%d pending)", exc, len(self.pending))
             self._drop_l1_by_fields(fields)
+            if queue:
+                self.pending.add(full_keys, fields)
+                logger.error(
+                    "Invalidation event not published (%s); queued for retry (%d pending)", exc, len(self.pending)
+                )
+            else:
+                logger.warning("Invalidation event not published (%s); its outbox row stays for the relay", exc)
             return False
         self._after_publish(full_keys, fields, message)
         logger.info("Published invalidation event #%s", message["s"])

@@ -45,7 +45,8 @@ async def run_stats(settings: CacheSettings, clients: RedisClients, as_json: boo
 def _table(instances: Sequence[LiveInstance]) -> str:
     now = time.time()
     header = ["INSTANCE", "HOST", "PID", "UP", "SEEN", *(title for _, title in _COLUMNS)]
-    header += ["CIRCUIT", "REDIS", "BACKPLANE"]
+    # The outbox is one table shared by every instance: its figures are the same for all, so the total is the max.
+    header += ["CIRCUIT", "REDIS", "BACKPLANE", "OUTBOX", "OUTBOX LAG"]
     rows = [header]
     for instance in instances:
         stats = instance.stats
@@ -60,13 +61,17 @@ def _table(instances: Sequence[LiveInstance]) -> str:
                 str(stats.get("circuit", "-")),
                 str(stats.get("redis", "-")),
                 str(stats.get("backplane", "-")),
+                str(stats.get("outboxDepth", "-")),
+                f"{float(stats.get('outboxLagSeconds', 0.0)):.1f}s",
             ]
         )
     totals = ["total", "", "", "", ""]
     totals += [str(sum(int(i.stats.get(field, 0)) for i in instances)) for field, _ in _COLUMNS]
-    rows.append([*totals, "", "", ""])
+    depth = max(int(i.stats.get("outboxDepth", 0)) for i in instances)
+    lag = max(float(i.stats.get("outboxLagSeconds", 0.0)) for i in instances)
+    rows.append([*totals, "", "", "", str(depth), f"{lag:.1f}s"])
     widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
-    numeric = set(range(5, 5 + len(_COLUMNS))) | {2}
+    numeric = set(range(5, 5 + len(_COLUMNS))) | {2, len(header) - 2, len(header) - 1}
     lines = [
         "  ".join(
             cell.rjust(width) if column in numeric else cell.ljust(width)

@@ -9,6 +9,7 @@ from hybridcache.cqrs.behaviors import (
     CacheInvalidationBehavior,
     CachingBehavior,
     InvalidatingCache,
+    InvalidationOutbox,
     ReadThroughCache,
 )
 from hybridcache.cqrs.markers import Cacheable, InvalidatesCache
@@ -26,6 +27,7 @@ __all__ = [
     "HandlerNotFoundError",
     "InvalidatesCache",
     "InvalidatingCache",
+    "InvalidationOutbox",
     "Mediator",
     "Notification",
     "NotificationHandler",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, Protocol, TypeVar, cast
 
@@ -15,7 +16,13 @@ from hybridcache.cqrs.markers import Cacheable, InvalidatesCache
 from hybridcache.cqrs.pipeline import CallNext, PipelineBehavior
 from hybridcache.cqrs.requests import Command, Query, Request, response_type_of
 
-__all__ = ["CacheInvalidationBehavior", "CachingBehavior", "InvalidatingCache", "ReadThroughCache"]
+__all__ = [
+    "CacheInvalidationBehavior",
+    "CachingBehavior",
+    "InvalidatingCache",
+    "InvalidationOutbox",
+    "ReadThroughCache",
+]
 
 logger = logging.getLogger("hybridcache.cqrs")
 
@@ -46,6 +53,20 @@ class InvalidatingCache(Protocol):
 
     async def invalidate(self, *, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]) -> object:
         """Drop ``keys``, everything under ``prefixes`` and everything tagged ``tags``, on every instance."""
+        ...
+
+
+class InvalidationOutbox(Protocol):
+    """What :class:`CacheInvalidationBehavior` needs from an outbox (``hybridcache.persistence.Outbox``)."""
+
+    def staging(self, command: InvalidatesCache) -> AbstractContextManager[Any]:
+        """While the block runs, a unit of work committing in this context writes ``command``'s invalidations."""
+        ...
+
+    async def publish_staged(
+        self, staged: Any, *, keys: Sequence[str], prefixes: Sequence[str], tags: Sequence[str]
+    ) -> object:
+        """Invalidate, and mark the staged row published if one was committed."""
         ...
 
 
@@ -94,12 +115,16 @@ class CacheInvalidationBehavior(PipelineBehavior):
     to invalidate must not turn it into an error: it is logged and counted in :attr:`failures`, and the
     result is returned. (``HybridCache.invalidate`` already retries failed publications and never raises;
     this is the last line of defence.)
+
+    With an ``outbox``, the handler runs inside ``outbox.staging(command)``: a unit of work it commits also
+    writes the command's invalidations, so they survive this process (see ``hybridcache.persistence.Outbox``).
     """
 
-    __slots__ = ("_cache", "failures")
+    __slots__ = ("_cache", "_outbox", "failures")
 
-    def __init__(self, cache: InvalidatingCache) -> None:
+    def __init__(self, cache: InvalidatingCache, *, outbox: InvalidationOutbox | None = None) -> None:
         self._cache = cache
+        self._outbox = outbox
         self.failures = 0
         """Invalidations that raised (and were logged) since this behavior was created."""
 
@@ -111,8 +136,13 @@ class CacheInvalidationBehavior(PipelineBehavior):
 
     async def handle(self, request: Request[R], call_next: CallNext[R]) -> R:
         """Run the handler, then ``cache.invalidate(keys=..., prefixes=..., tags=...)``."""
-        result = await call_next()
         command = cast(InvalidatesCache, request)
+        staged: Any = None
+        if self._outbox is None:
+            result = await call_next()
+        else:
+            with self._outbox.staging(command) as staged:
+                result = await call_next()
         keys = command.cache_keys_to_invalidate
         prefixes = command.cache_prefixes_to_invalidate
         tags = command.cache_tags_to_invalidate
@@ -120,7 +150,10 @@ class CacheInvalidationBehavior(PipelineBehavior):
             return result
         logger.info("CacheInvalidationBehavior processing %s", request.__class__.__name__)
         try:
-            await self._cache.invalidate(keys=keys, prefixes=prefixes, tags=tags)
+            if self._outbox is None:
+                await self._cache.invalidate(keys=keys, prefixes=prefixes, tags=tags)
+            else:
+                await self._outbox.publish_staged(staged, keys=keys, prefixes=prefixes, tags=tags)
         except Exception:
             self.failures += 1
             logger.exception(

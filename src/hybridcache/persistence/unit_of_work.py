@@ -10,6 +10,7 @@ from typing import Any, Self, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from hybridcache.persistence.outbox import staged_invalidation
 from hybridcache.persistence.repositories import ReadRepository, WriteRepository
 
 __all__ = ["AbstractUnitOfWork", "UnitOfWork", "create_session_factory"]
@@ -73,6 +74,9 @@ class AbstractUnitOfWork(ABC):
 class UnitOfWork(AbstractUnitOfWork):
     """A unit of work over one ``AsyncSession`` from ``session_factory``, created on entry, closed on exit.
 
+    Inside a command whose invalidations an :class:`~hybridcache.persistence.Outbox` stages (the mediator's
+    ``CacheInvalidationBehavior`` with an outbox), :meth:`commit` inserts them in the same transaction.
+
     The session connects lazily, so a request answered from the cache never touches the database. One instance
     per operation (per HTTP request); not reentrant. Use a factory with ``expire_on_commit=False``
     (:func:`create_session_factory`) so objects stay readable after ``commit()`` without implicit I/O.
@@ -108,7 +112,12 @@ class UnitOfWork(AbstractUnitOfWork):
 
     async def _commit(self) -> int:
         written = _pending_writes(self.session)
+        # Inside a command staged by an Outbox: its invalidations commit (or roll back) with the business rows.
+        staged = staged_invalidation()
+        record = await staged.write(self.session) if staged is not None else None
         await self.session.commit()
+        if staged is not None and record is not None:
+            staged.record = record
         return written
 
     async def _rollback(self) -> None:
