@@ -262,6 +262,50 @@ MUTATIONS = (
         "",
         ("tests/integration/test_generation_retention.py",),
     ),
+    Mutation(
+        "outbox-in-transaction",
+        "a unit of work commits without writing the staged invalidations to the outbox (issue 15)",
+        "src/hybridcache/persistence/unit_of_work.py",
+        "        record = await staged.write(self.session) if staged is not None else None\n",
+        "        record = None\n",
+        (
+            "tests/integration/test_outbox.py::test_a_committed_command_writes_its_row_in_the_transaction_and_marks_it_published",
+        ),
+    ),
+    Mutation(
+        "outbox-skip-locked",
+        "the PostgreSQL relay reads due rows without locking them, so two relays publish the same rows",
+        "src/hybridcache/persistence/outbox.py",
+        "                due = due.with_for_update(skip_locked=True)\n",
+        "                pass\n",
+        ("tests/integration/test_outbox.py::test_relays_sharing_a_database_publish_each_row_once",),
+    ),
+    Mutation(
+        "outbox-sqlite-write-lock",
+        "the SQLite relay does not take the write lock first, so two relays publish the same rows",
+        "src/hybridcache/persistence/outbox.py",
+        '                await connection.exec_driver_sql("BEGIN IMMEDIATE")\n',
+        "                pass\n",
+        ("tests/integration/test_outbox.py::test_relays_sharing_a_database_publish_each_row_once",),
+    ),
+    Mutation(
+        "outbox-relay-past-breaker",
+        "the relay's publication waits for an open circuit breaker to close",
+        "src/hybridcache/_core/coherence.py",
+        "past_breaker=not queue",
+        "past_breaker=False",
+        (
+            "tests/integration/test_outbox.py::test_the_relay_publishes_as_soon_as_redis_answers_even_with_the_breaker_open",
+        ),
+    ),
+    Mutation(
+        "outbox-relay",
+        "no relay publishes what a dead writer left (the outbox is written but never read)",
+        "src/hybridcache/persistence/outbox.py",
+        "        if oldest is not None and oldest <= now - self.settings.grace_period_seconds:\n",
+        "        if False:\n",
+        ("tests/dealership/test_outbox_crash.py", "tests/integration/test_outbox.py"),
+    ),
 )
 
 

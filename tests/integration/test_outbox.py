@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from harness.redis_server import RedisServer
-from hybridcache import HybridCache, OutboxSettings
+from hybridcache import CacheSettings, HybridCache, OutboxSettings
 from hybridcache.cqrs import CacheInvalidationBehavior, Command, InvalidatesCache, Mediator, RequestHandler
 from hybridcache.persistence import (
     Outbox,
@@ -269,17 +269,42 @@ async def test_the_relay_publishes_as_soon_as_redis_answers_even_with_the_breake
     await wait_until(lambda: writer.stats().invalidations_received >= 1, timeout=5, message="writer not told")
 
 
+class HeldCache(HybridCache):
+    """A real cache whose ``invalidate`` waits for ``release``: its relay holds the rows it took meanwhile."""
+
+    def __init__(self, settings: CacheSettings) -> None:
+        super().__init__(settings)
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def invalidate(self, **kwargs: Any) -> bool:
+        self.entered.set()
+        await self.release.wait()
+        return await super().invalidate(**kwargs)
+
+
 async def test_relays_sharing_a_database_publish_each_row_once(
     engine: AsyncEngine, cache_env: CacheEnv, start_cache: StartCache
 ) -> None:
-    first, second = await cache_pair(cache_env, start_cache)
-    relays = [Outbox(first, engine, quick(batch_size=1000)), Outbox(second, engine, quick(batch_size=1000))]
-    for _ in range(20):
-        await write_unpublished_row(relays[0], engine, age=10)
+    held = HeldCache(cache_env.settings())
+    await held.start()
+    try:
+        other = await start_cache(cache_env.settings())
+        first, second = Outbox(held, engine, quick(batch_size=1000)), Outbox(other, engine, quick(batch_size=1000))
+        for _ in range(20):
+            await write_unpublished_row(first, engine, age=10)
 
-    outcomes = await asyncio.gather(*(relay.relay_once() for relay in relays))
+        # The first relay has taken the rows and is publishing them when the second one runs.
+        publishing = asyncio.create_task(first.relay_once())
+        await asyncio.wait_for(held.entered.wait(), timeout=5)
+        meanwhile = asyncio.create_task(second.relay_once())
+        await asyncio.wait({meanwhile}, timeout=0.5)  # PostgreSQL: skips the rows at once; SQLite: waits for the lock
+        held.release.set()
+        outcomes = await asyncio.gather(publishing, meanwhile)
+    finally:
+        await held.close()
 
-    assert sorted(outcomes) == [0, 20], outcomes  # one relay took them all, the other found none left
+    assert outcomes == [20, 0], outcomes  # the second relay found nothing it could take
     assert [row.attempts for row in await rows(engine)] == [1] * 20
 
 
