@@ -5,8 +5,9 @@ An invalidation published after a commit is lost if the writer dies first, or ca
 inserted in the transaction that changes the data, so the two commit or roll back together:
 
 * **Fast path** (nothing changes for readers): after the commit the writer applies and publishes the invalidation
-  at once, as without the outbox, then marks the row published. The marks are batched by a background task: a
-  write costs one insert inside its transaction and at most one ``UPDATE`` after it, off the request path.
+  at once, as without the outbox, then marks the row published. The marks are batched by a background task (one
+  ``UPDATE`` per 100 ms window): a write costs one insert inside its transaction and at most one statement after
+  it, off the request path.
 * **Relay**: every instance polls for rows older than ``GracePeriodSeconds`` and still unpublished (a writer that
   crashed, was stopped, or could not reach Redis) and publishes them: PostgreSQL locks the rows it takes with
   ``FOR UPDATE SKIP LOCKED`` so instances share the work, SQLite takes the database write lock (``BEGIN
@@ -107,6 +108,9 @@ outbox_table = Table(
 _FIRST_BACKOFF = 0.05
 # Published rows are pruned at most this often (seconds).
 _PRUNE_EVERY = 60.0
+# Marks wait this long (seconds) so one UPDATE covers every write of the window, and so the statement runs after
+# the invalidation's propagation rather than competing with it. Far below any sensible grace period.
+_MARK_WINDOW = 0.1
 
 
 async def create_outbox_table(connection: AsyncConnection) -> None:
@@ -266,8 +270,9 @@ class Outbox:
             self._marker = asyncio.create_task(self._write_marks(), name="hybridcache-outbox-marks")
 
     async def _write_marks(self) -> None:
-        """Mark the queued rows published, one ``UPDATE`` for all that queued up meanwhile, until none is left."""
+        """Mark the queued rows published, one ``UPDATE`` per window for all that queued up, until none is left."""
         while self._to_mark:
+            await asyncio.sleep(_MARK_WINDOW)
             ids, self._to_mark = self._to_mark, []
             try:
                 async with self._engine.begin() as connection:
