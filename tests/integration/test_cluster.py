@@ -10,7 +10,7 @@ circuit breaker around a paused master, and the consistency checker across a fai
   stampede protection (tests/integration/test_stampede.py: single flight, and the distributed lock across four
   instances, its fill notice and its wait timeout), fail-safe and factory timeouts (test_fail_safe.py), eager
   refresh and TTL jitter (test_eager_refresh.py). Their ``cache`` is the contract suite's (a started cache of the
-  mode), ``topology``/``server`` are overridden below, and the few that inspect Redis get ``redis_server``'s
+  mode), ``cache_mode``/``server`` are overridden below, and the few that inspect Redis get ``redis_server``'s
   ``sync_client()``: a :class:`ClusterAdmin` (key commands on the key's master, command statistics summed over the
   masters). Left out: the L1-only tests (no Redis to vary), and those that pause the one standalone server
   (test_fail_safe.py's outage tests, all of test_circuit_faults.py) — an endpoint cannot pause a topology.
@@ -137,13 +137,6 @@ class ClusterAdmin:
 @pytest.fixture
 def redis_server(redis_cluster: RedisClusterProcess) -> Endpoint:
     return Endpoint(redis_cluster.url, admin=lambda **options: ClusterAdmin(redis_cluster, **options))
-
-
-@pytest.fixture(params=[L2_ONLY, L1_L2])
-def topology(request: pytest.FixtureRequest) -> str:
-    """The resilience suites' ``topology``: their L1-only case has no Redis, so it is not repeated here."""
-    mode: str = request.param
-    return mode
 
 
 @pytest.fixture

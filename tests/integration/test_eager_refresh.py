@@ -19,6 +19,7 @@ import pytest
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
+from tests.integration.conftest import L1_ONLY, L2_ONLY
 from tests.support.waiting import wait_until
 
 TTL = 0.4
@@ -32,25 +33,19 @@ GAP = 0.002  # between hits: a steady stream, ~1,000 hits in all
 RELAXED_TIMEOUT_MS = 2_000
 
 
-def settings_for(topology: str, namespace: str, server: RedisServer | None, **overrides: Any) -> CacheSettings:
+def settings_for(mode: str, namespace: str, server: RedisServer | None, **overrides: Any) -> CacheSettings:
     return CacheSettings(
         service_name=namespace,
         configuration=None if server is None else server.url,
-        memory_cache=MemoryCacheSettings(enabled=topology != "l2-only"),
+        memory_cache=MemoryCacheSettings(enabled=mode != L2_ONLY),
         operation_timeout_milliseconds=RELAXED_TIMEOUT_MS,
         **overrides,
     )
 
 
-@pytest.fixture(params=["l1-only", "l1+l2", "l2-only"])
-def topology(request: pytest.FixtureRequest) -> str:
-    param: str = request.param
-    return param
-
-
 @pytest.fixture
-def server(topology: str, request: pytest.FixtureRequest) -> RedisServer | None:
-    if topology == "l1-only":
+def server(cache_mode: str, request: pytest.FixtureRequest) -> RedisServer | None:
+    if cache_mode == L1_ONLY:
         return None
     redis_server: RedisServer = request.getfixturevalue("redis_server")
     return redis_server
@@ -90,10 +85,10 @@ async def _stream(cache: HybridCache, factory: Versions, eager: float | None) ->
 
 
 async def test_under_eager_refresh_no_caller_waits_for_the_factory(
-    topology: str, namespace: str, server: RedisServer | None
+    cache_mode: str, namespace: str, server: RedisServer | None
 ) -> None:
     factory = Versions()
-    async with HybridCache.from_settings(settings_for(topology, namespace, server)) as cache:
+    async with HybridCache.from_settings(settings_for(cache_mode, namespace, server)) as cache:
         assert await cache.wait_until_connected(5)
         hits = await _stream(cache, factory, eager=0.5)
         refreshes = cache.counters.eager_refreshes
@@ -117,11 +112,11 @@ async def test_under_eager_refresh_no_caller_waits_for_the_factory(
 
 
 async def test_without_eager_refresh_the_same_stream_does_wait_for_the_factory(
-    topology: str, namespace: str, server: RedisServer | None
+    cache_mode: str, namespace: str, server: RedisServer | None
 ) -> None:
     """The control: proves the measurement above would catch a caller that waited."""
     factory = Versions()
-    async with HybridCache.from_settings(settings_for(topology, namespace, server)) as cache:
+    async with HybridCache.from_settings(settings_for(cache_mode, namespace, server)) as cache:
         assert await cache.wait_until_connected(5)
         hits = await _stream(cache, factory, eager=None)
 

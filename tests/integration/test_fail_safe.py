@@ -22,43 +22,37 @@ from hybridcache import CacheSettings, HybridCache
 from hybridcache._resilience import CircuitState
 from hybridcache.cache import FactoryTimeoutError
 from hybridcache.settings import CircuitBreakerSettings, FailSafeSettings, MemoryCacheSettings
+from tests.integration.conftest import L1_ONLY, L2_ONLY
 from tests.support.waiting import wait_until
 
 TTL = 0.2
 KEY = "Dealership:42"
-TOPOLOGIES = ["l1-only", "l1+l2", "l2-only"]
 
 
 class PricingDown(RuntimeError):
     """What the factory raises: a distinctive type, so 'unchanged' can be checked exactly."""
 
 
-def settings_for(topology: str, namespace: str, server: RedisServer | None, **overrides: Any) -> CacheSettings:
+def settings_for(mode: str, namespace: str, server: RedisServer | None, **overrides: Any) -> CacheSettings:
     return CacheSettings(
         service_name=namespace,
         configuration=None if server is None else server.url,
-        memory_cache=MemoryCacheSettings(enabled=topology != "l2-only"),
+        memory_cache=MemoryCacheSettings(enabled=mode != L2_ONLY),
         **overrides,
     )
 
 
-@pytest.fixture(params=TOPOLOGIES)
-def topology(request: pytest.FixtureRequest) -> str:
-    param: str = request.param
-    return param
-
-
 @pytest.fixture
-def server(topology: str, request: pytest.FixtureRequest) -> RedisServer | None:
-    if topology == "l1-only":
+def server(cache_mode: str, request: pytest.FixtureRequest) -> RedisServer | None:
+    if cache_mode == L1_ONLY:
         return None
     redis_server: RedisServer = request.getfixturevalue("redis_server")
     return redis_server
 
 
 @pytest.fixture
-async def cache(topology: str, namespace: str, server: RedisServer | None) -> AsyncIterator[HybridCache]:
-    async with HybridCache.from_settings(settings_for(topology, namespace, server)) as cache:
+async def cache(cache_mode: str, namespace: str, server: RedisServer | None) -> AsyncIterator[HybridCache]:
+    async with HybridCache.from_settings(settings_for(cache_mode, namespace, server)) as cache:
         assert await cache.wait_until_connected(5)
         yield cache
 
@@ -151,9 +145,9 @@ async def test_an_entry_cached_without_fail_safe_leaves_no_fallback(cache: Hybri
 
 
 async def test_fail_safe_enabled_in_settings_applies_when_the_call_does_not_say(
-    topology: str, namespace: str, server: RedisServer | None
+    cache_mode: str, namespace: str, server: RedisServer | None
 ) -> None:
-    settings = settings_for(topology, namespace, server, fail_safe=FailSafeSettings(enabled=True))
+    settings = settings_for(cache_mode, namespace, server, fail_safe=FailSafeSettings(enabled=True))
     async with HybridCache.from_settings(settings) as cache:
         await cache.get_or_create(KEY, returns("old"), ttl=TTL, type_=str)
         await wait_until(lambda: _absent(cache, KEY), timeout=TTL + 2, message="entry did not expire")
@@ -162,11 +156,11 @@ async def test_fail_safe_enabled_in_settings_applies_when_the_call_does_not_say(
 
 
 async def test_after_a_fallback_the_factory_is_not_retried_during_the_throttle(
-    topology: str, namespace: str, server: RedisServer | None
+    cache_mode: str, namespace: str, server: RedisServer | None
 ) -> None:
-    if topology == "l2-only":
+    if cache_mode == L2_ONLY:
         pytest.skip("the throttle keeps the fallback in L1; without L1 every call retries the factory")
-    settings = settings_for(topology, namespace, server, fail_safe=FailSafeSettings(throttle_duration_seconds=30))
+    settings = settings_for(cache_mode, namespace, server, fail_safe=FailSafeSettings(throttle_duration_seconds=30))
     async with HybridCache.from_settings(settings) as cache:
         await make_stale(cache)
         factory = Raising(PricingDown("down"))
@@ -230,9 +224,9 @@ async def test_a_hard_timeout_with_fail_safe_and_a_stale_value_serves_it(cache: 
     await wait_until(lambda: _holds(cache, "new"), timeout=5, message="the late result never landed")
 
 
-async def test_timeouts_default_to_the_settings(topology: str, namespace: str, server: RedisServer | None) -> None:
+async def test_timeouts_default_to_the_settings(cache_mode: str, namespace: str, server: RedisServer | None) -> None:
     fail_safe = FailSafeSettings(factory_hard_timeout_milliseconds=50)
-    async with HybridCache.from_settings(settings_for(topology, namespace, server, fail_safe=fail_safe)) as cache:
+    async with HybridCache.from_settings(settings_for(cache_mode, namespace, server, fail_safe=fail_safe)) as cache:
         with pytest.raises(FactoryTimeoutError):
             await cache.get_or_create(KEY, returns("new", delay=0.4), ttl=60, type_=str)
 

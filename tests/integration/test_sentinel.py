@@ -77,13 +77,6 @@ def redis_server(redis_sentinel: RedisSentinelSetup) -> Endpoint:
     )
 
 
-@pytest.fixture(params=[L2_ONLY, L1_L2])
-def topology(request: pytest.FixtureRequest) -> str:
-    """The resilience suites' ``topology``: their L1-only case has no Redis, so it is not repeated here."""
-    mode: str = request.param
-    return mode
-
-
 @pytest.fixture
 def server(redis_server: Endpoint) -> Endpoint:
     """The resilience suites' ``server`` (they read its ``url``): this module's ``redis_server``."""

@@ -19,6 +19,7 @@ import pytest
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
+from tests.integration.conftest import L1_L2, L1_ONLY
 from tests.support.waiting import wait_until
 
 CALLERS = 1000
@@ -48,13 +49,13 @@ def _settings(namespace: str, server: RedisServer | None, **overrides: Any) -> C
     )
 
 
-@pytest.fixture(params=["l1-only", "l1+l2", "l2-only"])
-async def cache(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[HybridCache]:
-    if request.param == "l1-only":
+@pytest.fixture
+async def cache(cache_mode: str, namespace: str, request: pytest.FixtureRequest) -> AsyncIterator[HybridCache]:
+    if cache_mode == L1_ONLY:
         settings = _settings(namespace, None)
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
-        memory = MemoryCacheSettings(enabled=request.param == "l1+l2")
+        memory = MemoryCacheSettings(enabled=cache_mode == L1_L2)
         settings = _settings(namespace, server, memory_cache=memory)
     async with HybridCache.from_settings(settings) as cache:
         yield cache
