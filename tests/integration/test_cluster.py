@@ -30,12 +30,10 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -57,6 +55,7 @@ from tests.integration.test_consistency import (
     seed_for_run,
 )
 from tests.integration.topology_suites import *  # noqa: F403  (collected here, on the cluster's fixtures)
+from tests.support.redis_topology import Endpoint, cluster_endpoint
 from tests.support.waiting import wait_until
 
 # ------------------------------------------------------------------------------------ fixtures for the suites
@@ -84,59 +83,9 @@ async def raw_redis(redis_cluster: RedisClusterProcess) -> AsyncIterator[RedisCl
         await client.aclose()
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """What the imported suites need of their ``redis_server``: a configuration string in ``url`` and, for the few
-    that inspect Redis, ``sync_client(**options)``: a blocking client of the topology built by ``admin``."""
-
-    url: str
-    admin: Callable[..., AbstractContextManager[Any]]
-
-    def sync_client(self, **options: Any) -> AbstractContextManager[Any]:
-        """A new blocking client (``options`` such as ``socket_timeout`` are passed on); the caller closes it."""
-        return self.admin(**options)
-
-
-class ClusterAdmin:
-    """The cluster seen as one server by the suites that inspect "the" server: ``pttl`` goes to the key's master
-    (a cluster client); ``config_resetstat`` and ``info("commandstats")`` cover every master, with each command's
-    ``calls`` summed, so a count means what it means on a standalone server."""
-
-    def __init__(self, cluster: RedisClusterProcess, **options: Any) -> None:
-        self._cluster = cluster
-        self._options = options
-        self._client = cluster.cluster_client(**options)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._client.close()
-
-    def pttl(self, key: str) -> int:
-        return int(self._client.pttl(key))
-
-    def config_resetstat(self) -> None:
-        for _, port in self._cluster.masters():
-            with self._cluster.client(port, **self._options) as node:
-                node.config_resetstat()
-
-    def info(self, section: str) -> dict[str, dict[str, int]]:
-        if section != "commandstats":
-            raise ValueError(f"ClusterAdmin sums INFO commandstats only, not {section!r}")
-        calls: Counter[str] = Counter()
-        for _, port in self._cluster.masters():
-            with self._cluster.client(port, **self._options) as node:
-                for name, stats in node.info("commandstats").items():
-                    calls[name] += int(stats["calls"])
-        return {name: {"calls": count} for name, count in calls.items()}
-
-
 @pytest.fixture
 def redis_server(redis_cluster: RedisClusterProcess) -> Endpoint:
-    return Endpoint(redis_cluster.url, admin=lambda **options: ClusterAdmin(redis_cluster, **options))
+    return cluster_endpoint(redis_cluster)
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ from harness.redis_sentinel import RedisSentinelSetup
 from hybridcache import HybridCache
 from tests.integration.conftest import L1_L2, L2_ONLY, CacheEnv
 from tests.integration.test_cluster import (
-    Endpoint,
     assert_consistent,
     assert_no_call_waited_on_the_frozen_node,
     const,
@@ -43,6 +42,7 @@ from tests.integration.test_cluster import (
 )
 from tests.integration.test_consistency import HEARTBEAT
 from tests.integration.topology_suites import *  # noqa: F403  (collected here, on Sentinel's fixtures)
+from tests.support.redis_topology import Endpoint, sentinel_endpoint
 from tests.support.waiting import wait_until
 
 # ------------------------------------------------------------------------------------ fixtures for the suites
@@ -72,9 +72,7 @@ async def raw_redis(redis_sentinel: RedisSentinelSetup) -> AsyncIterator[redis.a
 @pytest.fixture
 def redis_server(redis_sentinel: RedisSentinelSetup) -> Endpoint:
     """``sync_client()`` is a plain client of the master the sentinels name (the cache reads and writes there)."""
-    return Endpoint(
-        redis_sentinel.configuration, admin=lambda **options: redis_sentinel.client(redis_sentinel.master(), **options)
-    )
+    return sentinel_endpoint(redis_sentinel)
 
 
 @pytest.fixture
