@@ -4,6 +4,16 @@
 ``make_cache`` builds started caches of that shape; ``start_cache`` starts a cache from any settings. Every cache
 is closed at teardown. Redis is the session's shared private server, a fresh db per test, and a unique service
 name per test (pub/sub channels are server-wide; the service name is part of the channel).
+
+Topologies: a test marked ``@pytest.mark.all_topologies`` runs once per Redis deployment in
+:data:`~tests.support.redis_topology.TOPOLOGIES`: ``standalone``, ``cluster`` (the session's ``redis_cluster``) and
+``sentinel`` (the session's ``redis_sentinel``); ``pytest_generate_tests`` below parametrises its ``topology``, and
+with it ``cache_mode`` (L1-only has no Redis, so it runs on standalone only). The fixtures that say where Redis is
+follow ``topology``: ``cache_env`` and ``raw_redis``, and ``redis_endpoint``, the test's Redis as a
+:class:`~tests.support.redis_topology.RedisEndpoint` (on standalone, the root ``redis_server``: a private server of
+the test's own). A session setup starts only when a selected test runs on it. Every other test runs on standalone
+alone, and ``redis_server`` is always a standalone server (kill it, pause it): a topology-parametrised test must
+not ask for it.
 """
 
 from __future__ import annotations
@@ -14,15 +24,30 @@ from typing import Any, Protocol
 
 import pytest
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
 
+from harness.process import HOST
+from harness.redis_cluster import RedisClusterProcess
+from harness.redis_sentinel import RedisSentinelSetup
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import MemoryCacheSettings
+from tests.support.redis_topology import (
+    CLUSTER,
+    SENTINEL,
+    STANDALONE,
+    TOPOLOGIES,
+    RedisEndpoint,
+    cluster_endpoint,
+    sentinel_endpoint,
+)
 
 L1_ONLY = "l1-only"
 L2_ONLY = "l2-only"
 L1_L2 = "l1+l2"
 MODES = (L1_ONLY, L2_ONLY, L1_L2)
+# The modes each topology runs in: without Redis (L1-only) there is nothing that depends on the topology.
+MODES_ON = {STANDALONE: MODES, CLUSTER: (L2_ONLY, L1_L2), SENTINEL: (L2_ONLY, L1_L2)}
 INSTANCE_NAME = "hc-test:"
 CACHE_VERSION = "v1"
 
@@ -64,9 +89,70 @@ class MakeCache(Protocol):
     def __call__(self, *, memory: dict[str, Any] | None = None, **overrides: Any) -> Awaitable[HybridCache]: ...
 
 
+# ---------------------------------------------------------------------------------------------- topologies
+
+# Fixtures that are a standalone server whatever the topology: a test that runs on every topology must not use them.
+STANDALONE_ONLY = frozenset({"redis_server", "redis_url", "shared_redis_server", "redis_db", "admin"})
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``cache_mode`` over :data:`MODES`; for a test marked ``all_topologies``, ``topology`` over every topology
+    too, each with the modes it runs in (``[standalone-l1-only]`` … ``[cluster-l2-only]`` …, or
+    ``[standalone]``, ``[cluster]``, ``[sentinel]`` for a test without a mode)."""
+    wants_mode = "cache_mode" in metafunc.fixturenames
+    if metafunc.definition.get_closest_marker("all_topologies") is None:
+        if wants_mode:
+            metafunc.parametrize("cache_mode", MODES, indirect=True)
+        return
+    standalone_only = STANDALONE_ONLY.intersection(metafunc.fixturenames)
+    if standalone_only:
+        pytest.fail(
+            f"{metafunc.definition.nodeid} is marked all_topologies but uses {sorted(standalone_only)}, which are"
+            " standalone servers on every topology: ask for redis_endpoint (or cache_env) instead",
+            pytrace=False,
+        )
+    if wants_mode:
+        pairs = [(topology, mode) for topology in TOPOLOGIES for mode in MODES_ON[topology]]
+        ids = [f"{topology}-{mode}" for topology, mode in pairs]
+        metafunc.parametrize(("topology", "cache_mode"), pairs, indirect=True, ids=ids)
+    else:
+        metafunc.parametrize("topology", TOPOLOGIES, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def topology(request: pytest.FixtureRequest) -> str:
+    """The Redis deployment under the test: ``standalone`` unless ``all_topologies`` parametrises it. Autouse, so
+    that it is parametrised even when the test reaches Redis only through ``request.getfixturevalue`` (a cache
+    fixture that starts no server in L1-only mode)."""
+    name: str = getattr(request, "param", STANDALONE)
+    return name
+
+
 @pytest.fixture
-def cache_env(namespace: str, redis_url: str) -> CacheEnv:
-    return CacheEnv(service_name=namespace, redis_url=redis_url)
+def redis_endpoint(topology: str, request: pytest.FixtureRequest) -> RedisEndpoint:
+    """The test's Redis: on standalone a private server of its own (the root ``redis_server``), else the session's
+    cluster or Sentinel setup, started by the first test that asks for it."""
+    if topology == CLUSTER:
+        cluster: RedisClusterProcess = request.getfixturevalue("redis_cluster")
+        return cluster_endpoint(cluster)
+    if topology == SENTINEL:
+        setup: RedisSentinelSetup = request.getfixturevalue("redis_sentinel")
+        return sentinel_endpoint(setup)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server
+
+
+@pytest.fixture
+def cache_env(namespace: str, topology: str, request: pytest.FixtureRequest) -> CacheEnv:
+    """On standalone a fresh db of the session's shared server (``redis_url``), else ``redis_endpoint``."""
+    if topology == STANDALONE:
+        redis_url: str = request.getfixturevalue("redis_url")
+        return CacheEnv(service_name=namespace, redis_url=redis_url)
+    endpoint: RedisEndpoint = request.getfixturevalue("redis_endpoint")
+    return CacheEnv(service_name=namespace, redis_url=endpoint.url)
+
+
+# ---------------------------------------------------------------------------------------------- caches
 
 
 @pytest.fixture
@@ -89,8 +175,9 @@ async def start_cache() -> AsyncIterator[StartCache]:
             await cache.close()
 
 
-@pytest.fixture(params=MODES)
+@pytest.fixture
 def cache_mode(request: pytest.FixtureRequest) -> str:
+    """The cache's shape, one of :data:`MODES` (parametrised by ``pytest_generate_tests``)."""
     mode: str = request.param
     return mode
 
@@ -112,10 +199,24 @@ def make_cache(cache_mode: str, cache_env: CacheEnv, start_cache: StartCache) ->
     return make
 
 
+# What ``raw_redis`` is: a cluster client on a cluster (it follows redirections), a plain client elsewhere.
+RawRedis = redis.asyncio.Redis | RedisCluster
+
+
 @pytest.fixture
-async def raw_redis(cache_env: CacheEnv) -> AsyncIterator[redis.asyncio.Redis]:
-    """A plain redis-py client on the test's db: "another client" that inspects or tampers with entries."""
-    client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(cache_env.redis_url, socket_timeout=5)
+async def raw_redis(topology: str, cache_env: CacheEnv, request: pytest.FixtureRequest) -> AsyncIterator[RawRedis]:
+    """A plain redis-py client where ``cache_env`` keeps its entries: "another client" that inspects or tampers
+    with them (on standalone the test's db, on a cluster a cluster client, on Sentinel the current master)."""
+    client: RawRedis
+    if topology == CLUSTER:
+        cluster: RedisClusterProcess = request.getfixturevalue("redis_cluster")
+        host, port = cluster.seeds[0]
+        client = RedisCluster(host=host, port=port, socket_timeout=5)
+    elif topology == SENTINEL:
+        setup: RedisSentinelSetup = request.getfixturevalue("redis_sentinel")
+        client = redis.asyncio.Redis(host=HOST, port=setup.master(), socket_timeout=5)
+    else:
+        client = redis.asyncio.Redis.from_url(cache_env.redis_url, socket_timeout=5)
     try:
         yield client
     finally:

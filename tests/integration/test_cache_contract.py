@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import redis.asyncio
 from pydantic import BaseModel, ConfigDict
 
 from hybridcache import HybridCache
 from hybridcache._serialization import decode_entry
-from tests.integration.conftest import L1_L2, L1_ONLY, L2_ONLY, CacheEnv, Factory, MakeCache
+from tests.integration.conftest import L1_L2, L1_ONLY, L2_ONLY, CacheEnv, Factory, MakeCache, RawRedis
 from tests.support.waiting import wait_until
 
 MISSING: Any = object()
@@ -79,13 +78,14 @@ def has_l2(mode: str) -> bool:
     return mode != L1_ONLY
 
 
-async def in_redis(raw: redis.asyncio.Redis, env: CacheEnv, key: str) -> bool:
+async def in_redis(raw: RawRedis, env: CacheEnv, key: str) -> bool:
     return bool(await raw.exists(env.redis_key(key)))
 
 
 # ---------------------------------------------------------------------------------------------- reads
 
 
+@pytest.mark.all_topologies
 async def test_miss_then_hit(cache_mode: str, cache: HybridCache) -> None:
     factory = Factory("v1")
     assert await cache.get_or_create("Dealership:42", factory) == "v1"
@@ -108,6 +108,7 @@ async def test_the_factory_runs_once_for_many_reads(cache: HybridCache) -> None:
     assert factory.runs == 1
 
 
+@pytest.mark.all_topologies
 async def test_a_cached_none_is_a_hit_not_a_miss(cache: HybridCache, reader: HybridCache) -> None:
     factory = Factory(None)
     assert await cache.get_or_create("Dealership:404", factory, type_=DealershipDto | None) is None
@@ -127,6 +128,7 @@ async def test_a_cached_none_under_a_non_optional_type_reads_back_as_none(
     assert factory.runs == 0
 
 
+@pytest.mark.all_topologies
 @pytest.mark.parametrize(
     ("type_", "value"),
     [
@@ -155,6 +157,7 @@ async def test_typed_round_trip(cache: HybridCache, reader: HybridCache, type_: 
         assert isinstance(got.business_zip_code.state_province, StateDto)
 
 
+@pytest.mark.all_topologies
 async def test_an_l2_read_comes_back_as_the_declared_model(
     cache_mode: str, cache: HybridCache, reader: HybridCache
 ) -> None:
@@ -166,6 +169,7 @@ async def test_an_l2_read_comes_back_as_the_declared_model(
         assert reader.stats().l2_hits == 1, "the read must have come from Redis"
 
 
+@pytest.mark.all_topologies
 async def test_get_and_set(cache: HybridCache, reader: HybridCache) -> None:
     assert await cache.get("k", default=MISSING) is MISSING
     assert await cache.get("k") is None, "the default default is None"
@@ -179,6 +183,7 @@ async def test_get_and_set(cache: HybridCache, reader: HybridCache) -> None:
     assert factory.runs == 0
 
 
+@pytest.mark.all_topologies
 async def test_concurrent_reads_of_a_cold_key_run_the_factory_once(cache: HybridCache) -> None:
     release = asyncio.Event()
     runs = 0
@@ -203,8 +208,9 @@ class Boom(Exception):
     pass
 
 
+@pytest.mark.all_topologies
 async def test_a_factory_exception_propagates_and_caches_nothing(
-    cache_mode: str, cache: HybridCache, cache_env: CacheEnv, raw_redis: redis.asyncio.Redis
+    cache_mode: str, cache: HybridCache, cache_env: CacheEnv, raw_redis: RawRedis
 ) -> None:
     failing = Factory(error=Boom("database down"))
     with pytest.raises(Boom, match="database down"):
@@ -260,7 +266,8 @@ async def test_callers_overlapping_a_fast_failing_run_share_it(cache: HybridCach
 # ---------------------------------------------------------------------------------------------- invalidation
 
 
-async def test_remove(cache_mode: str, cache: HybridCache, cache_env: CacheEnv, raw_redis: redis.asyncio.Redis) -> None:
+@pytest.mark.all_topologies
+async def test_remove(cache_mode: str, cache: HybridCache, cache_env: CacheEnv, raw_redis: RawRedis) -> None:
     factory = Factory("v")
     await cache.get_or_create("Dealership:42", factory)
     other = Factory("o")
@@ -294,6 +301,7 @@ async def _rerun(cache: HybridCache, factories: dict[str, Factory]) -> set[str]:
     return {key for key, factory in factories.items() if factory.runs > 1}
 
 
+@pytest.mark.all_topologies
 async def test_remove_by_prefix_matches_whole_segments(cache: HybridCache, reader: HybridCache) -> None:
     factories = await _fill(cache)
     await cache.remove_by_prefix("A:B")
@@ -301,6 +309,7 @@ async def test_remove_by_prefix_matches_whole_segments(cache: HybridCache, reade
     assert await reader.get("A:BX") == "A:BX"
 
 
+@pytest.mark.all_topologies
 async def test_remove_by_prefix_is_not_served_through_l2_either(
     cache_mode: str, cache: HybridCache, make_cache: MakeCache
 ) -> None:
@@ -325,6 +334,7 @@ async def test_remove_by_prefix_rejects_globs(cache: HybridCache, prefix: str) -
         await cache.remove_by_prefix(prefix)
 
 
+@pytest.mark.all_topologies
 async def test_remove_by_tag(cache: HybridCache, reader: HybridCache) -> None:
     ford, chevy, untagged = Factory("ford"), Factory("chevy"), Factory("plain")
     await cache.get_or_create("Dealership:1", ford, tags=("dealerships", "ford"))
@@ -341,6 +351,7 @@ async def test_remove_by_tag(cache: HybridCache, reader: HybridCache) -> None:
     assert await cache.get("Dealership:3") == "plain"
 
 
+@pytest.mark.all_topologies
 async def test_invalidate_keys_prefixes_and_tags_at_once(cache: HybridCache) -> None:
     factories = await _fill(cache)
     await cache.get_or_create("T:1", Factory("t"), tags=("t",))
@@ -349,6 +360,7 @@ async def test_invalidate_keys_prefixes_and_tags_at_once(cache: HybridCache) -> 
     assert await cache.get("T:1", default=MISSING) is MISSING
 
 
+@pytest.mark.all_topologies
 async def test_clear(cache: HybridCache, reader: HybridCache) -> None:
     factories = await _fill(cache)
     await cache.clear()
@@ -356,6 +368,7 @@ async def test_clear(cache: HybridCache, reader: HybridCache) -> None:
     assert await _rerun(cache, factories) == set(KEYS)
 
 
+@pytest.mark.all_topologies
 async def test_clear_leaves_other_services_alone(
     cache_mode: str, cache: HybridCache, cache_env: CacheEnv, start_cache: Any
 ) -> None:
@@ -373,8 +386,9 @@ async def test_clear_leaves_other_services_alone(
 # ---------------------------------------------------------------------------------------------- expiry
 
 
+@pytest.mark.all_topologies
 async def test_entries_expire_after_their_ttl(
-    cache_mode: str, cache: HybridCache, cache_env: CacheEnv, raw_redis: redis.asyncio.Redis
+    cache_mode: str, cache: HybridCache, cache_env: CacheEnv, raw_redis: RawRedis
 ) -> None:
     ttl = 0.6
     factory = Factory("v")
@@ -441,7 +455,7 @@ async def test_l1_keeps_an_entry_at_most_memory_default_expiration_seconds(
 
 
 async def test_enabled_false_is_a_pass_through(
-    cache_mode: str, make_cache: MakeCache, cache_env: CacheEnv, raw_redis: redis.asyncio.Redis
+    cache_mode: str, make_cache: MakeCache, cache_env: CacheEnv, raw_redis: RawRedis
 ) -> None:
     cache = await make_cache(enabled=False)
     factory = Factory("v")
@@ -463,8 +477,9 @@ async def test_enabled_false_is_a_pass_through(
 # ---------------------------------------------------------------------------------------------- layout
 
 
+@pytest.mark.all_topologies
 async def test_the_redis_entry_is_an_envelope_under_the_documented_key(
-    cache_mode: str, cache: HybridCache, cache_env: CacheEnv, raw_redis: redis.asyncio.Redis
+    cache_mode: str, cache: HybridCache, cache_env: CacheEnv, raw_redis: RawRedis
 ) -> None:
     if not has_l2(cache_mode):
         pytest.skip("no Redis in this mode")

@@ -1,19 +1,18 @@
 """Issue 8, acceptance 1 on Redis Cluster: the cache's suites on a real 6-node local cluster, its key layout, the
 circuit breaker around a paused master, and the consistency checker across a failover.
 
-* The contract suite (tests/integration/test_cache_contract.py) and the invalidation suite
-  (tests/integration/test_invalidation.py) run here unchanged: their test functions are imported (one list for
-  every topology, tests/integration/topology_suites.py), and the fixtures
-  they ask for are overridden to point at the session's cluster — ``cache_env``/``raw_redis`` (contract; L2-only
-  and L1+L2, the modes with a Redis) and ``redis_server`` (an :class:`Endpoint`: those tests only read its ``.url``).
-* So do the resilience suites, in the same two modes, wherever they need only a Redis URL:
-  stampede protection (tests/integration/test_stampede.py: single flight, and the distributed lock across four
-  instances, its fill notice and its wait timeout), fail-safe and factory timeouts (test_fail_safe.py), eager
-  refresh and TTL jitter (test_eager_refresh.py). Their ``cache`` is the contract suite's (a started cache of the
-  mode), ``topology``/``server`` are overridden below, and the few that inspect Redis get ``redis_server``'s
-  ``sync_client()``: a :class:`ClusterAdmin` (key commands on the key's master, command statistics summed over the
-  masters). Left out: the L1-only tests (no Redis to vary), and those that pause the one standalone server
-  (test_fail_safe.py's outage tests, all of test_circuit_faults.py) — an endpoint cannot pause a topology.
+* The suites written for a standalone server run on the session's cluster too, but not from here: each test that
+  must hold on every topology is marked ``@pytest.mark.all_topologies`` in its own module, and
+  tests/integration/conftest.py parametrises it over ``standalone``, ``cluster`` and ``sentinel`` (test ids
+  ``[cluster-l2-only]``, ``[cluster-l1+l2]``, ``[cluster]`` …; select them with ``-k cluster``). On the cluster they
+  run in the L2-only and L1+L2 modes; the fixtures that say where Redis is follow the topology: ``cache_env``,
+  ``raw_redis`` (a cluster client) and ``redis_endpoint``, whose ``sync_client()`` is a ``ClusterAdmin`` (key
+  commands on the key's master, command statistics summed over the masters; tests/support/redis_topology.py).
+  Marked: most of the contract (test_cache_contract.py), the five delivery tests of test_invalidation.py, all of
+  test_stampede.py, fail-safe and factory timeouts (test_fail_safe.py), eager refresh and TTL jitter
+  (test_eager_refresh.py). Not marked: the L1-only tests (no Redis to vary), and those that pause the one
+  standalone server (test_fail_safe.py's outage tests, all of test_circuit_faults.py), since they ask for
+  ``redis_server``, which is always a standalone server of the test's own.
 * Circuit faults on the cluster instead: SIGSTOP the master owning a key's slot (a private cluster, ``slow``);
   the breaker opens, every call still answers without waiting on the frozen node, and it closes once the node is
   back, with L2 hits returning.
@@ -30,21 +29,18 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AbstractContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import pytest
-from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from harness.redis_cluster import RedisClusterProcess
 from hybridcache import CacheSettings, HybridCache
 from hybridcache._resilience import CircuitState
-from tests.integration.conftest import INSTANCE_NAME, L1_L2, L2_ONLY, CacheEnv
+from tests.integration.conftest import INSTANCE_NAME
 from tests.integration.test_consistency import (
     HEARTBEAT,
     SHORT,
@@ -56,107 +52,7 @@ from tests.integration.test_consistency import (
     report,
     seed_for_run,
 )
-from tests.integration.topology_suites import *  # noqa: F403  (collected here, on the cluster's fixtures)
 from tests.support.waiting import wait_until
-
-# ------------------------------------------------------------------------------------ fixtures for the suites
-
-
-@pytest.fixture(params=[L2_ONLY, L1_L2])
-def cache_mode(request: pytest.FixtureRequest) -> str:
-    mode: str = request.param
-    return mode
-
-
-@pytest.fixture
-def cache_env(namespace: str, redis_cluster: RedisClusterProcess) -> CacheEnv:
-    return CacheEnv(service_name=namespace, redis_url=redis_cluster.url)
-
-
-@pytest.fixture
-async def raw_redis(redis_cluster: RedisClusterProcess) -> AsyncIterator[RedisCluster]:
-    """A plain cluster client: "another client" that inspects entries (it follows redirections)."""
-    host, port = redis_cluster.seeds[0]
-    client = RedisCluster(host=host, port=port)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """What the imported suites need of their ``redis_server``: a configuration string in ``url`` and, for the few
-    that inspect Redis, ``sync_client(**options)``: a blocking client of the topology built by ``admin``."""
-
-    url: str
-    admin: Callable[..., AbstractContextManager[Any]]
-
-    def sync_client(self, **options: Any) -> AbstractContextManager[Any]:
-        """A new blocking client (``options`` such as ``socket_timeout`` are passed on); the caller closes it."""
-        return self.admin(**options)
-
-
-class ClusterAdmin:
-    """The cluster seen as one server by the suites that inspect "the" server: ``pttl`` goes to the key's master
-    (a cluster client); ``config_resetstat`` and ``info("commandstats")`` cover every master, with each command's
-    ``calls`` summed, so a count means what it means on a standalone server."""
-
-    def __init__(self, cluster: RedisClusterProcess, **options: Any) -> None:
-        self._cluster = cluster
-        self._options = options
-        self._client = cluster.cluster_client(**options)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._client.close()
-
-    def pttl(self, key: str) -> int:
-        return int(self._client.pttl(key))
-
-    def config_resetstat(self) -> None:
-        for _, port in self._cluster.masters():
-            with self._cluster.client(port, **self._options) as node:
-                node.config_resetstat()
-
-    def info(self, section: str) -> dict[str, dict[str, int]]:
-        if section != "commandstats":
-            raise ValueError(f"ClusterAdmin sums INFO commandstats only, not {section!r}")
-        calls: Counter[str] = Counter()
-        for _, port in self._cluster.masters():
-            with self._cluster.client(port, **self._options) as node:
-                for name, stats in node.info("commandstats").items():
-                    calls[name] += int(stats["calls"])
-        return {name: {"calls": count} for name, count in calls.items()}
-
-
-@pytest.fixture
-def redis_server(redis_cluster: RedisClusterProcess) -> Endpoint:
-    return Endpoint(redis_cluster.url, admin=lambda **options: ClusterAdmin(redis_cluster, **options))
-
-
-@pytest.fixture(params=[L2_ONLY, L1_L2])
-def topology(request: pytest.FixtureRequest) -> str:
-    """The resilience suites' ``topology``: their L1-only case has no Redis, so it is not repeated here."""
-    mode: str = request.param
-    return mode
-
-
-@pytest.fixture
-def server(redis_server: Endpoint) -> Endpoint:
-    """The resilience suites' ``server`` (they read its ``url``): this module's ``redis_server``."""
-    return redis_server
-
-
-@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
-def protocol(request: pytest.FixtureRequest) -> int:
-    value: int = request.param
-    return value
-
 
 # ------------------------------------------------------------------------------------ shared helpers
 

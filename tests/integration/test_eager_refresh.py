@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
+from tests.integration.conftest import L1_ONLY, L2_ONLY
+from tests.support.redis_topology import RedisEndpoint
 from tests.support.waiting import wait_until
 
 TTL = 0.4
@@ -32,28 +33,22 @@ GAP = 0.002  # between hits: a steady stream, ~1,000 hits in all
 RELAXED_TIMEOUT_MS = 2_000
 
 
-def settings_for(topology: str, namespace: str, server: RedisServer | None, **overrides: Any) -> CacheSettings:
+def settings_for(mode: str, namespace: str, server: RedisEndpoint | None, **overrides: Any) -> CacheSettings:
     return CacheSettings(
         service_name=namespace,
         configuration=None if server is None else server.url,
-        memory_cache=MemoryCacheSettings(enabled=topology != "l2-only"),
+        memory_cache=MemoryCacheSettings(enabled=mode != L2_ONLY),
         operation_timeout_milliseconds=RELAXED_TIMEOUT_MS,
         **overrides,
     )
 
 
-@pytest.fixture(params=["l1-only", "l1+l2", "l2-only"])
-def topology(request: pytest.FixtureRequest) -> str:
-    param: str = request.param
-    return param
-
-
 @pytest.fixture
-def server(topology: str, request: pytest.FixtureRequest) -> RedisServer | None:
-    if topology == "l1-only":
+def server(cache_mode: str, request: pytest.FixtureRequest) -> RedisEndpoint | None:
+    if cache_mode == L1_ONLY:
         return None
-    redis_server: RedisServer = request.getfixturevalue("redis_server")
-    return redis_server
+    redis_endpoint: RedisEndpoint = request.getfixturevalue("redis_endpoint")
+    return redis_endpoint
 
 
 class Versions:
@@ -89,11 +84,12 @@ async def _stream(cache: HybridCache, factory: Versions, eager: float | None) ->
     return hits
 
 
+@pytest.mark.all_topologies
 async def test_under_eager_refresh_no_caller_waits_for_the_factory(
-    topology: str, namespace: str, server: RedisServer | None
+    cache_mode: str, namespace: str, server: RedisEndpoint | None
 ) -> None:
     factory = Versions()
-    async with HybridCache.from_settings(settings_for(topology, namespace, server)) as cache:
+    async with HybridCache.from_settings(settings_for(cache_mode, namespace, server)) as cache:
         assert await cache.wait_until_connected(5)
         hits = await _stream(cache, factory, eager=0.5)
         refreshes = cache.counters.eager_refreshes
@@ -116,12 +112,13 @@ async def test_under_eager_refresh_no_caller_waits_for_the_factory(
         assert began - factory.produced[version] < TTL, f"version {version} served past its TTL"
 
 
+@pytest.mark.all_topologies
 async def test_without_eager_refresh_the_same_stream_does_wait_for_the_factory(
-    topology: str, namespace: str, server: RedisServer | None
+    cache_mode: str, namespace: str, server: RedisEndpoint | None
 ) -> None:
     """The control: proves the measurement above would catch a caller that waited."""
     factory = Versions()
-    async with HybridCache.from_settings(settings_for(topology, namespace, server)) as cache:
+    async with HybridCache.from_settings(settings_for(cache_mode, namespace, server)) as cache:
         assert await cache.wait_until_connected(5)
         hits = await _stream(cache, factory, eager=None)
 
@@ -168,10 +165,10 @@ async def test_a_failing_eager_refresh_keeps_serving_the_current_value(namespace
 
 
 @pytest.fixture
-async def jittered(redis_server: RedisServer, namespace: str) -> AsyncIterator[HybridCache]:
+async def jittered(redis_endpoint: RedisEndpoint, namespace: str) -> AsyncIterator[HybridCache]:
     settings = CacheSettings(
         service_name=namespace,
-        configuration=redis_server.url,
+        configuration=redis_endpoint.url,
         jitter_max_duration_seconds=5,
         operation_timeout_milliseconds=RELAXED_TIMEOUT_MS,
     )
@@ -179,7 +176,7 @@ async def jittered(redis_server: RedisServer, namespace: str) -> AsyncIterator[H
         yield cache
 
 
-async def _pttls(server: RedisServer, namespace: str, keys: list[str]) -> list[int]:
+async def _pttls(server: RedisEndpoint, namespace: str, keys: list[str]) -> list[int]:
     with server.sync_client(socket_timeout=5) as client:
         return [int(client.pttl(f"{namespace}:v1:{key}")) for key in keys]
 
@@ -188,13 +185,14 @@ async def _constant(value: str = "v") -> str:
     return value
 
 
+@pytest.mark.all_topologies
 async def test_entries_created_together_get_different_ttls_with_jitter(
-    jittered: HybridCache, redis_server: RedisServer, namespace: str
+    jittered: HybridCache, redis_endpoint: RedisEndpoint, namespace: str
 ) -> None:
     keys = [f"Dealership:{n}" for n in range(20)]
     await asyncio.gather(*(jittered.get_or_create(key, _constant, ttl=60, type_=str) for key in keys))
 
-    pttls = await _pttls(redis_server, namespace, keys)
+    pttls = await _pttls(redis_endpoint, namespace, keys)
 
     assert all(55_000 < pttl <= 65_000 for pttl in pttls), pttls
     # Millisecond TTLs drawn over ~5 s collide now and then (the birthday bound: ~4% for a pair among 20), so ask
@@ -204,18 +202,19 @@ async def test_entries_created_together_get_different_ttls_with_jitter(
     assert max(pttls) - min(pttls) > 1_000, sorted(pttls)
 
 
+@pytest.mark.all_topologies
 async def test_without_jitter_entries_created_together_expire_together(
-    redis_server: RedisServer, namespace: str
+    redis_endpoint: RedisEndpoint, namespace: str
 ) -> None:
     """The control for the test above: without jitter the spread is only the time it took to write them."""
     settings = CacheSettings(
-        service_name=namespace, configuration=redis_server.url, operation_timeout_milliseconds=RELAXED_TIMEOUT_MS
+        service_name=namespace, configuration=redis_endpoint.url, operation_timeout_milliseconds=RELAXED_TIMEOUT_MS
     )
     keys = [f"Dealership:{n}" for n in range(20)]
     async with HybridCache.from_settings(settings) as cache:
         await asyncio.gather(*(cache.get_or_create(key, _constant, ttl=60, type_=str) for key in keys))
 
-    pttls = await _pttls(redis_server, namespace, keys)
+    pttls = await _pttls(redis_endpoint, namespace, keys)
 
     assert all(55_000 < pttl <= 60_000 for pttl in pttls), pttls
     assert max(pttls) - min(pttls) < 1_000, sorted(pttls)
@@ -235,14 +234,15 @@ class _Clock:
         return self._wall_start + self.elapsed
 
 
+@pytest.mark.all_topologies
 async def test_with_the_distributed_lock_one_instance_refreshes_a_hot_key_for_all(
-    redis_server: RedisServer, namespace: str
+    redis_endpoint: RedisEndpoint, namespace: str
 ) -> None:
     """Two instances hold the same entry (one computed it, the other read it from L2), so both reach its refresh
     point together. Under the key's lease one refreshes; the other skips, and gets the value through L2."""
     settings = CacheSettings(
         service_name=namespace,
-        configuration=redis_server.url,
+        configuration=redis_endpoint.url,
         operation_timeout_milliseconds=2_000,
         distributed_lock=DistributedLockSettings(enabled=True),
     )

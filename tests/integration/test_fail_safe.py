@@ -22,43 +22,38 @@ from hybridcache import CacheSettings, HybridCache
 from hybridcache._resilience import CircuitState
 from hybridcache.cache import FactoryTimeoutError
 from hybridcache.settings import CircuitBreakerSettings, FailSafeSettings, MemoryCacheSettings
+from tests.integration.conftest import L1_L2, L1_ONLY, L2_ONLY
+from tests.support.redis_topology import RedisEndpoint
 from tests.support.waiting import wait_until
 
 TTL = 0.2
 KEY = "Dealership:42"
-TOPOLOGIES = ["l1-only", "l1+l2", "l2-only"]
 
 
 class PricingDown(RuntimeError):
     """What the factory raises: a distinctive type, so 'unchanged' can be checked exactly."""
 
 
-def settings_for(topology: str, namespace: str, server: RedisServer | None, **overrides: Any) -> CacheSettings:
+def settings_for(mode: str, namespace: str, server: RedisEndpoint | None, **overrides: Any) -> CacheSettings:
     return CacheSettings(
         service_name=namespace,
         configuration=None if server is None else server.url,
-        memory_cache=MemoryCacheSettings(enabled=topology != "l2-only"),
+        memory_cache=MemoryCacheSettings(enabled=mode != L2_ONLY),
         **overrides,
     )
 
 
-@pytest.fixture(params=TOPOLOGIES)
-def topology(request: pytest.FixtureRequest) -> str:
-    param: str = request.param
-    return param
-
-
 @pytest.fixture
-def server(topology: str, request: pytest.FixtureRequest) -> RedisServer | None:
-    if topology == "l1-only":
+def server(cache_mode: str, request: pytest.FixtureRequest) -> RedisEndpoint | None:
+    if cache_mode == L1_ONLY:
         return None
-    redis_server: RedisServer = request.getfixturevalue("redis_server")
-    return redis_server
+    endpoint: RedisEndpoint = request.getfixturevalue("redis_endpoint")
+    return endpoint
 
 
 @pytest.fixture
-async def cache(topology: str, namespace: str, server: RedisServer | None) -> AsyncIterator[HybridCache]:
-    async with HybridCache.from_settings(settings_for(topology, namespace, server)) as cache:
+async def cache(cache_mode: str, namespace: str, server: RedisEndpoint | None) -> AsyncIterator[HybridCache]:
+    async with HybridCache.from_settings(settings_for(cache_mode, namespace, server)) as cache:
         assert await cache.wait_until_connected(5)
         yield cache
 
@@ -105,6 +100,7 @@ def fail_safe_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogReco
 # ---------------------------------------------------------------------------------------------- failing factory
 
 
+@pytest.mark.all_topologies
 async def test_a_failing_factory_serves_the_stale_value_with_a_warning(
     cache: HybridCache, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -123,6 +119,7 @@ async def test_a_failing_factory_serves_the_stale_value_with_a_warning(
     assert "pricing service unavailable" in warning.getMessage()
 
 
+@pytest.mark.all_topologies
 async def test_without_fail_safe_the_factory_exception_reaches_the_caller_unchanged(
     cache: HybridCache, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -140,6 +137,7 @@ async def test_without_fail_safe_the_factory_exception_reaches_the_caller_unchan
     assert fail_safe_warnings(caplog) == []
 
 
+@pytest.mark.all_topologies
 async def test_an_entry_cached_without_fail_safe_leaves_no_fallback(cache: HybridCache) -> None:
     await cache.get_or_create(KEY, returns("old"), ttl=TTL, type_=str, fail_safe=False)
     await wait_until(lambda: _absent(cache, KEY), timeout=TTL + 2, message="entry did not expire")
@@ -150,10 +148,11 @@ async def test_an_entry_cached_without_fail_safe_leaves_no_fallback(cache: Hybri
     assert raised.value is failure
 
 
+@pytest.mark.all_topologies
 async def test_fail_safe_enabled_in_settings_applies_when_the_call_does_not_say(
-    topology: str, namespace: str, server: RedisServer | None
+    cache_mode: str, namespace: str, server: RedisEndpoint | None
 ) -> None:
-    settings = settings_for(topology, namespace, server, fail_safe=FailSafeSettings(enabled=True))
+    settings = settings_for(cache_mode, namespace, server, fail_safe=FailSafeSettings(enabled=True))
     async with HybridCache.from_settings(settings) as cache:
         await cache.get_or_create(KEY, returns("old"), ttl=TTL, type_=str)
         await wait_until(lambda: _absent(cache, KEY), timeout=TTL + 2, message="entry did not expire")
@@ -161,12 +160,13 @@ async def test_fail_safe_enabled_in_settings_applies_when_the_call_does_not_say(
         assert await cache.get_or_create(KEY, Raising(PricingDown("down")), ttl=TTL, type_=str) == "old"
 
 
+@pytest.mark.all_topologies
 async def test_after_a_fallback_the_factory_is_not_retried_during_the_throttle(
-    topology: str, namespace: str, server: RedisServer | None
+    cache_mode: str, namespace: str, server: RedisEndpoint | None
 ) -> None:
-    if topology == "l2-only":
+    if cache_mode == L2_ONLY:
         pytest.skip("the throttle keeps the fallback in L1; without L1 every call retries the factory")
-    settings = settings_for(topology, namespace, server, fail_safe=FailSafeSettings(throttle_duration_seconds=30))
+    settings = settings_for(cache_mode, namespace, server, fail_safe=FailSafeSettings(throttle_duration_seconds=30))
     async with HybridCache.from_settings(settings) as cache:
         await make_stale(cache)
         factory = Raising(PricingDown("down"))
@@ -180,6 +180,7 @@ async def test_after_a_fallback_the_factory_is_not_retried_during_the_throttle(
 # ---------------------------------------------------------------------------------------------- timeouts
 
 
+@pytest.mark.all_topologies
 async def test_a_soft_timeout_serves_stale_fast_and_the_slow_result_lands_later(
     cache: HybridCache, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -198,6 +199,7 @@ async def test_a_soft_timeout_serves_stale_fast_and_the_slow_result_lands_later(
     await wait_until(lambda: _holds(cache, "new"), timeout=5, message="the slow factory's result never landed")
 
 
+@pytest.mark.all_topologies
 async def test_a_soft_timeout_without_a_stale_value_waits_for_the_factory(cache: HybridCache) -> None:
     value = await cache.get_or_create(
         KEY, returns("new", delay=0.2), ttl=60, type_=str, fail_safe=True, soft_timeout=0.02
@@ -207,6 +209,7 @@ async def test_a_soft_timeout_without_a_stale_value_waits_for_the_factory(cache:
     assert cache.counters.factory_timeouts == 0
 
 
+@pytest.mark.all_topologies
 async def test_a_hard_timeout_without_stale_raises_and_the_result_lands_later(cache: HybridCache) -> None:
     began = time.monotonic()
     with pytest.raises(FactoryTimeoutError) as raised:
@@ -219,6 +222,7 @@ async def test_a_hard_timeout_without_stale_raises_and_the_result_lands_later(ca
     await wait_until(lambda: _holds(cache, "new"), timeout=5, message="the timed-out factory's result never landed")
 
 
+@pytest.mark.all_topologies
 async def test_a_hard_timeout_with_fail_safe_and_a_stale_value_serves_it(cache: HybridCache) -> None:
     await make_stale(cache)
 
@@ -230,9 +234,10 @@ async def test_a_hard_timeout_with_fail_safe_and_a_stale_value_serves_it(cache: 
     await wait_until(lambda: _holds(cache, "new"), timeout=5, message="the late result never landed")
 
 
-async def test_timeouts_default_to_the_settings(topology: str, namespace: str, server: RedisServer | None) -> None:
+@pytest.mark.all_topologies
+async def test_timeouts_default_to_the_settings(cache_mode: str, namespace: str, server: RedisEndpoint | None) -> None:
     fail_safe = FailSafeSettings(factory_hard_timeout_milliseconds=50)
-    async with HybridCache.from_settings(settings_for(topology, namespace, server, fail_safe=fail_safe)) as cache:
+    async with HybridCache.from_settings(settings_for(cache_mode, namespace, server, fail_safe=fail_safe)) as cache:
         with pytest.raises(FactoryTimeoutError):
             await cache.get_or_create(KEY, returns("new", delay=0.4), ttl=60, type_=str)
 
@@ -248,6 +253,7 @@ INVALIDATIONS: dict[str, Callable[[HybridCache], Awaitable[None]]] = {
 }
 
 
+@pytest.mark.all_topologies
 @pytest.mark.parametrize("how", list(INVALIDATIONS))
 @pytest.mark.parametrize("when", ["after-expiry", "before-expiry"])
 async def test_an_invalidated_value_is_never_served_as_a_fallback(cache: HybridCache, how: str, when: str) -> None:
@@ -271,6 +277,7 @@ async def test_an_invalidated_value_is_never_served_as_a_fallback(cache: HybridC
     assert cache.counters.fail_safe_activations == 0
 
 
+@pytest.mark.all_topologies
 async def test_a_throttled_fallback_is_dropped_by_an_invalidation(cache: HybridCache) -> None:
     await make_stale(cache)
     assert await cache.get_or_create(KEY, Raising(PricingDown("down")), ttl=TTL, type_=str, fail_safe=True) == "old"
@@ -283,11 +290,12 @@ async def test_a_throttled_fallback_is_dropped_by_an_invalidation(cache: HybridC
     assert raised.value is failure
 
 
+@pytest.mark.all_topologies
 @pytest.mark.parametrize("how", list(INVALIDATIONS))
 async def test_an_invalidation_from_another_instance_also_removes_the_fallback(
-    redis_server: RedisServer, namespace: str, how: str
+    redis_endpoint: RedisEndpoint, namespace: str, how: str
 ) -> None:
-    settings = settings_for("l1+l2", namespace, redis_server)
+    settings = settings_for(L1_L2, namespace, redis_endpoint)
     async with HybridCache.from_settings(settings) as reader, HybridCache.from_settings(settings) as writer:
         assert await reader.wait_until_connected(5)
         assert await writer.wait_until_connected(5)

@@ -19,6 +19,7 @@ import pytest
 
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
+from tests.support.redis_topology import RedisEndpoint
 from tests.support.waiting import wait_until
 
 PROPAGATION_DEADLINE = 0.05  # seconds, acceptance 1
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.parametrize("protocol", [2, 3], ids=["resp2", "resp3"])
 
 @asynccontextmanager
 async def running_caches(
-    server: RedisServer, service: str, count: int, protocol: int
+    server: RedisEndpoint, service: str, count: int, protocol: int
 ) -> AsyncIterator[list[HybridCache]]:
     """``count`` started caches on ``server``, each with a confirmed invalidation subscription."""
     settings = CacheSettings(service_name=service, configuration=server.url, protocol=protocol)
@@ -108,13 +109,14 @@ async def _is_fresh(cache: HybridCache, db: Database, key: str) -> bool:
     return await read(cache, db, key) == db.versions[key]
 
 
+@pytest.mark.all_topologies
 @pytest.mark.parametrize("kind", ["key", "prefix", "tag", "clear"])
 @pytest.mark.parametrize("count", [2, 3], ids=["2-instances", "3-instances"])
 async def test_invalidation_reaches_every_instance_within_deadline(
-    redis_server: RedisServer, namespace: str, protocol: int, count: int, kind: str
+    redis_endpoint: RedisEndpoint, namespace: str, protocol: int, count: int, kind: str
 ) -> None:
     db = Database(KEY, BYSTANDER)
-    async with running_caches(redis_server, namespace, count, protocol) as caches:
+    async with running_caches(redis_endpoint, namespace, count, protocol) as caches:
         writer, *others = caches
         await warm(caches, db, KEY, BYSTANDER)
         loads_before = db.loads[KEY]
@@ -136,11 +138,14 @@ async def test_invalidation_reaches_every_instance_within_deadline(
             assert db.loads[BYSTANDER] == bystander_loads
 
 
-async def test_repeated_invalidations_all_propagate(redis_server: RedisServer, namespace: str, protocol: int) -> None:
+@pytest.mark.all_topologies
+async def test_repeated_invalidations_all_propagate(
+    redis_endpoint: RedisEndpoint, namespace: str, protocol: int
+) -> None:
     """Many rounds, rotating the writer and the kind: every round is fresh everywhere within the deadline."""
     db = Database(KEY)
     kinds = ["key", "prefix", "tag"]
-    async with running_caches(redis_server, namespace, 3, protocol) as caches:
+    async with running_caches(redis_endpoint, namespace, 3, protocol) as caches:
         for round_ in range(30):
             writer = caches[round_ % 3]
             others = [c for c in caches if c is not writer]
@@ -154,7 +159,8 @@ async def test_repeated_invalidations_all_propagate(redis_server: RedisServer, n
         assert received == 60  # each message reached the two instances that did not send it
 
 
-async def test_one_invalidate_call_is_one_message(redis_server: RedisServer, namespace: str, protocol: int) -> None:
+@pytest.mark.all_topologies
+async def test_one_invalidate_call_is_one_message(redis_endpoint: RedisEndpoint, namespace: str, protocol: int) -> None:
     keys = ("Car:1", "Truck:Search:x", "Bike:7")
     db = Database(*keys)
 
@@ -162,7 +168,7 @@ async def test_one_invalidate_call_is_one_message(redis_server: RedisServer, nam
         value: int = await cache.get_or_create(key, db.loader(key), tags=(f"tag-{key}",))
         return value
 
-    async with running_caches(redis_server, namespace, 2, protocol) as (writer, other):
+    async with running_caches(redis_endpoint, namespace, 2, protocol) as (writer, other):
         for key in keys:
             await read_tagged(other, key)
         for key in keys:
@@ -185,8 +191,9 @@ async def _fresh_tagged(
     return await read_tagged(cache, key) == 2
 
 
+@pytest.mark.all_topologies
 async def test_prefix_matches_whole_segments_on_other_instances(
-    redis_server: RedisServer, namespace: str, protocol: int
+    redis_endpoint: RedisEndpoint, namespace: str, protocol: int
 ) -> None:
     covered = ("Dealership:Search", "Dealership:Search:ford", "Dealership:Search:ford:10")
     spared = ("Dealership:SearchX", "Dealership:SearchX:ford", "Dealership:Sear", "Dealership", "Other:Search")
@@ -196,7 +203,7 @@ async def test_prefix_matches_whole_segments_on_other_instances(
         value: int = await cache.get_or_create(key, db.loader(key))
         return value
 
-    async with running_caches(redis_server, namespace, 2, protocol) as (writer, other):
+    async with running_caches(redis_endpoint, namespace, 2, protocol) as (writer, other):
         for key in (*covered, *spared):
             await get(other, key)
         for key in (*covered, *spared):
@@ -212,9 +219,10 @@ async def test_prefix_matches_whole_segments_on_other_instances(
         assert {key: await get(other, key) for key in spared} == dict.fromkeys(spared, 1)
 
 
-async def test_an_instance_skips_its_own_messages(redis_server: RedisServer, namespace: str, protocol: int) -> None:
+@pytest.mark.all_topologies
+async def test_an_instance_skips_its_own_messages(redis_endpoint: RedisEndpoint, namespace: str, protocol: int) -> None:
     db = Database(KEY)
-    async with running_caches(redis_server, namespace, 2, protocol) as (first, second):
+    async with running_caches(redis_endpoint, namespace, 2, protocol) as (first, second):
         await first.remove(KEY)
         await second.remove(KEY)
         # One subscriber connection delivers in publication order, so once the second message has been

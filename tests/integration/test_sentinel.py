@@ -1,14 +1,13 @@
 """Issue 8, acceptance 1 on Sentinel: the cache's suites behind three sentinels, the circuit breaker around a paused
 master, and the consistency checker across a failover.
 
-As in test_cluster.py, the contract suite and the invalidation suite run here unchanged (their test functions are
-imported; ``cache_env``, ``raw_redis`` and ``redis_server`` are overridden to point at the session's Sentinel setup,
-configured in the StackExchange form ``s1:p1,s2:p2,s3:p3,serviceName=mymaster``). So do the resilience suites, in
-the L2-only and L1+L2 modes, wherever they need only a Redis URL: stampede protection (test_stampede.py: single
-flight, the distributed lock across four instances, its fill notice and its wait timeout), fail-safe and factory
-timeouts (test_fail_safe.py), eager refresh and TTL jitter (test_eager_refresh.py); the few that inspect Redis get
-a client of the current master from ``redis_server.sync_client()``. Left out, as on the cluster: the L1-only tests,
-and those that pause the one standalone server (test_fail_safe.py's outage tests, test_circuit_faults.py).
+As on the cluster (see test_cluster.py), the tests marked ``@pytest.mark.all_topologies`` in the contract,
+invalidation, stampede, fail-safe and eager-refresh suites run behind Sentinel too, from their own modules: the
+integration conftest parametrises them over the topologies (ids ``[sentinel-l2-only]``, ``[sentinel-l1+l2]``,
+``[sentinel]`` …; select them with ``-k sentinel``), in the L2-only and L1+L2 modes, on the session's Sentinel
+setup configured in the StackExchange form ``s1:p1,s2:p2,s3:p3,serviceName=mymaster``. ``raw_redis`` and
+``redis_endpoint.sync_client()`` are plain clients of the current master. Left out, as on the cluster: the L1-only
+tests, and those that pause the one standalone server (test_fail_safe.py's outage tests, test_circuit_faults.py).
 
 Circuit faults here instead: SIGSTOP the master for less than the sentinels' down-after period (a private setup,
 ``slow``); the breaker opens, every call still answers without waiting on it, and it closes once the master is
@@ -21,16 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-import redis.asyncio
 
 from harness.redis_sentinel import RedisSentinelSetup
 from hybridcache import HybridCache
-from tests.integration.conftest import L1_L2, L2_ONLY, CacheEnv
 from tests.integration.test_cluster import (
-    Endpoint,
     assert_consistent,
     assert_no_call_waited_on_the_frozen_node,
     const,
@@ -42,59 +38,7 @@ from tests.integration.test_cluster import (
     running_caches,
 )
 from tests.integration.test_consistency import HEARTBEAT
-from tests.integration.topology_suites import *  # noqa: F403  (collected here, on Sentinel's fixtures)
 from tests.support.waiting import wait_until
-
-# ------------------------------------------------------------------------------------ fixtures for the suites
-
-
-@pytest.fixture(params=[L2_ONLY, L1_L2])
-def cache_mode(request: pytest.FixtureRequest) -> str:
-    mode: str = request.param
-    return mode
-
-
-@pytest.fixture
-def cache_env(namespace: str, redis_sentinel: RedisSentinelSetup) -> CacheEnv:
-    return CacheEnv(service_name=namespace, redis_url=redis_sentinel.configuration)
-
-
-@pytest.fixture
-async def raw_redis(redis_sentinel: RedisSentinelSetup) -> AsyncIterator[redis.asyncio.Redis]:
-    """A plain client on the current master: "another client" that inspects entries."""
-    client = redis.asyncio.Redis(host="127.0.0.1", port=redis_sentinel.master(), socket_timeout=5)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-def redis_server(redis_sentinel: RedisSentinelSetup) -> Endpoint:
-    """``sync_client()`` is a plain client of the master the sentinels name (the cache reads and writes there)."""
-    return Endpoint(
-        redis_sentinel.configuration, admin=lambda **options: redis_sentinel.client(redis_sentinel.master(), **options)
-    )
-
-
-@pytest.fixture(params=[L2_ONLY, L1_L2])
-def topology(request: pytest.FixtureRequest) -> str:
-    """The resilience suites' ``topology``: their L1-only case has no Redis, so it is not repeated here."""
-    mode: str = request.param
-    return mode
-
-
-@pytest.fixture
-def server(redis_server: Endpoint) -> Endpoint:
-    """The resilience suites' ``server`` (they read its ``url``): this module's ``redis_server``."""
-    return redis_server
-
-
-@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
-def protocol(request: pytest.FixtureRequest) -> int:
-    value: int = request.param
-    return value
-
 
 # ------------------------------------------------------------------------------------ Sentinel-specific
 

@@ -16,10 +16,13 @@ from typing import Any
 
 import pytest
 
-from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.settings import DistributedLockSettings, MemoryCacheSettings
+from tests.integration.conftest import L1_L2, L1_ONLY
+from tests.support.redis_topology import RedisEndpoint
 from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.all_topologies
 
 CALLERS = 1000
 INSTANCES = 4
@@ -40,7 +43,7 @@ class CountingFactory:
         return self.value
 
 
-def _settings(namespace: str, server: RedisServer | None, **overrides: Any) -> CacheSettings:
+def _settings(namespace: str, server: RedisEndpoint | None, **overrides: Any) -> CacheSettings:
     return CacheSettings(
         service_name=namespace,
         configuration=None if server is None else server.url,
@@ -48,13 +51,13 @@ def _settings(namespace: str, server: RedisServer | None, **overrides: Any) -> C
     )
 
 
-@pytest.fixture(params=["l1-only", "l1+l2", "l2-only"])
-async def cache(request: pytest.FixtureRequest, namespace: str) -> AsyncIterator[HybridCache]:
-    if request.param == "l1-only":
+@pytest.fixture
+async def cache(cache_mode: str, namespace: str, request: pytest.FixtureRequest) -> AsyncIterator[HybridCache]:
+    if cache_mode == L1_ONLY:
         settings = _settings(namespace, None)
     else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        memory = MemoryCacheSettings(enabled=request.param == "l1+l2")
+        server: RedisEndpoint = request.getfixturevalue("redis_endpoint")
+        memory = MemoryCacheSettings(enabled=cache_mode == L1_L2)
         settings = _settings(namespace, server, memory_cache=memory)
     async with HybridCache.from_settings(settings) as cache:
         yield cache
@@ -132,7 +135,7 @@ async def test_callers_after_the_fill_hit_the_cache_without_a_new_run(cache: Hyb
 
 
 async def _instances(
-    stack: AsyncExitStack, namespace: str, server: RedisServer, count: int, **overrides: Any
+    stack: AsyncExitStack, namespace: str, server: RedisEndpoint, count: int, **overrides: Any
 ) -> list[HybridCache]:
     caches = []
     for _ in range(count):
@@ -150,12 +153,12 @@ async def _stampede(caches: list[HybridCache], key: str, factory: Callable[[], A
 
 
 async def test_with_the_distributed_lock_four_instances_run_the_factory_once_in_total(
-    redis_server: RedisServer, namespace: str
+    redis_endpoint: RedisEndpoint, namespace: str
 ) -> None:
     lock = DistributedLockSettings(enabled=True)
     async with AsyncExitStack() as stack:
         caches = await _instances(
-            stack, namespace, redis_server, INSTANCES, distributed_lock=lock, operation_timeout_milliseconds=2_000
+            stack, namespace, redis_endpoint, INSTANCES, distributed_lock=lock, operation_timeout_milliseconds=2_000
         )
         runs_per_trial = []
         for trial in range(TRIALS):
@@ -173,7 +176,7 @@ async def test_with_the_distributed_lock_four_instances_run_the_factory_once_in_
 
 
 async def test_a_lease_taken_after_another_instance_filled_the_key_does_not_run_the_factory_again(
-    redis_server: RedisServer, namespace: str
+    redis_endpoint: RedisEndpoint, namespace: str
 ) -> None:
     """The gap between a caller's L2 miss and its lease can hold another instance's whole run (read, lease,
     factory, store, release). The caller then wins a lease on a key that is already filled: it must read L2
@@ -182,7 +185,7 @@ async def test_a_lease_taken_after_another_instance_filled_the_key_does_not_run_
     lock = DistributedLockSettings(enabled=True)
     async with AsyncExitStack() as stack:
         early, late = await _instances(
-            stack, namespace, redis_server, 2, distributed_lock=lock, operation_timeout_milliseconds=2_000
+            stack, namespace, redis_endpoint, 2, distributed_lock=lock, operation_timeout_milliseconds=2_000
         )
         factory = CountingFactory("filled", delay=0)
         assert late.internals.dlock is not None
@@ -201,7 +204,7 @@ async def test_a_lease_taken_after_another_instance_filled_the_key_does_not_run_
 
 
 async def test_a_waiter_served_by_the_holder_never_takes_back_a_counted_miss(
-    redis_server: RedisServer, namespace: str
+    redis_endpoint: RedisEndpoint, namespace: str
 ) -> None:
     """The counters are exported as Prometheus counters (and OpenTelemetry observable counters), read whenever a
     scrape comes, and a counter that goes down reads as a reset (rate() then counts its whole value again). A
@@ -209,7 +212,7 @@ async def test_a_waiter_served_by_the_holder_never_takes_back_a_counted_miss(
     it as a miss that the next scrape takes back."""
     lock = DistributedLockSettings(enabled=True, wait_timeout_milliseconds=10_000)
     async with AsyncExitStack() as stack:
-        holder, waiter = await _instances(stack, namespace, redis_server, 2, distributed_lock=lock)
+        holder, waiter = await _instances(stack, namespace, redis_endpoint, 2, distributed_lock=lock)
         started, release = asyncio.Event(), asyncio.Event()
 
         async def gated() -> str:
@@ -235,14 +238,14 @@ async def test_a_waiter_served_by_the_holder_never_takes_back_a_counted_miss(
 
 
 async def test_a_fill_notice_that_finds_nothing_sends_the_waiter_back_for_the_lease_not_to_the_factory(
-    redis_server: RedisServer, namespace: str
+    redis_endpoint: RedisEndpoint, namespace: str
 ) -> None:
     """A notice can wake a waiter while the current holder is still computing: one left over from an earlier
     round of the key, or from a holder whose store an invalidation refused. The waiter finds L2 empty; it must
     queue behind the holder's lease again rather than run the factory beside it."""
     lock = DistributedLockSettings(enabled=True, wait_timeout_milliseconds=10_000)
     async with AsyncExitStack() as stack:
-        holder, waiter = await _instances(stack, namespace, redis_server, 2, distributed_lock=lock)
+        holder, waiter = await _instances(stack, namespace, redis_endpoint, 2, distributed_lock=lock)
         started, release = asyncio.Event(), asyncio.Event()
         runs = 0
 
@@ -274,7 +277,7 @@ async def test_a_fill_notice_that_finds_nothing_sends_the_waiter_back_for_the_le
 
 
 async def test_notices_that_keep_finding_nothing_cannot_keep_a_waiter_past_its_wait_timeout(
-    redis_server: RedisServer, namespace: str
+    redis_endpoint: RedisEndpoint, namespace: str
 ) -> None:
     """Each notice that finds L2 empty sends the waiter back for the lease; when one lands during every L2 read (a
     key invalidated again and again while its holder computes) the waiter must still give up waiting after one
@@ -282,7 +285,7 @@ async def test_notices_that_keep_finding_nothing_cannot_keep_a_waiter_past_its_w
     wait_ms = 300
     lock = DistributedLockSettings(enabled=True, wait_timeout_milliseconds=wait_ms)
     async with AsyncExitStack() as stack:
-        holder, waiter = await _instances(stack, namespace, redis_server, 2, distributed_lock=lock)
+        holder, waiter = await _instances(stack, namespace, redis_endpoint, 2, distributed_lock=lock)
         started, release = asyncio.Event(), asyncio.Event()
 
         async def gated() -> str:
@@ -347,12 +350,14 @@ class _Quiet:
         pass
 
 
-async def test_waiters_are_woken_by_the_fill_notice_not_by_polling(redis_server: RedisServer, namespace: str) -> None:
+async def test_waiters_are_woken_by_the_fill_notice_not_by_polling(
+    redis_endpoint: RedisEndpoint, namespace: str
+) -> None:
     """Three instances wait while the fourth computes for 0.5 s; they must return right after it, having sent
     only a handful of GETs (a poller at any useful interval would send dozens)."""
     lock = DistributedLockSettings(enabled=True, wait_timeout_milliseconds=10_000)
     async with AsyncExitStack() as stack:
-        holder, *waiters = await _instances(stack, namespace, redis_server, INSTANCES, distributed_lock=lock)
+        holder, *waiters = await _instances(stack, namespace, redis_endpoint, INSTANCES, distributed_lock=lock)
         started = asyncio.Event()
         runs = 0
 
@@ -363,7 +368,7 @@ async def test_waiters_are_woken_by_the_fill_notice_not_by_polling(redis_server:
             await asyncio.sleep(0.5)
             return "filled"
 
-        with redis_server.sync_client(socket_timeout=5) as admin:
+        with redis_endpoint.sync_client(socket_timeout=5) as admin:
             admin.config_resetstat()
             first = asyncio.create_task(holder.get_or_create("k", slow, ttl=60, type_=str))
             await asyncio.wait_for(started.wait(), 5)
@@ -383,12 +388,12 @@ async def test_waiters_are_woken_by_the_fill_notice_not_by_polling(redis_server:
 
 
 async def test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills(
-    redis_server: RedisServer, namespace: str
+    redis_endpoint: RedisEndpoint, namespace: str
 ) -> None:
     """A holder that hangs (or died) must not block others for longer than the wait timeout."""
     lock = DistributedLockSettings(enabled=True, lease_milliseconds=10_000, wait_timeout_milliseconds=300)
     async with AsyncExitStack() as stack:
-        holder, waiter = await _instances(stack, namespace, redis_server, 2, distributed_lock=lock)
+        holder, waiter = await _instances(stack, namespace, redis_endpoint, 2, distributed_lock=lock)
         hung = asyncio.Event()
 
         async def hangs() -> str:
@@ -411,10 +416,10 @@ async def test_a_waiter_runs_the_factory_itself_when_the_holder_never_fills(
 
 
 async def test_a_burst_of_distinct_cold_keys_keeps_the_breaker_closed_on_a_healthy_redis(
-    redis_server: RedisServer, namespace: str
+    redis_endpoint: RedisEndpoint, namespace: str
 ) -> None:
     # A generous operation timeout: CPU contention on a shared machine must not pass for a Redis failure here.
-    settings = _settings(namespace, redis_server, operation_timeout_milliseconds=2_000)
+    settings = _settings(namespace, redis_endpoint, operation_timeout_milliseconds=2_000)
     async with HybridCache.from_settings(settings) as cache:
         assert await cache.wait_until_connected(5)
         keys = [f"Dealership:{n}" for n in range(CALLERS)]
