@@ -24,10 +24,10 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, Self, TypeVar
 
 from hybridcache._generations import (
     GenerationTable,
@@ -43,6 +43,7 @@ from hybridcache._redis.lock import DistributedSingleFlight
 from hybridcache._redis.registry import InstanceKeys, InstanceRegistry
 from hybridcache._resilience import CircuitBreaker
 from hybridcache._serialization import codec_for
+from hybridcache.decorators import L1_MISS, CachedFunction, cached
 from hybridcache.errors import HybridCacheError
 from hybridcache.keys import namespace, normalize_prefix, validate_key
 from hybridcache.metrics import CacheStats, Counters, OutboxGauge
@@ -61,6 +62,9 @@ from hybridcache.errors import FactoryTimeoutError
 __all__ = ["CacheConnectionError", "FactoryTimeoutError", "HybridCache", "TtlLike"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+R = TypeVar("R")
+_FROM_ANNOTATION: Any = object()
 logger = logging.getLogger("hybridcache")
 
 # Concurrent request-path calls to Redis, and so the size of its connection pool (see RedisL2's slots).
@@ -447,6 +451,54 @@ class HybridCache:
         planned = plan()
         fallback: T = await self._loads.run(full_key, lambda: self._reader.load(planned, None))
         return fallback
+
+    def _l1_hit_value(self, key: str) -> Any:
+        """The decorator's fast path (:mod:`hybridcache.decorators`): ``key``'s value when L1 holds a current entry
+        not yet due for an eager refresh (counted as an L1 hit), else ``L1_MISS`` and the caller takes
+        ``get_or_create``, which handles the rest (misses, refreshes, a disabled cache) exactly as for any call."""
+        l1 = self._l1
+        if l1 is None:
+            return L1_MISS
+        now = self._clock()
+        entry = l1.get(self._namespace + key, now)
+        if (
+            entry is not None
+            and now < entry.refresh_at
+            and (entry.checked == self._table.version or self._reader.revalidate(entry))
+        ):
+            self.counters.l1_hits += 1
+            return entry.value
+        return L1_MISS
+
+    def cached(
+        self,
+        key: str,
+        *,
+        ttl: TtlLike | None = None,
+        type_: Any = _FROM_ANNOTATION,
+        tags: Sequence[str] = (),
+        fail_safe: bool | None = None,
+        soft_timeout: TtlLike | None = None,
+        hard_timeout: TtlLike | None = None,
+        eager_refresh: float | None = None,
+    ) -> Callable[[Callable[P, Coroutine[Any, Any, R]]], CachedFunction[P, R]]:
+        """Decorate an ``async def`` function so its results are cached in this cache under ``key``, a template
+        over its parameters (``"User:{user_id}"``); ``tags`` may be templates too. The options are
+        :meth:`get_or_create`'s; ``type_`` defaults to the return annotation. The cache need not be started when
+        decorating. Contracts (key formatting, sanitizing, errors at decoration time): :mod:`hybridcache.decorators`.
+        """
+        options: dict[str, Any] = {} if type_ is _FROM_ANNOTATION else {"type_": type_}
+        return cached(
+            key,
+            cache=self,
+            ttl=ttl,
+            tags=tags,
+            fail_safe=fail_safe,
+            soft_timeout=soft_timeout,
+            hard_timeout=hard_timeout,
+            eager_refresh=eager_refresh,
+            **options,
+        )
 
     async def get(self, key: str, *, type_: Any = None, default: Any = None) -> Any:
         """The cached value of ``key`` (L1, then L2), or ``default`` when neither has a current entry."""
