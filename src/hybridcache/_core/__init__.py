@@ -1,1 +1,1 @@
-"""The caching algorithm: read path, fill path, write path, and the state they share."""
+"""The caching algorithm, as collaborators the cache composes: read path, fill path, coherence, loads, pending."""
