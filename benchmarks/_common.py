@@ -4,6 +4,8 @@ uses these; none imports another's module. How timing works: docs/benchmarks.md.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import bisect
 import contextlib
 import datetime
@@ -349,6 +351,38 @@ def write_results(name: str, payload: Mapping[str, Any]) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
+
+
+def bench_main(
+    name: str,
+    argv: Sequence[str] | None,
+    doc: str | None,
+    work: Callable[[argparse.Namespace], Any],
+    tables: Callable[[dict[str, Any]], Sequence[Table]],
+    **spec: tuple[Any, str],
+) -> dict[str, Any]:
+    """Parse ``argv`` (each ``spec`` entry ``name=(default, help)`` is an option ``--name`` of its default's type;
+    a bool makes a flag, a list a comma-separated list), run ``work(args)`` (awaited when async), print ``tables``
+    and write ``results/<name>.json`` with the load average at the start and the elapsed seconds; the payload."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.bench_{name}", description=doc)
+    for option, (default, text) in spec.items():
+        flag, kind = "--" + option.replace("_", "-"), type(default)
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", help=text)
+            continue
+        if kind is list:
+            kind = functools.partial(lambda item, text: [item(x) for x in text.split(",") if x], type(default[0]))
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+    args = parser.parse_args(argv)
+    load_at_start, started = load_average(), time.monotonic()
+    payload = work(args)
+    if inspect.isawaitable(payload):
+        payload = asyncio.run(payload)
+    elapsed = round(time.monotonic() - started, 1)
+    path = write_results(name, {**payload, "load_average_at_start": load_at_start, "elapsed_seconds": elapsed})
+    print("\n\n".join(t.text() for t in tables(json.loads(path.read_text()))))  # what make_report shows
+    print(f"\n{elapsed:.0f} s; wrote {path}")
+    return dict(payload)
 
 
 class Run:
