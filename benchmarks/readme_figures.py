@@ -69,11 +69,6 @@ def _l2_hit(d: Mapping[str, Document]) -> tuple[str, str]:
     return text, "cache.json `ratios`"
 
 
-def _l2_hit_peers_run(d: Mapping[str, Document]) -> tuple[str, str]:
-    block = field(d, "peers", "acceptance", "l2_hit_vs_raw_get_plus_decode")
-    return f"{block['paired_ratio']:.3f}x (target ≤ 1.10x: {_verdict(block['met'])})", "peers.json `acceptance`"
-
-
 def _mediator(d: Mapping[str, Document]) -> tuple[str, str]:
     target = field(d, "latency_table", "target")
     return (
@@ -124,7 +119,6 @@ ROWS: tuple[tuple[str, Callable[[Mapping[str, Document]], tuple[str, str]]], ...
     ("L1 hit through `get_or_create` (median)", _l1_hit),
     ("L1 hit vs cashews `mem://` / aiocache `SimpleMemoryCache`", _l1_vs_peers),
     ("L2 hit vs a raw redis-py GET + decode (median of paired rounds)", _l2_hit),
-    ("the same, measured again in the peers run", _l2_hit_peers_run),
     ("cached single entity through the mediator vs uncached PostgreSQL + 10 ms", _mediator),
     ("invalidation reaching another process, p50 / p99", _propagation),
     ("`remove_by_prefix` with 1M keys vs 1k keys in Redis", _prefix_cost),
