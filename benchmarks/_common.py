@@ -359,13 +359,14 @@ def bench_main(
     doc: str | None,
     work: Callable[[argparse.Namespace], Any],
     tables: Callable[[dict[str, Any]], Sequence[Table]],
-    **spec: tuple[Any, str],
+    options: Mapping[str, tuple[Any, str]],
 ) -> dict[str, Any]:
-    """Parse ``argv`` (each ``spec`` entry ``name=(default, help)`` is an option ``--name`` of its default's type;
-    a bool makes a flag, a list a comma-separated list), run ``work(args)`` (awaited when async), print ``tables``
-    and write ``results/<name>.json`` with the load average at the start and the elapsed seconds; the payload."""
+    """Parse ``argv`` (each ``options`` entry ``name: (default, help)`` is an option ``--name`` of its default's
+    type; a bool makes a flag, a list a comma-separated list), run ``work(args)`` (awaited when async), print
+    ``tables`` and write ``results/<name>.json`` with the load average at the start and the elapsed seconds; the
+    payload."""
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.bench_{name}", description=doc)
-    for option, (default, text) in spec.items():
+    for option, (default, text) in options.items():
         flag, kind = "--" + option.replace("_", "-"), type(default)
         if kind is bool:
             parser.add_argument(flag, action="store_true", help=text)

@@ -40,6 +40,7 @@ L2_HIT = "get_or_create L2 hit (L1 off)"
 GET_L2 = "get L2 hit (L1 off)"
 
 Op = Callable[[], Awaitable[Any]]
+OPTIONS = {"rounds": (60, "batches per operation"), "max_seconds": (90.0, "stop starting rounds after this long")}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -187,8 +188,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    rounds, seconds = (60, "batches per operation"), (90.0, "stop starting rounds after this long")
-    bench_main("cache", argv, __doc__, run, tables, rounds=rounds, max_seconds=seconds)
+    bench_main("cache", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,17 @@ L2_CLUSTER_ONE = "get_or_create L2 hit, cluster, keys of one master"
 RAW_CLUSTER_ONE = "raw GET, RedisCluster client, keys of one master"
 #: A topology under load: its configuration, and (port, pid) of each master that answers its GETs.
 Topology = tuple[str, tuple[tuple[int, int], ...]]
+OPTIONS = {
+    "rounds": (40, "latency batches per operation"),
+    "max_seconds": (60.0, "stop starting latency rounds after this"),
+    "processes": (2, "client processes for throughput"),
+    "tasks": (16, "concurrent callers per process"),
+    "keys": (3000, "distinct stored keys"),
+    "duration": (5.0, "seconds per throughput window"),
+    "repeats": (3, "interleaved throughput runs per topology"),
+    "master_cpu_percent": (3.0, "each master's CPU budget in the server-bound runs, percent of one core"),
+    "server_bound_repeats": (2, "interleaved server-bound runs per topology"),
+}
 
 
 def settings_for(configuration: str, operation_timeout_ms: int = OPERATION_TIMEOUT_MS) -> CacheSettings:
@@ -458,22 +469,7 @@ def tables(document: dict[str, Any]) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    bench_main(
-        "cluster",
-        argv,
-        __doc__,
-        run,
-        tables,
-        rounds=(40, "latency batches per operation"),
-        max_seconds=(60.0, "stop starting latency rounds after this"),
-        processes=(2, "client processes for throughput"),
-        tasks=(16, "concurrent callers per process"),
-        keys=(3000, "distinct stored keys"),
-        duration=(5.0, "seconds per throughput window"),
-        repeats=(3, "interleaved throughput runs per topology"),
-        master_cpu_percent=(3.0, "each master's CPU budget in the server-bound runs, percent of one core"),
-        server_bound_repeats=(2, "interleaved server-bound runs per topology"),
-    )
+    bench_main("cluster", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

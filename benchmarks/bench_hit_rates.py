@@ -36,6 +36,11 @@ SCENARIOS = {"writes-1pct": 0.01, "writes-0.1pct": 0.001, "reads-only": 0.0}
 TARGET_ENTITY_HIT_RATE = 0.95
 # The seed's "Cache Hit Rates" section: (low, high) per query kind.
 SEED_CLAIMS = {"entity": (0.95, 0.99), "search": (0.80, 0.90), "list": (0.85, 0.95)}
+OPTIONS = {
+    "requests": (200_000, "requests per scenario"),
+    "rate": (300.0, "simulated requests per second, all instances"),
+    "seed": (7, "random seed of the workload"),
+}
 
 
 class SimulatedTime:
@@ -273,16 +278,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    bench_main(
-        "hit_rates",
-        argv,
-        __doc__,
-        run,
-        tables,
-        requests=(200_000, "requests per scenario"),
-        rate=(300.0, "simulated requests per second, all instances"),
-        seed=(7, "random seed of the workload"),
-    )
+    bench_main("hit_rates", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,12 @@ for i = tonumber(ARGV[4]), tonumber(ARGV[5]) do
 end
 return redis.call('DBSIZE')
 """
+OPTIONS = {
+    "iterations": (1000, "invalidations timed"),
+    "rounds": (300, "timed remove_by_prefix calls per server"),
+    "small_keys": (1_000, "keys in the small server"),
+    "large_keys": (1_000_000, "keys in the large server"),
+}
 
 
 async def connected(stack: AsyncExitStack, url: str, service: str) -> HybridCache:
@@ -216,17 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["observe"]:
         asyncio.run(observe(*argv[1:3]))
         return 0
-    document = bench_main(
-        "invalidation",
-        argv,
-        __doc__,
-        run,
-        tables,
-        iterations=(1000, "invalidations timed"),
-        rounds=(300, "timed remove_by_prefix calls per server"),
-        small_keys=(1_000, "keys in the small server"),
-        large_keys=(1_000_000, "keys in the large server"),
-    )
+    document = bench_main("invalidation", argv, __doc__, run, tables, OPTIONS)
     return 0 if document["prefix_cost"]["ratio_of_medians"] < 1.5 else 1
 
 

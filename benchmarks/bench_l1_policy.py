@@ -20,6 +20,7 @@ KEYS = 100_000
 CAPACITY = 1_024
 ALPHAS = (0.8, 1.0, 1.2)
 SEED = 20240611
+OPTIONS = {"requests": (1_000_000, "requests per alpha"), "rounds": (30, "batches per hit-cost variant")}
 
 
 class LruStore:
@@ -154,8 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    requests, rounds = (1_000_000, "requests per alpha"), (30, "batches per hit-cost variant")
-    bench_main("l1_policy", argv, __doc__, run, tables, requests=requests, rounds=rounds)
+    bench_main("l1_policy", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

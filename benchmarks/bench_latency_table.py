@@ -52,6 +52,14 @@ SEED_FIGURES = {
     "search (10 results)": ("100 ms", "8 ms", "1 ms"),
     "list (50 results)": ("200 ms", "15 ms", "2 ms"),
 }
+OPTIONS = {
+    "delays_ms": ([0.0, 1.0, 10.0], "simulated round trips per statement, comma-separated; 0 or at least 1"),
+    "databases": (["sqlite", "postgresql"], "comma-separated: sqlite,postgresql"),
+    "paths": (["mediator", "http"], "comma-separated: mediator,http"),
+    "requests": (2000, "timed requests per mediator cell"),
+    "http_requests": (300, "timed requests per HTTP cell"),
+    "cell_seconds": (3.0, "time budget per cell"),
+}
 
 
 @dataclass(frozen=True)
@@ -373,19 +381,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if argv[:1] == ["serve"]:
         serve(argv[1:])
         return
-    bench_main(
-        "latency_table",
-        argv,
-        __doc__,
-        run,
-        tables,
-        delays_ms=([0.0, 1.0, 10.0], "simulated round trips per statement, comma-separated; 0 or at least 1"),
-        databases=(["sqlite", "postgresql"], "comma-separated: sqlite,postgresql"),
-        paths=(["mediator", "http"], "comma-separated: mediator,http"),
-        requests=(2000, "timed requests per mediator cell"),
-        http_requests=(300, "timed requests per HTTP cell"),
-        cell_seconds=(3.0, "time budget per cell"),
-    )
+    bench_main("latency_table", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,13 @@ STAMPEDE_CALLERS = 1000
 STAMPEDE_FACTORY_SECONDS = 0.05
 PROPAGATION_DEADLINE = 1.0
 Reader = Callable[[int], Awaitable[Any]]
+OPTIONS = {
+    "rounds": (25, "round-robin rounds of memory-hit batches (at most)"),
+    "max_seconds": (45.0, "time budget of the memory-hit rounds"),
+    "keys": (3000, "distinct keys for Redis-hit and miss timing"),
+    "chunks": (10, "interleaving chunks for Redis-hit and miss timing"),
+    "trials": (200, "invalidation propagation trials"),
+}
 
 
 class LogTally(logging.Handler):
@@ -485,18 +492,7 @@ def tables(document: dict[str, Any]) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    bench_main(
-        "peers",
-        argv,
-        __doc__,
-        run,
-        tables,
-        rounds=(25, "round-robin rounds of memory-hit batches (at most)"),
-        max_seconds=(45.0, "time budget of the memory-hit rounds"),
-        keys=(3000, "distinct keys for Redis-hit and miss timing"),
-        chunks=(10, "interleaving chunks for Redis-hit and miss timing"),
-        trials=(200, "invalidation propagation trials"),
-    )
+    bench_main("peers", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

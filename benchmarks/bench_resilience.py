@@ -29,6 +29,11 @@ OPERATION_TIMEOUT_MS = 50
 BREAK = 0.5
 MISS_OPS = 2_000
 MEMORY_SIZE_LIMIT = 256
+OPTIONS = {
+    "trials": (50, "stampede trials per setup"),
+    "rounds": (30, "batches per miss variant"),
+    "max_seconds": (60.0, "stop starting rounds after this long"),
+}
 
 
 def _settings(**overrides: Any) -> CacheSettings:
@@ -310,16 +315,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    bench_main(
-        "resilience",
-        argv,
-        __doc__,
-        run,
-        tables,
-        trials=(50, "stampede trials per setup"),
-        rounds=(30, "batches per miss variant"),
-        max_seconds=(60.0, "stop starting rounds after this long"),
-    )
+    bench_main("resilience", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":
