@@ -384,23 +384,3 @@ def bench_main(
     print("\n\n".join(t.text() for t in tables(json.loads(path.read_text()))))  # what make_report shows
     print(f"\n{elapsed:.0f} s; wrote {path}")
     return dict(payload)
-
-
-class Run:
-    """One benchmark run: notes the load average and the clock at the start; :meth:`finish` prints the tables
-    and writes the result file with ``load_average_at_start`` and ``elapsed_seconds`` added."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.load_at_start = load_average()
-        self._started = time.monotonic()
-
-    def finish(self, payload: Mapping[str, Any], tables: Callable[[dict[str, Any]], Sequence[Table]]) -> Path:
-        elapsed = round(time.monotonic() - self._started, 1)
-        path = write_results(
-            self.name, {**payload, "load_average_at_start": self.load_at_start, "elapsed_seconds": elapsed}
-        )
-        document = json.loads(path.read_text())  # the tables make_report shows, from the same file
-        print("\n\n".join(t.text() for t in tables(document)))
-        print(f"\n{elapsed:.0f} s; wrote {path}")
-        return path
