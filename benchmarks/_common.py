@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +59,10 @@ def summarize(
     for stat in stats:
         if stat == "count":
             out["count"] = len(values)
-            continue
-        value = (
-            aggregate[stat](values)
-            if stat in aggregate
-            else percentile(values, 0.5 if stat == "median" else int(stat[1:]) / 100)
-        )
-        out[f"{stat}_{unit}" if unit else stat] = round(value * scale, digits)
+        else:
+            fraction = 0.5 if stat == "median" else int(stat[1:]) / 100 if stat not in aggregate else None
+            value = aggregate[stat](values) if fraction is None else percentile(values, fraction)
+            out[f"{stat}_{unit}" if unit else stat] = round(value * scale, digits)
     return out
 
 
@@ -82,37 +79,35 @@ class Variant:
     ops: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class Timing:
-    """Per-operation figures of one variant, in nanoseconds, over ``batches`` batches of ``ops`` operations."""
+    """One variant's nanoseconds per operation: one sample per batch of ``ops`` operations, in round order, and
+    this process's CPU time per operation (what the code costs, minus waiting and preemption)."""
 
     name: str
-    median_ns: float
-    p10_ns: float
-    p90_ns: float
-    min_ns: float
-    batches: int
     ops: int
-    samples: tuple[float, ...] = ()  # per-op ns of each batch, in round order
-    cpu_median_ns: float = 0.0  # this process's CPU time per op: what the code costs, minus waiting and preemption
+    samples: list[float] = field(default_factory=list)
+    cpu_samples: list[float] = field(default_factory=list)
 
-    @classmethod
-    def of(cls, name: str, per_op_ns: Sequence[float], ops: int, cpu_per_op_ns: Sequence[float] = ()) -> Timing:
-        return cls(
-            name=name,
-            median_ns=statistics.median(per_op_ns),
-            p10_ns=percentile(per_op_ns, 0.1),
-            p90_ns=percentile(per_op_ns, 0.9),
-            min_ns=min(per_op_ns),
-            batches=len(per_op_ns),
-            ops=ops,
-            samples=tuple(per_op_ns),
-            cpu_median_ns=statistics.median(cpu_per_op_ns) if cpu_per_op_ns else 0.0,
-        )
+    @property
+    def median_ns(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def cpu_median_ns(self) -> float:
+        return statistics.median(self.cpu_samples)
+
+    @property
+    def batches(self) -> int:
+        return len(self.samples)
 
     def as_dict(self) -> dict[str, Any]:
-        figures = ("median_ns", "p10_ns", "p90_ns", "min_ns", "cpu_median_ns")
-        return {k: round(getattr(self, k), 1) for k in figures} | {"batches": self.batches, "ops_per_batch": self.ops}
+        figures = summarize(self.samples, ("median", "p10", "p90", "min"), unit="ns")
+        return figures | {
+            "cpu_median_ns": round(self.cpu_median_ns, 1),
+            "batches": self.batches,
+            "ops_per_batch": self.ops,
+        }
 
 
 def paired_ratio(numerator: Timing, denominator: Timing) -> float:
@@ -121,8 +116,8 @@ def paired_ratio(numerator: Timing, denominator: Timing) -> float:
     return statistics.median(a / b for a, b in zip(numerator.samples, denominator.samples, strict=True))
 
 
-async def _time_batch(variant: Variant) -> tuple[float, float]:
-    """Wall-clock and CPU nanoseconds per operation for one batch of ``variant`` (GC paused, as ``timeit`` does)."""
+async def _time_batch(variant: Variant, timing: Timing | None = None) -> None:
+    """Time one batch of ``variant`` (GC paused, as ``timeit`` does) into ``timing``, per operation."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -134,7 +129,9 @@ async def _time_batch(variant: Variant) -> tuple[float, float]:
     finally:
         if enabled:
             gc.enable()
-    return elapsed / variant.ops, cpu / variant.ops
+    if timing is not None:
+        timing.samples.append(elapsed / variant.ops)
+        timing.cpu_samples.append(cpu / variant.ops)
 
 
 async def measure(
@@ -142,23 +139,18 @@ async def measure(
 ) -> dict[str, Timing]:
     """Time every variant round-robin for up to ``rounds`` rounds (fewer if ``max_seconds`` runs out); async
     variants are awaited in the running loop."""
-    if rounds < 1:
-        raise ValueError("rounds must be at least 1")
     for _ in range(warmup_rounds):
         for variant in variants:
             await _time_batch(variant)
     gc.collect()
-    samples: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
+    timings = {v.name: Timing(v.name, v.ops) for v in variants}
     deadline = time.monotonic() + max_seconds
-    for _ in range(rounds):
+    for _ in range(max(rounds, 1)):
         for variant in variants:
-            samples[variant.name].append(await _time_batch(variant))
+            await _time_batch(variant, timings[variant.name])
         if time.monotonic() >= deadline:
             break
-    return {
-        v.name: Timing.of(v.name, [w for w, _ in samples[v.name]], v.ops, [c for _, c in samples[v.name]])
-        for v in variants
-    }
+    return timings
 
 
 def looped(op: Callable[[], Awaitable[Any]]) -> Callable[[int], Awaitable[None]]:
@@ -362,18 +354,16 @@ def bench_main(
     options: Mapping[str, tuple[Any, str]],
 ) -> dict[str, Any]:
     """Parse ``argv`` (each ``options`` entry ``name: (default, help)`` is an option ``--name`` of its default's
-    type; a bool makes a flag, a list a comma-separated list), run ``work(args)`` (awaited when async), print
-    ``tables`` and write ``results/<name>.json`` with the load average at the start and the elapsed seconds; the
-    payload."""
+    type, a list given comma-separated), run ``work(args)`` (awaited when async), print ``tables`` and write
+    ``results/<name>.json`` with the load average at the start and the elapsed seconds; the payload."""
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.bench_{name}", description=doc)
     for option, (default, text) in options.items():
-        flag, kind = "--" + option.replace("_", "-"), type(default)
-        if kind is bool:
-            parser.add_argument(flag, action="store_true", help=text)
-            continue
+        kind = type(default)
         if kind is list:
             kind = functools.partial(lambda item, text: [item(x) for x in text.split(",") if x], type(default[0]))
-        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default {default})")
+        parser.add_argument(
+            "--" + option.replace("_", "-"), type=kind, default=default, help=f"{text} (default {default})"
+        )
     args = parser.parse_args(argv)
     load_at_start, started = load_average(), time.monotonic()
     payload = work(args)
