@@ -37,6 +37,10 @@ TTL_SECONDS = int(TTL.total_seconds())
 STAMPEDE_CALLERS = 1000
 STAMPEDE_FACTORY_SECONDS = 0.05
 PROPAGATION_DEADLINE = 1.0
+NOT_APPLICABLE = {  # propagation, by whether the contender has a shared tier
+    False: "n/a: memory only (each process has its own copy, nothing crosses instances)",
+    True: "n/a: no local tier (every read goes to Redis)",
+}
 Reader = Callable[[int], Awaitable[Any]]
 OPTIONS = {
     "rounds": (25, "round-robin rounds of memory-hit batches (at most)"),
@@ -190,7 +194,6 @@ class Row:
 
     name: str
     memory_hit_ns: float | None = None
-    memory_get_ns: float | None = None
     redis_hit_us: float | None = None
     redis_hit_p99_us: float | None = None
     miss_us: float | None = None
@@ -198,9 +201,6 @@ class Row:
     stampede: dict[str, dict[str, Any]] = field(default_factory=dict)
     propagation: dict[str, Any] | str | None = None
     errors: list[str] = field(default_factory=list)
-
-
-# ---------------------------------------------------------------------------------------------- measurements
 
 
 def _hit_batch(op: Callable[[], Awaitable[Any]]) -> Callable[[int], Awaitable[None]]:
@@ -216,18 +216,16 @@ def _hit_batch(op: Callable[[], Awaitable[Any]]) -> Callable[[int], Awaitable[No
 
 
 async def measure_memory_hits(contenders: Sequence[Contender], rows: dict[str, Row], args: argparse.Namespace) -> Any:
-    """Read-through and plain-get hits on one warm key: ``_common.measure`` batches of ~20 ms, round-robin (GC on)."""
+    """Read-through hits on one warm key: ``_common.measure`` batches of ~20 ms, round-robin (GC on)."""
     variants = []
     for c in contenders:
-        for suffix, op in (("read", lambda c=c: c.read(1)), ("get", lambda c=c: c.peek(1))):
-            start = time.perf_counter()
-            await _hit_batch(op)(200)  # a probe, to size the batch
-            per_op = max((time.perf_counter() - start) / 200, 1e-8)
-            variants.append(Variant(f"{c.name}|{suffix}", _hit_batch(op), max(100, min(50_000, int(0.02 / per_op)))))
+        start = time.perf_counter()
+        await _hit_batch(lambda c=c: c.read(1))(200)  # a probe, to size the batch
+        per_op = max((time.perf_counter() - start) / 200, 1e-8)
+        variants.append(Variant(c.name, _hit_batch(lambda c=c: c.read(1)), max(100, min(50_000, int(0.02 / per_op)))))
     timings = await measure(variants, rounds=args.rounds, max_seconds=args.max_seconds)
     for c in contenders:
-        rows[c.name].memory_hit_ns = timings[f"{c.name}|read"].median_ns
-        rows[c.name].memory_get_ns = timings[f"{c.name}|get"].median_ns
+        rows[c.name].memory_hit_ns = timings[c.name].median_ns
     return timings
 
 
@@ -309,9 +307,6 @@ async def measure_propagation(a: Contender, b: Contender, trials: int) -> dict[s
     return out | {"p50_us": p50, "p99_us": p99, "remove_call_p50_us": remove_p50}
 
 
-# ---------------------------------------------------------------------------------------------- orchestration
-
-
 async def start_all(makers: dict[str, Callable[[], Contender]], rows: dict[str, Row]) -> list[Contender]:
     """Build and start each contender and check a read-through value is found by its get; the error text of the
     ones that fail goes to their row's ``errors``."""
@@ -376,12 +371,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if a.local_tier:
                     rows[a.name].propagation = await measure_propagation(a, b, args.trials)
             for c in contenders:
-                if not c.shared_tier:
-                    rows[
-                        c.name
-                    ].propagation = "n/a: memory only (each process has its own copy, nothing crosses instances)"
-                elif not c.local_tier:
-                    rows[c.name].propagation = "n/a: no local tier (every read goes to Redis)"
+                if not (c.local_tier and c.shared_tier):
+                    rows[c.name].propagation = NOT_APPLICABLE[c.shared_tier]
         finally:
             await close_quietly([*contenders, *twins.values()])
             logging.getLogger().removeHandler(LOGS)
@@ -413,9 +404,9 @@ def acceptance(timings: dict[str, Any]) -> dict[str, Any]:
     """The issue's target, reported (not asserted): an L1 hit >= 3x faster than the memory peers' hits, by the
     paired ratio (same round: steadier on a busy machine), the ratio of the medians beside it."""
     out: dict[str, Any] = {}
-    hc = timings.get("hybridcache L1+L2|read")
+    hc = timings.get("hybridcache L1+L2")
     for peer in ("cashews mem://", "aiocache SimpleMemoryCache"):
-        if hc is not None and (other := timings.get(f"{peer}|read")) is not None:
+        if hc is not None and (other := timings.get(peer)) is not None:
             paired = paired_ratio(other, hc)
             out[f"l1_hit_speedup_vs_{peer}"] = {
                 "paired_ratio": round(paired, 2),
@@ -428,25 +419,18 @@ def acceptance(timings: dict[str, Any]) -> dict[str, Any]:
 
 def tables(document: dict[str, Any]) -> list[Table]:
     rows, params = document["rows"], document["parameters"]
-    by_name = {r["name"]: r for r in rows}
-    l1 = by_name.get("hybridcache L1+L2", {}).get("memory_hit_ns")
-    l2 = by_name.get("hybridcache L2-only", {}).get("redis_hit_us")
-    miss = by_name.get("hybridcache L2-only", {}).get("miss_us")
+    hc = {r["name"]: r for r in rows if r["name"].startswith("hybridcache")}
+    l1, l2 = hc.get("hybridcache L1+L2", {}), hc.get("hybridcache L2-only", {})
     latency = [
-        [
-            r["name"], fmt(r["memory_hit_ns"], 0), ratio(r["memory_hit_ns"], l1), fmt(r["memory_get_ns"], 0),
-            fmt(r["redis_hit_us"], 1), fmt(r["redis_hit_p99_us"], 0), ratio(r["redis_hit_us"], l2),
-            fmt(r["miss_us"], 1), ratio(r["miss_us"], miss),
-        ]
+        [r["name"], fmt(r["memory_hit_ns"], 0), ratio(r["memory_hit_ns"], l1.get("memory_hit_ns")),
+         fmt(r["redis_hit_us"], 1), fmt(r["redis_hit_p99_us"], 0), ratio(r["redis_hit_us"], l2.get("redis_hit_us")),
+         fmt(r["miss_us"], 1), ratio(r["miss_us"], l2.get("miss_us"))]
         for r in rows
     ]  # fmt: skip
-    headers = ["contender", "mem hit ns", "vs hc", "get() ns", "Redis hit µs", "p99 µs", "vs hc L2", "miss µs"]
     stampede = [
-        [
-            r["name"] + (f" ({label})" if label else ""), fmt(s.get("factory_runs", s.get("error"))),
-            fmt(s.get("wall_ms"), 0), fmt(s.get("failed_calls")), fmt(s.get("first_failure")),
-            ", ".join(f"{k}: {v}" for k, v in (s.get("library_log_records") or {}).items()) or "-",
-        ]
+        [r["name"] + (f" ({label})" if label else ""), fmt(s.get("factory_runs", s.get("error"))),
+         fmt(s.get("wall_ms"), 0), fmt(s.get("failed_calls")), fmt(s.get("first_failure")),
+         ", ".join(f"{k}: {v}" for k, v in (s.get("library_log_records") or {}).items()) or "-"]
         for r in rows
         for label, s in r["stampede"].items()
     ]  # fmt: skip
@@ -458,15 +442,14 @@ def tables(document: dict[str, Any]) -> list[Table]:
             propagation.append([r["name"], fmt(p.get("trials")), *cells, not_seen])
         elif isinstance(p, str):
             propagation.append([r["name"], "-", "-", "-", "-", p])
+    headers = ["contender", "mem hit ns", "vs hc", "Redis hit µs", "p99 µs", "vs hc L2", "miss µs", "vs hc L2"]
     out = [
         Table(
-            [*headers, "vs hc L2"],
+            headers,
             latency,
-            "Memory-tier hit: median ns per call over round-robin batches (read-through call on one warm key; "
-            "`get()` is the plain lookup). Redis hit: a second instance reads keys the first one stored, each once, "
-            "µs per call (for a contender with a local tier this includes the promotion into it). Miss: a fresh key, "
-            "an instant factory, the store included. Ratios: memory hits against hybridcache L1+L2, Redis hits and "
-            "misses against hybridcache L2-only; above 1.0x is slower than hybridcache.",
+            "Memory-tier hit: median ns per read-through call on one warm key. Redis hit: a second instance reads "
+            "keys the first stored, each once (with the promotion into a local tier), µs per call. Miss: a fresh key, "
+            "an instant factory, the store included. Ratios: against hybridcache L1+L2 (memory hits) or L2-only.",
         ),
         Table(
             ["contender", "factory runs", "wall ms", "failed calls", "first failure", "logged"],
@@ -477,9 +460,8 @@ def tables(document: dict[str, Any]) -> list[Table]:
         Table(
             ["contender", "trials", "p50 µs", "p99 µs", "A's remove call p50 µs", "not observed"],
             propagation,
-            "**Invalidation propagation**: instances A and B both hold a key in their local tier; A removes it; the "
-            "time from the start of A's remove call until B no longer returns the value (B polls, yielding to the "
-            f"event loop between polls; both run in one process; deadline {params['propagation_deadline_seconds']} s).",
+            "**Invalidation propagation**: A and B (one process) both hold a key locally; A removes it; the time "
+            f"until B stops returning it (B polls; deadline {params['propagation_deadline_seconds']} s).",
         ),
     ]
     if errors := [[r["name"], "; ".join(r["errors"])] for r in rows if r["errors"]]:
