@@ -93,9 +93,6 @@ async def fill(cache: HybridCache, count: int) -> None:
         await asyncio.gather(*(cache.set(key_of(n), dealership_dto(n), ttl=TTL, type_=DealershipDto) for n in ids))
 
 
-# ---------------------------------------------------------------------------------------------- latency
-
-
 def cycling(name: str, op: Callable[[str], Awaitable[Any]], keys: Sequence[str]) -> Variant:
     """``name``: batches of ``REDIS_OPS`` awaits of ``op`` on ``keys`` in turn."""
 
@@ -139,9 +136,6 @@ async def latency(configurations: dict[str, str], args: argparse.Namespace) -> t
         if cache_stats["misses"] or cache_stats["l2Errors"]:
             raise AssertionError(f"{name}: the latency run was not all L2 hits: {cache_stats}")
     return results, stats
-
-
-# ---------------------------------------------------------------------------------------------- throughput
 
 
 @dataclass(frozen=True)
@@ -328,9 +322,6 @@ def throughput_server_bound(topologies: dict[str, Topology], load: Load, percent
         "one_master_share_of_cap": share_of_cap,
         "one_master_server_bound": share_of_cap >= SERVER_BOUND_SHARE_OF_CAP,
     }
-
-
-# ---------------------------------------------------------------------------------------------- run and output
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -57,9 +57,6 @@ async def invalidate(cache: HybridCache, kind: str) -> None:
         await cache.remove_by_tag(TAG)
 
 
-# ------------------------------------------------------------------------------------------------ propagation
-
-
 async def observe(url: str, service: str) -> None:
     """The observer process: per version read from stdin, load the key (proving it is an L1 hit) and say so, then
     poll ``get`` and report the ``perf_counter()`` taken just before the first call that no longer returned it."""
@@ -140,9 +137,6 @@ async def propagation(server: RedisServer, iterations: int) -> dict[str, Any]:
         "delay_from_call": summary([r[2] for r in records]),
         "by_kind": {k: summary([r[1] for r in records if r[0] == k]) for k in KINDS},
     }
-
-
-# ------------------------------------------------------------------------------------------------ prefix cost
 
 
 async def prefix_cost(small_keys: int, large_keys: int, rounds: int) -> dict[str, Any]:

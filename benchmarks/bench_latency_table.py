@@ -90,7 +90,6 @@ OPERATIONS = (
     ),
 )
 
-# ---------------------------------------------------------------------------------- simulated round trip
 
 #: The delay before each SQL statement, how many simulated round trips ran in this process, and how long they
 #: actually lasted (sleeps overshoot).
@@ -128,9 +127,6 @@ def serve(argv: Sequence[str]) -> None:
     args, rest = parser.parse_known_args(argv)
     with simulated_latency(args.db_delay_ms):
         dealership_main(rest)
-
-
-# ---------------------------------------------------------------------------------- measuring
 
 
 @dataclass(frozen=True)
@@ -291,9 +287,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "note": "2 CPU cores shared by this process, the service, redis-server and PostgreSQL",
     }
     return {"settings": settings, "skipped": skipped, "rows": rows, "target": target(rows), "cells": cells}
-
-
-# ---------------------------------------------------------------------------------- tables
 
 
 def comparison_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:

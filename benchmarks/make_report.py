@@ -67,9 +67,6 @@ def renderer(name: str) -> Callable[[Document], Sequence[Table]]:
     return tables
 
 
-# ---------------------------------------------------------------------------------------------- plots
-
-
 def peers_plot(doc: Document) -> Any:
     """Memory-tier hits (log scale) and Redis hit / miss per contender, side by side."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
@@ -151,9 +148,6 @@ def plot(name: str, doc: Document) -> str:
     figure.savefig(IMG_DIR / image, dpi=110, metadata={"Software": None})
     plt.close(figure)
     return image
-
-
-# ---------------------------------------------------------------------------------------------- the pages
 
 
 def acceptance_rows(documents: dict[str, Document]) -> list[list[str]]:
