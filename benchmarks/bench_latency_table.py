@@ -62,35 +62,20 @@ OPTIONS = {
 }
 
 
-@dataclass(frozen=True)
-class Operation:
-    """A row of the seed's table: the mediator request and the HTTP path for the ``i``-th key."""
-
-    name: str
-    keys: int
-    request: Callable[[int], Request[Any]]
-    path: Callable[[int], str]
-
-
-OPERATIONS = (
-    Operation(
-        "single entity", len(ENTITY_IDS), lambda i: GetDealershipById(i + 1), lambda i: f"/api/dealership/{i + 1}"
-    ),
-    Operation(
-        "search (10 results)",
+#: A row of the seed's table: its key count, the mediator request and the HTTP path for the ``i``-th key.
+OPERATIONS: dict[str, tuple[int, Callable[[int], Request[Any]], Callable[[int], str]]] = {
+    "single entity": (len(ENTITY_IDS), lambda i: GetDealershipById(i + 1), lambda i: f"/api/dealership/{i + 1}"),
+    "search (10 results)": (
         len(SEARCH_TERMS),
         lambda i: SearchDealerships(SEARCH_TERMS[i], 10),
         lambda i: f"/api/dealership/search?term={SEARCH_TERMS[i]}&size=10",
     ),
-    Operation(
-        "list (50 results)",
+    "list (50 results)": (
         len(LIST_PAGES),
         lambda i: GetDealershipsList(i + 1, 50),
         lambda i: f"/api/dealership?page={i + 1}&size=50",
     ),
-)
-
-
+}
 #: The delay before each SQL statement, how many simulated round trips ran in this process, and how long they
 #: actually lasted (sleeps overshoot).
 simulated = {"delay_seconds": 0.0, "sleeps": 0, "slept_ns": 0}
@@ -119,14 +104,11 @@ def simulated_latency(delay_ms: float) -> Iterator[None]:
 
 
 def serve(argv: Sequence[str]) -> None:
-    """``serve --db-delay-ms MS [dealership options]``: run ``python -m dealership`` with the simulated round trip."""
+    """``serve DELAY_MS [dealership options]``: run ``python -m dealership`` with the simulated round trip."""
     from dealership.__main__ import main as dealership_main
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_latency_table serve")
-    parser.add_argument("--db-delay-ms", type=float, default=0.0)
-    args, rest = parser.parse_known_args(argv)
-    with simulated_latency(args.db_delay_ms):
-        dealership_main(rest)
+    with simulated_latency(float(argv[0])):
+        dealership_main(argv[1:])
 
 
 @dataclass(frozen=True)
@@ -135,7 +117,7 @@ class Subject:
     cache's counters (``/api/cache/stats`` camelCase)."""
 
     mode: str
-    send: Callable[[Operation, int], Awaitable[None]]
+    send: Callable[[str, int], Awaitable[None]]
     stats: Callable[[], Awaitable[dict[str, Any]]]
 
 
@@ -147,9 +129,9 @@ async def measure_cells(
     ROUNDS`` and no round starts after ``max_seconds``. One cell per (operation, subject)."""
     cells = []
     batch = max(1, -(-requests // ROUNDS))
-    for op in OPERATIONS:
+    for op, (keys, _, _) in OPERATIONS.items():
         for subject in subjects:
-            for i in range(op.keys):
+            for i in range(keys):
                 await subject.send(op, i)
         before = {s.mode: await s.stats() for s in subjects}
         times: dict[str, list[float]] = {s.mode: [] for s in subjects}
@@ -159,7 +141,7 @@ async def measure_cells(
                 batch_deadline = time.monotonic() + max_seconds / ROUNDS
                 for i in range(round_ * batch, (round_ + 1) * batch):
                     start = time.perf_counter_ns()
-                    await subject.send(op, i % op.keys)
+                    await subject.send(op, i % keys)
                     times[subject.mode].append((time.perf_counter_ns() - start) / 1000)
                     if time.monotonic() >= batch_deadline:
                         break
@@ -168,7 +150,7 @@ async def measure_cells(
         for subject in subjects:
             mode, n, after = subject.mode, len(times[subject.mode]), await subject.stats()
             delta = stats_delta(before[mode], after)
-            cell = {"path": path, "database": database, "delay_ms": delay, "operation": op.name, "cache": mode}
+            cell = {"path": path, "database": database, "delay_ms": delay, "operation": op, "cache": mode}
             cell |= summarize(times[mode], ("median", "p90", "p99", "min"), unit="us") | {"requests": n}
             cell |= {"cache_stats": delta, "as_intended": delta[SERVED_BY[mode]] == n and sum(delta.values()) == n}
             if delay > 0 and mode == "none" and "slept_ns" in after:
@@ -178,7 +160,7 @@ async def measure_cells(
                     "slept_us": round((after["slept_ns"] - before[mode]["slept_ns"]) / n / 1000, 1),
                 }
             ok = "" if cell["as_intended"] else f"  NOT AS INTENDED: {delta}"
-            label = f"{path} {database} +{delay:g} ms {op.name} {MODES[mode]}"
+            label = f"{path} {database} +{delay:g} ms {op} {MODES[mode]}"
             print(f"  {label:58} {cell['median_us']:>10.1f} µs  (n={n}){ok}", flush=True)
             cells.append(cell)
     return cells
@@ -203,8 +185,8 @@ async def mediator_cells(database: str, url: str, redis: RedisServer, args: argp
             if mode != "none" and not await services.cache.wait_until_connected(10.0):
                 raise RuntimeError("the cache did not connect to the private redis-server")
 
-            async def send(op: Operation, i: int, mediator: Any = services.mediator) -> None:
-                await mediator.send(op.request(i))
+            async def send(op: str, i: int, mediator: Any = services.mediator) -> None:
+                await mediator.send(OPERATIONS[op][1](i))
 
             async def stats(cache: Any = services.cache) -> dict[str, Any]:
                 return {**cache.stats().as_dict(), **simulated}
@@ -234,15 +216,15 @@ def http_cells(database: str, url: str, redis: RedisServer, args: argparse.Names
                 service = ServiceProcess(
                     f"{database}-{mode}-{delay:g}ms", database_url=url, log_dir=logs, cache_env=env,
                     seed_count=SEED_COUNT, startup_timeout=60.0, module="benchmarks.bench_latency_table",
-                    args=["serve", "--db-delay-ms", str(delay), "--log-level", "warning"],
+                    args=["serve", str(delay), "--log-level", "warning"],
                 )  # fmt: skip
                 stack.enter_context(service)
                 client = stack.enter_context(httpx.Client(base_url=service.base_url, timeout=30.0))
 
                 # A blocking client on purpose: requests are sequential, nothing else runs on this loop, and it
                 # adds less of its own time to each measurement than httpx.AsyncClient would.
-                async def send(op: Operation, i: int, client: httpx.Client = client) -> None:
-                    client.get(op.path(i)).raise_for_status()  # noqa: ASYNC212
+                async def send(op: str, i: int, client: httpx.Client = client) -> None:
+                    client.get(OPERATIONS[op][2](i)).raise_for_status()  # noqa: ASYNC212
 
                 async def stats(client: httpx.Client = client) -> dict[str, Any]:
                     body: dict[str, Any] = client.get("/api/cache/stats").json()  # noqa: ASYNC212
