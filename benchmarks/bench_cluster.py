@@ -14,10 +14,10 @@ import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -153,15 +153,9 @@ class Load:
         return clients | {"duration_s": self.duration, "repeats": repeats}
 
 
-def _worker(configuration: str, load: Load, start_at: float, seed: int, pipe: Connection) -> None:
-    """One client process: sends back its ops, CPU seconds, L2 hits, misses and L2 errors (or its exception)."""
-    try:
-        pipe.send(asyncio.run(_work(configuration, load, start_at, seed)))
-    except BaseException as exc:
-        pipe.send(exc)
-        raise
-    finally:
-        pipe.close()
+def _client(configuration: str, load: Load, start_at: float, seed: int) -> tuple[int, float, int, int, int]:
+    """One client process: its ops, CPU seconds, L2 hits, misses and L2 errors in the window."""
+    return asyncio.run(_work(configuration, load, start_at, seed))
 
 
 async def _work(configuration: str, load: Load, start_at: float, seed: int) -> tuple[int, float, int, int, int]:
@@ -208,33 +202,15 @@ def _masters_now(nodes: Sequence[tuple[int, int]]) -> dict[int, tuple[float, int
 def run_load(name: str, topology: Topology, load: Load, seed: int, cap: CpuCap | None) -> dict[str, Any]:
     """One window of ``load`` against one topology (with ``cap``: the share of CFS periods each master was
     throttled)."""
-    (configuration, nodes), context = topology, multiprocessing.get_context("spawn")
+    configuration, nodes = topology
     start_at = time.time() + 4.0  # spawning and connecting take a few seconds on a busy 2-core machine
-    pipes, children = [], []
-    for index in range(load.processes):
-        receiver, sender = context.Pipe(duplex=False)
-        children.append(context.Process(target=_worker, args=(configuration, load, start_at, seed + index, sender)))
-        children[-1].start()
-        sender.close()
-        pipes.append(receiver)
-    time.sleep(max(0.0, start_at - time.time()))
-    before, throttled_before = _masters_now(nodes), cap.throttling() if cap else {}
-    time.sleep(load.duration)
-    after, throttled_after = _masters_now(nodes), cap.throttling() if cap else {}
-    results = []
-    try:
-        for pipe in pipes:
-            if not pipe.poll(load.duration + 60):
-                raise TimeoutError(f"{name}: a client process did not report")
-            if isinstance(result := pipe.recv(), BaseException):
-                raise RuntimeError(f"{name}: a client process failed") from result
-            results.append(result)
-    finally:
-        for child in children:
-            child.join(timeout=10)
-            if child.is_alive():
-                child.kill()
-                child.join()
+    with ProcessPoolExecutor(load.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        clients = [pool.submit(_client, configuration, load, start_at, seed + i) for i in range(load.processes)]
+        time.sleep(max(0.0, start_at - time.time()))
+        before, throttled_before = _masters_now(nodes), cap.throttling() if cap else {}
+        time.sleep(load.duration)
+        after, throttled_after = _masters_now(nodes), cap.throttling() if cap else {}
+        results = [client.result(timeout=load.duration + 60) for client in clients]
     ops, client_cpu, l2_hits, misses, errors = (sum(column) for column in zip(*results, strict=True))
     per_master: dict[str, dict[str, Any]] = {}
     for port, pid in nodes:
