@@ -179,7 +179,7 @@ def format_ns(ns: float) -> str:
     return f"{ns / 1_000_000:.3g} ms"
 
 
-def fmt(value: Any, digits: int | None = None, suffix: str = "") -> str:
+def fmt(value: Any, digits: int | None = None) -> str:
     """A figure as a table cell: ``-`` for None/NaN, thousands separators, ``digits`` decimals (else 3 significant
     below 100), ``yes``/``no`` for booleans."""
     if value is None or (isinstance(value, float) and value != value):
@@ -187,12 +187,11 @@ def fmt(value: Any, digits: int | None = None, suffix: str = "") -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
-        return f"{value:,}{suffix}"
+        return f"{value:,}"
     if isinstance(value, float):
-        text = (
+        return (
             f"{value:,.{digits}f}" if digits is not None else f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
         )
-        return text + suffix
     return str(value)
 
 
@@ -290,36 +289,29 @@ def load_average() -> list[float]:
 
 
 def package_versions(*names: str) -> dict[str, str]:
-    def version(name: str) -> str:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {name: version(name) for name in names}
+    return {name: _version(name) for name in names}
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _run(*command: str) -> str:
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+        return subprocess.run(command, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc.__class__.__name__})"
-    return out.stdout.strip()
 
 
 def machine_info() -> dict[str, Any]:
     """What the figures depend on: CPU, load, OS, Python, redis-server, library versions, the git commit."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo") if line.startswith("model name")), "")
     dirty = _run("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no")
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu or platform.processor() or "unknown",
         "cpus": os.cpu_count(),
         "load_average": load_average(),
         "os": platform.platform(),
@@ -328,6 +320,13 @@ def machine_info() -> dict[str, Any]:
         "packages": package_versions(*_PACKAGES),
         "git_commit": _run("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD") + ("-dirty" if dirty else ""),
     }
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
 
 
 def write_results(name: str, payload: Mapping[str, Any]) -> Path:
