@@ -1,7 +1,5 @@
-"""Run the benchmarks: ``python -m benchmarks [NAME ...]`` (``--list`` shows the names).
-
-Each ``benchmarks/bench_<name>.py`` has a ``main(argv)``, run with no arguments, in name order; one that raises or
-returns a non-zero int is reported and the others still run. A full run writes ``results/run.json``.
+"""Run the benchmarks: ``python -m benchmarks [NAME ...]``: each ``bench_<name>.py``'s ``main([])`` in name order;
+a failure is reported and the others still run. A full run writes ``results/run.json``. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -21,18 +19,12 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def run_one(name: str) -> bool:
-    """Run ``benchmarks.bench_<name>.main([])`` as if it were the program; True when it succeeded."""
-    saved_argv, sys.argv = sys.argv, [str(PACKAGE_DIR / f"bench_{name}.py")]  # no runner arguments in sys.argv
+    """Run ``benchmarks.bench_<name>.main([])``; True unless it raised or returned a non-zero status."""
     try:
-        result = importlib.import_module(f"benchmarks.bench_{name}").main([])
-    except SystemExit as exit_:  # a script that calls sys.exit() inside main
-        result = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    except Exception:
+        return not importlib.import_module(f"benchmarks.bench_{name}").main([])
+    except (Exception, SystemExit):  # SystemExit: a benchmark refusing to run (a missing tool, say)
         traceback.print_exc()
         return False
-    finally:
-        sys.argv = saved_argv
-    return not (isinstance(result, int) and result != 0)
 
 
 def tables(document: dict[str, Any]) -> list[Table]:
