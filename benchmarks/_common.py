@@ -51,8 +51,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 def summarize(
     values: Sequence[float], stats: Sequence[str], *, unit: str = "", scale: float = 1.0, digits: int = 1
 ) -> dict[str, float]:
-    """``{"<stat>_<unit>": value}`` for each of ``stats`` ("median", "pNN", "min", "max", "mean"), values times
-    ``scale`` and rounded to ``digits``; "count" is the number of values."""
+    """``{"<stat>_<unit>": value * scale}`` per stat ("median", "pNN", "min", "max", "mean", "count")."""
 
     aggregate: dict[str, Callable[[Sequence[float]], float]] = {"min": min, "max": max, "mean": statistics.fmean}
     out: dict[str, float] = {}
@@ -81,8 +80,7 @@ class Variant:
 
 @dataclass
 class Timing:
-    """One variant's nanoseconds per operation: one sample per batch of ``ops`` operations, in round order, and
-    this process's CPU time per operation (what the code costs, minus waiting and preemption)."""
+    """One variant's wall and CPU nanoseconds per operation, one sample per batch, in round order."""
 
     name: str
     ops: int
@@ -111,8 +109,7 @@ class Timing:
 
 
 def paired_ratio(numerator: Timing, denominator: Timing) -> float:
-    """Median over rounds of ``numerator / denominator`` measured in the same round: steadier than the ratio of
-    the two medians when the machine is busy, since a slow spell inflates both batches of a round alike."""
+    """Median over rounds of ``numerator / denominator`` in the same round (docs/benchmarks.md)."""
     return statistics.median(a / b for a, b in zip(numerator.samples, denominator.samples, strict=True))
 
 
@@ -137,8 +134,7 @@ async def _time_batch(variant: Variant, timing: Timing | None = None) -> None:
 async def measure(
     variants: Sequence[Variant], *, rounds: int, max_seconds: float, warmup_rounds: int = 2
 ) -> dict[str, Timing]:
-    """Time every variant round-robin for up to ``rounds`` rounds (fewer if ``max_seconds`` runs out); async
-    variants are awaited in the running loop."""
+    """Time every variant round-robin for up to ``rounds`` rounds or ``max_seconds``."""
     for _ in range(warmup_rounds):
         for variant in variants:
             await _time_batch(variant)
@@ -180,8 +176,7 @@ def format_ns(ns: float) -> str:
 
 
 def fmt(value: Any, digits: int | None = None) -> str:
-    """A figure as a table cell: ``-`` for None/NaN, thousands separators, ``digits`` decimals (else 3 significant
-    below 100), ``yes``/``no`` for booleans."""
+    """A figure as a table cell: ``-`` for None/NaN, thousands separators, ``digits`` (else 3 significant)."""
     if value is None or (isinstance(value, float) and value != value):
         return "-"
     if isinstance(value, bool):
@@ -202,8 +197,7 @@ def ratio(value: float | None, reference: float | None, digits: int = 1) -> str:
 
 @dataclass
 class Table:
-    """Rows under headers, with an optional title above and note below: one table, printed on the console
-    (:meth:`text`) or put into a Markdown page (:meth:`markdown`, by ``make_report``). First column left-aligned."""
+    """A titled table with a note, as console text or Markdown (``make_report``); first column left-aligned."""
 
     headers: Sequence[str]
     rows: Sequence[Sequence[object]] = ()
@@ -246,8 +240,7 @@ def _seed_rows() -> list[tuple[dict[str, object], ZipCodeDto]]:
 
 
 def dealership_dto(dealership_id: int = 42) -> DealershipDto:
-    """The value every benchmark caches: one dealership of the service's deterministic seed, with its zip code
-    and state (what ``GET /api/dealership/{id}`` returns)."""
+    """The value every benchmark caches: one dealership of the service's seed, as the API returns it."""
     rows = _seed_rows()
     columns, zip_code = rows[(dealership_id - 1) % len(rows)]
     return DealershipDto(
@@ -262,8 +255,7 @@ def dealership_dto(dealership_id: int = 42) -> DealershipDto:
 
 @contextlib.contextmanager
 def database_urls(names: Sequence[str], workdir: Path) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
-    """``({name: url}, {name: why skipped})`` for ``sqlite`` (a file in ``workdir``) and ``postgresql`` (a
-    throwaway database, dropped on exit; skipped when the server is unreachable)."""
+    """``({name: url}, {name: why skipped})``: a SQLite file, a throwaway PostgreSQL database if it answers."""
     urls = {"sqlite": f"sqlite+aiosqlite:///{workdir / 'dealership.db'}"} if "sqlite" in names else {}
     skipped: dict[str, str] = {}
     if "postgresql" in names:

@@ -180,8 +180,7 @@ async def _work(configuration: str, load: Load, start_at: float, seed: int) -> t
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time of all of ``pid``'s threads as the scheduler counts it (``/proc/<pid>/task/*/sched``, ns precision:
-    utime + stime count 10 ms ticks, too coarse for a master capped at a few percent of a core)."""
+    """CPU seconds of ``pid``'s threads from the scheduler (ns precision; utime counts 10 ms ticks)."""
     total = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         line = next(x for x in (task / "sched").read_text().splitlines() if x.startswith("se.sum_exec_runtime"))
@@ -200,8 +199,7 @@ def _masters_now(nodes: Sequence[tuple[int, int]]) -> dict[int, tuple[float, int
 
 
 def run_load(name: str, topology: Topology, load: Load, seed: int, cap: CpuCap | None) -> dict[str, Any]:
-    """One window of ``load`` against one topology (with ``cap``: the share of CFS periods each master was
-    throttled)."""
+    """One window of ``load`` against one topology, with each master's CPU, GETs and throttling."""
     configuration, nodes = topology
     start_at = time.time() + 4.0  # spawning and connecting take a few seconds on a busy 2-core machine
     with ProcessPoolExecutor(load.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -240,8 +238,7 @@ def run_load(name: str, topology: Topology, load: Load, seed: int, cap: CpuCap |
 
 
 def throughput(topologies: dict[str, Topology], load: Load, repeats: int, cap: CpuCap | None = None) -> dict[str, Any]:
-    """``repeats`` interleaved ``run_load`` rounds (order reversed every other round): ``runs`` and a per-topology
-    ``summary`` of medians (with ``cap``: the busiest master's CPU as a share of its cap, and its throttling)."""
+    """``repeats`` interleaved ``run_load`` rounds per topology: the runs and a summary of medians."""
     runs = []
     for repeat in range(repeats):
         for name in list(topologies) if repeat % 2 == 0 else list(reversed(topologies)):
@@ -274,8 +271,7 @@ def throughput(topologies: dict[str, Topology], load: Load, repeats: int, cap: C
 
 
 def throughput_server_bound(topologies: dict[str, Topology], load: Load, percent: float, repeats: int) -> Any:
-    """``throughput`` with every master capped at ``percent`` of one core (each its own budget): masters that are
-    the bottleneck. Only ``setup`` and ``skipped`` (the reason) when the cgroup cannot be written."""
+    """``throughput`` with every master capped at ``percent`` of one core (or why it was skipped)."""
     period_us = period_for(percent)
     load = dataclasses.replace(load, operation_timeout_ms=CAPPED_OPERATION_TIMEOUT_MS)
     quota = round(period_us * percent / 100)

@@ -223,8 +223,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _seed_claims(outcomes: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per query kind: the seed's claimed range beside our steady-state hit rate in each scenario, and for each
-    scenario the mean simulated seconds between writes — every write drops every cached search and list page."""
+    """The seed's claimed hit rates beside our steady state per scenario, and the seconds between writes."""
     return {
         "claimed": {kind: list(bounds) for kind, bounds in SEED_CLAIMS.items()},
         "steady_state": {

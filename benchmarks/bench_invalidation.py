@@ -58,8 +58,7 @@ async def invalidate(cache: HybridCache, kind: str) -> None:
 
 
 async def observe(url: str, service: str) -> None:
-    """The observer process: per version read from stdin, load the key (proving it is an L1 hit) and say so, then
-    poll ``get`` and report the ``perf_counter()`` taken just before the first call that no longer returned it."""
+    """The observer process: warm the key read from stdin, then report when it stopped being served."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -93,8 +92,7 @@ def summary(delays_s: Sequence[float]) -> dict[str, Any]:
 
 
 async def propagation(server: RedisServer, iterations: int) -> dict[str, Any]:
-    """The writer here, the observer in a child process; both read the same ``CLOCK_MONOTONIC``, and the child
-    reports each timestamp after the fact, so the pipe's latency is not in the figure."""
+    """Delays from the writer's invalidation to the observer process no longer serving the key."""
     service = f"bench-{uuid.uuid4().hex[:6]}"
     command = [sys.executable, "-m", "benchmarks.bench_invalidation", "observe", server.url, service]
     child = await asyncio.create_subprocess_exec(
@@ -140,9 +138,7 @@ async def propagation(server: RedisServer, iterations: int) -> dict[str, Any]:
 
 
 async def prefix_cost(small_keys: int, large_keys: int, rounds: int) -> dict[str, Any]:
-    """``remove_by_prefix`` timed on a server with ``small_keys`` and one with ``large_keys`` (half under the
-    prefix, filled by a Lua script in batches), alternating, with a second instance subscribed; and one
-    ``SCAN MATCH <prefix>*`` walk of each (counted only, nothing deleted), median of 3."""
+    """``remove_by_prefix`` with ``small_keys`` vs ``large_keys`` in Redis, and a SCAN MATCH walk of each."""
     results: dict[str, Any] = {}
     samples: dict[str, list[float]] = {"small": [], "large": []}
     with RedisServer() as small, RedisServer() as large:

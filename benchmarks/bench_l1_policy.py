@@ -24,8 +24,7 @@ OPTIONS = {"requests": (1_000_000, "requests per alpha"), "rounds": (30, "batche
 
 
 class LruStore:
-    """The baseline: a plain LRU over ``OrderedDict`` (what ``functools.lru_cache`` and cachetools do), with the
-    ``MemoryStore`` calls the replay makes."""
+    """The baseline: a plain LRU over ``OrderedDict``, with the ``MemoryStore`` calls the replay makes."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -60,8 +59,7 @@ def replay(store: MemoryStore | LruStore, trace: Sequence[str]) -> tuple[int, fl
 
 
 def hit_ratios(requests: int) -> list[dict[str, Any]]:
-    """Per alpha: both stores replay the same ``requests`` Zipf draws over ``KEYS`` keys, the ranks shuffled onto
-    the key names so popularity is unrelated to insertion order."""
+    """Per alpha: both stores replay the same Zipf trace (ranks shuffled onto the key names)."""
     keys = [f"svc:v1:Dealership:{i}" for i in range(KEYS)]
     rows = []
     for alpha in ALPHAS:

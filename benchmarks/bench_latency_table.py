@@ -113,8 +113,7 @@ def serve(argv: Sequence[str]) -> None:
 
 @dataclass(frozen=True)
 class Subject:
-    """One cache mode under test: ``send(op, i)`` makes the ``i``-th request of ``op``; ``stats()`` reads the
-    cache's counters (``/api/cache/stats`` camelCase)."""
+    """One cache mode: ``send(op, i)`` makes the ``i``-th request of ``op``; ``stats()`` reads its counters."""
 
     mode: str
     send: Callable[[str, int], Awaitable[None]]
@@ -124,9 +123,7 @@ class Subject:
 async def measure_cells(
     path: str, database: str, delay: float, subjects: Sequence[Subject], requests: int, max_seconds: float
 ) -> list[dict[str, Any]]:
-    """Per operation: every subject sends each key once (untimed), then up to ``requests`` timed requests each, in
-    up to ``ROUNDS`` rounds of one batch per subject (round-robin). A batch ends early after ``max_seconds /
-    ROUNDS`` and no round starts after ``max_seconds``. One cell per (operation, subject)."""
+    """One cell per (operation, subject): warm, then ``ROUNDS`` round-robin batches (docs/benchmarks.md)."""
     cells = []
     batch = max(1, -(-requests // ROUNDS))
     for op, (keys, _, _) in OPERATIONS.items():
@@ -199,8 +196,7 @@ async def mediator_cells(database: str, url: str, redis: RedisServer, args: argp
 
 
 def http_cells(database: str, url: str, redis: RedisServer, args: argparse.Namespace, logs: Path) -> list[Any]:
-    """The HTTP cells of one database: per delay, one service process per cache mode, running side by side, each
-    the service under this module's ``serve`` command, configured by the seed's ``TheTechLoopCache`` keys."""
+    """The HTTP cells of one database: per delay, a service process per cache mode, side by side."""
     cells = []
     for delay in args.delays_ms:
         with redis.sync_client() as client:

@@ -92,8 +92,7 @@ def median_us(fn: Callable[[], Any], repeat: int = 2000) -> float:
 
 
 async def measure_l2(server: RedisServer, db: int, sample: int) -> list[dict[str, Any]]:
-    """Per value kind: ``MEMORY USAGE`` of ``sample`` entries as the cache stores them, and of the same payload
-    zlib-compressed, with what compressing and decompressing it costs beside the typed JSON decode."""
+    """Per value kind: Redis ``MEMORY USAGE`` per entry, plain and zlib-compressed, and the CPU it costs."""
     search = tuple(fresh_dto(i) for i in range(1, 11))
     values: dict[str, tuple[Any, Any]] = {
         "entity (1 dealership)": (fresh_dto(42), DealershipDto),

@@ -81,9 +81,7 @@ class Database:
 
 @dataclass
 class Contender:
-    """One cache configuration, used the way its documentation shows. ``read`` is the idiomatic read-through call
-    (returning the awaitable, so no wrapper frame is timed); ``peek`` the cached value or None, never running the
-    factory; ``stampede_readers`` label -> reader (none: ``{"": read}``)."""
+    """One cache configuration; ``peek`` reads without the factory; ``stampede_readers``: label -> reader."""
 
     local_tier: bool  # serves hits from process memory
     shared_tier: bool  # stores entries in Redis
@@ -230,8 +228,7 @@ async def measure_memory_hits(contenders: Sequence[Contender], rows: dict[str, R
 
 
 async def interleaved(readers: dict[str, Reader], ids: Sequence[int], chunks: int) -> dict[str, list[float]]:
-    """Every reader reads each id once, chunk by chunk, the readers in turn within a chunk (so drift affects all
-    alike): µs per call."""
+    """µs per call of each reader on each id once, chunk by chunk, the readers in turn within a chunk."""
     samples: dict[str, list[float]] = {name: [] for name in readers}
     step = max(1, len(ids) // chunks)
     for lo in range(0, len(ids), step):
@@ -308,8 +305,7 @@ async def measure_propagation(a: Contender, b: Contender, trials: int) -> dict[s
 
 
 async def start_all(makers: dict[str, Callable[[], Contender]], rows: dict[str, Row]) -> list[Contender]:
-    """Build and start each contender and check a read-through value is found by its get; the error text of the
-    ones that fail goes to their row's ``errors``."""
+    """Build and start each contender (and check it caches); a failure goes to its row's ``errors``."""
     started = []
     for name, make in makers.items():
         contender = None
@@ -401,8 +397,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def acceptance(timings: dict[str, Any]) -> dict[str, Any]:
-    """The issue's target, reported (not asserted): an L1 hit >= 3x faster than the memory peers' hits, by the
-    paired ratio (same round: steadier on a busy machine), the ratio of the medians beside it."""
+    """The target (L1 hit >= 3x faster than the memory peers'), by the paired ratio; reported, not asserted."""
     out: dict[str, Any] = {}
     hc = timings.get("hybridcache L1+L2")
     for peer in ("cashews mem://", "aiocache SimpleMemoryCache"):

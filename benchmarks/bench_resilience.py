@@ -158,8 +158,7 @@ async def _time_to_close(fault: str, repeats: int) -> list[float]:
 
 
 async def bench_breaker(rounds: int, max_seconds: float) -> dict[str, Any]:
-    """Misses with the breaker open against the same misses on an L1-only cache, round-robin; the per-call tail
-    while open; the time to close once Redis is back."""
+    """Misses with the breaker open vs on an L1-only cache; the tail while open; the time to close."""
     results: dict[str, Any] = {"operation_timeout_ms": OPERATION_TIMEOUT_MS}
     with RedisServer() as dead, RedisServer() as frozen, RedisServer() as healthy:
         async with AsyncExitStack() as stack:
@@ -222,9 +221,7 @@ async def bench_eager_refresh(seconds: float = 2.0) -> dict[str, Any]:
 
 
 async def bench_memory(untraced: int, traced: int) -> dict[str, Any]:
-    """Traced bytes an L1-only cache holds after ``untraced + traced`` distinct keys, and its growth per half of
-    the traced keys after a warm-up long enough for every bounded structure (L1, the memo of ``fields_for``) to
-    turn over once (tracemalloc misses frees of older blocks, so churn would look like growth)."""
+    """Traced bytes held after many distinct keys, and the growth per half after a turnover warm-up."""
     warm_up = 2 * MEMORY_SIZE_LIMIT + (fields_for.cache_info().maxsize or 0)
     async with _cache(memory_cache={"size_limit": MEMORY_SIZE_LIMIT}) as cache:
         began = time.perf_counter()

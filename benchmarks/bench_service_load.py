@@ -110,9 +110,7 @@ def run_wrk(base_url: str, script: Path, args: argparse.Namespace, seconds: int)
 def measure_database(
     database: str, url: str, redis: RedisServer, args: argparse.Namespace, scripts: dict[str, Path], logs: Path
 ) -> list[dict[str, Any]]:
-    """Every route with the cache on and off against one database; one service process per cache mode. Per
-    route: every path requested once (with the cache on, every key is then cached), a warm-up run, the measured
-    run, with ``/api/cache/stats`` read around it."""
+    """Every route with the cache on and off against one database (one service process per mode)."""
     rows = []
     for mode, extra in (("on", {}), ("off", {"Enabled": "false"})):
         with redis.sync_client() as client:

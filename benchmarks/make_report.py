@@ -221,8 +221,7 @@ def ms(us: float) -> str:
 
 
 def service_page(documents: dict[str, Document], page: str) -> str:
-    """``page`` (docs/performance-service.md) with its generated regions rewritten from ``latency_table.json`` and
-    ``service_load.json``; a region with no figure for it keeps its text."""
+    """``page`` with its generated regions rewritten; a region with no figure keeps its text."""
     parts: dict[str, str] = {}
     cells = documents.get("latency_table", {}).get("cells", ())
     delayed = [
