@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from benchmarks import readme_figures
-from benchmarks._common import ROOT, Table, fmt, format_ns
+from benchmarks._common import ROOT, Table, format_ns
 
 DOC = ROOT / "docs" / "performance.md"
 SERVICE_DOC = ROOT / "docs" / "performance-service.md"
@@ -150,31 +150,6 @@ def plot(name: str, doc: Document) -> str:
     return image
 
 
-def acceptance_rows(documents: dict[str, Document]) -> list[list[str]]:
-    """One row per target any result file reports (``acceptance``, ``targets`` or ``target`` entries)."""
-
-    def verdict(met: Any) -> str:
-        return "**yes**" if met is True else "**no**" if met is False else "-"
-
-    rows: list[list[str]] = []
-    for name, doc in documents.items():
-        source = f"`{name}.json`"
-        for key in ("acceptance", "targets", "target"):
-            if not isinstance(block := doc.get(key), dict):
-                continue
-            if all(isinstance(v, dict) for v in block.values()):
-                for item, facts in block.items():
-                    text = ", ".join(f"{k} {fmt(v)}" for k, v in facts.items() if k != "met")
-                    rows.append([f"{item}: {text}", verdict(facts.get("met")), source])
-                continue
-            facts = ", ".join(f"{k} {fmt(v)}" for k, v in block.items() if not k.endswith("met"))
-            verdicts = [f"{k}: **{fmt(v)}**" for k, v in block.items() if k.endswith("met") and isinstance(v, bool)]
-            rows.append([f"{key}: {facts}", ", ".join(verdicts) or "-", source])
-        if isinstance(doc.get("meets_target"), bool):
-            rows.append([f"{name}: target_ns {doc.get('target_ns')}", fmt(doc["meets_target"]), source])
-    return rows
-
-
 def section(name: str, doc: Document, images: list[str]) -> list[str]:
     out = [f"## {TITLES.get(name, name.replace('_', ' ').capitalize())}", "", *provenance(name, doc)]
     source = f"<sub>Source: `benchmarks/results/{name}.json`</sub>"
@@ -204,7 +179,7 @@ def build(documents: dict[str, Document]) -> tuple[str, list[str]]:
         "",
         "## Targets (issue 7)",
         "",
-        Table(["target and measurement", "met", "source"], acceptance_rows(documents)).markdown(),
+        *readme_figures.table(documents),  # the README's measured table
         "",
     ]
     for name in [n for n in ORDER if n in documents] + sorted(n for n in documents if n not in ORDER):

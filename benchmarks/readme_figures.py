@@ -109,6 +109,12 @@ def _cluster_throughput(d: Documents) -> str:
     return "; ".join(parts)
 
 
+@row("`mediator.send` L1 hit through `CachingBehavior` (median)", "pipeline.json `results`")
+def _pipeline(d: Documents) -> str:
+    median = d["pipeline"]["results"]["pipeline send (L1 hit)"]["median_ns"]
+    return f"{_ns(median)} (target < 5 µs: {_verdict(d['pipeline']['meets_target'])})"
+
+
 @row("benchmark run time", "run.json `total_seconds`")
 def _bench_time(d: Documents) -> str:
     return f"{d['run']['total_seconds'] / 60:.1f} min for every benchmark (target: `make bench` < 15 min)"
