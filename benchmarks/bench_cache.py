@@ -28,7 +28,6 @@ REDIS_OPS = 200
 DICT = "dict lookup"
 AWAIT = "await trivial coroutine"
 L1_HIT = "get_or_create L1 hit (L1+L2)"
-L1_ONLY_HIT = "get_or_create L1 hit (L1-only)"
 GET_L1 = "get L1 hit (L1+L2)"
 DECODE = "decode: validate_json"
 ENVELOPE_DECODE = "decode: envelope + validate_json"
@@ -56,21 +55,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     with RedisServer() as server:
 
-        def cache(*, l1: bool, l2: bool = True) -> HybridCache:
+        def cache(*, l1: bool) -> HybridCache:
             memory = {"enabled": l1, "default_expiration_seconds": 3600}  # no L1 entry expires during the run
-            return HybridCache(
-                CacheSettings(service_name="bench", configuration=server.url if l2 else None, memory_cache=memory)
-            )
+            return HybridCache(CacheSettings(service_name="bench", configuration=server.url, memory_cache=memory))
 
-        both, l1_only, l2_only = cache(l1=True), cache(l1=True, l2=False), cache(l1=False)
+        both, l2_only = cache(l1=True), cache(l1=False)
         # Plain clients configured as the cache configures its own (protocol, socket timeouts), and one without.
         settings = l2_only.settings
         raw_untimed = server.client(protocol=settings.protocol)
         timeouts = settings.operation_timeout_milliseconds / 1000, settings.connect_timeout_milliseconds / 1000
         raw = server.client(protocol=settings.protocol, socket_timeout=timeouts[0], socket_connect_timeout=timeouts[1])
-        async with both, l1_only, l2_only:
+        async with both, l2_only:
             await raw.set("raw:" + KEY, payload)
-            for each in (both, l1_only, l2_only):
+            for each in (both, l2_only):
                 assert await each.get_or_create(KEY, factory, ttl=TTL, type_=DealershipDto) == dto
             entry = await raw.get(f"bench:v1:{KEY}")
             assert isinstance(entry, bytes), "the L2 entry is where the documented layout says"
@@ -112,7 +109,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 Variant(DICT, dict_lookup, FAST_OPS * 10),
                 Variant(AWAIT, looped(trivial), FAST_OPS * 5),
                 Variant(L1_HIT, looped(hit(both)), FAST_OPS),
-                Variant(L1_ONLY_HIT, looped(hit(l1_only)), FAST_OPS),
                 Variant(GET_L1, looped(get(both)), FAST_OPS),
                 Variant(DECODE, decode, FAST_OPS),
                 Variant(ENVELOPE_DECODE, decode_envelope, FAST_OPS),
@@ -164,7 +160,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> list[Table]:
     results, ratios, targets = result["results"], result["ratios"], result["targets"]
-    reference = dict.fromkeys((L1_HIT, L1_ONLY_HIT, GET_L1), DICT)
+    reference = dict.fromkeys((L1_HIT, GET_L1), DICT)
     reference |= dict.fromkeys((L2_HIT, GET_L2, RAW_NO_TIMEOUT, RAW_DIRECT), RAW)
     rows = []
     for name, row in results.items():
