@@ -32,6 +32,7 @@ from typing import Any
 from dealership.dto import DealershipDto, StateProvinceDto, ZipCodeDto
 from dealership.seed import generate
 from harness.postgres import PostgresUnavailableError, check_postgres_sync, postgres_database
+from hybridcache import CacheSettings, HybridCache
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -251,6 +252,14 @@ def dealership_dto(dealership_id: int = 42) -> DealershipDto:
         unique_key=columns["unique_key"],
         business_zip_code=zip_code,
     )
+
+
+async def connected(stack: contextlib.AsyncExitStack, settings: CacheSettings, **options: Any) -> HybridCache:
+    """A started cache, closed with ``stack``, whose invalidation subscription is confirmed (when it has Redis)."""
+    cache = await stack.enter_async_context(HybridCache(settings, **options))
+    if not await cache.wait_until_connected(10.0):
+        raise RuntimeError(f"{settings.service_name}: the invalidation subscription was not confirmed in 10 s")
+    return cache
 
 
 @contextlib.contextmanager

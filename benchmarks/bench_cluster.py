@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from redis.asyncio.cluster import RedisCluster
 
-from benchmarks._common import Table, Timing, Variant, bench_main, dealership_dto, format_ns, measure, paired_ratio
+from benchmarks._common import Table, Variant, bench_main, connected, dealership_dto, format_ns, measure, paired_ratio
 from benchmarks._cpu_cap import CpuCap, CpuCapUnavailable, period_for
 from dealership.dto import DealershipDto
 from harness.redis_cluster import RedisClusterProcess
@@ -103,14 +103,13 @@ def cycling(name: str, op: Callable[[str], Awaitable[Any]], keys: Sequence[str])
     return Variant(name, run, REDIS_OPS)
 
 
-async def latency(configurations: dict[str, str], args: argparse.Namespace) -> tuple[dict[str, Timing], Any]:
+async def latency(configurations: dict[str, str], args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """Median L2-hit latency per topology (and raw GET references), measured round-robin in one loop."""
     async with AsyncExitStack() as stack:
         caches = {}
         for name, configuration in configurations.items():
-            caches[name] = cache = await stack.enter_async_context(HybridCache(settings_for(configuration)))
-            assert await cache.wait_until_connected(10.0), f"{name}: invalidation channel not confirmed"
-            await fill(cache, LATENCY_KEYS)
+            caches[name] = await connected(stack, settings_for(configuration))
+            await fill(caches[name], LATENCY_KEYS)
         standalone, cluster = caches[STANDALONE].internals.l2, caches[CLUSTER_3].internals.l2
         assert standalone is not None
         assert cluster is not None

@@ -9,15 +9,16 @@ import itertools
 import random
 import time
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from benchmarks._common import Table, bench_main, dealership_dto, zipf
+from benchmarks._common import Table, bench_main, connected, dealership_dto, zipf
 from dealership.dto import DealershipDto, DealershipPage
 from harness.redis_server import RedisServer
-from hybridcache import CacheSettings, HybridCache
+from hybridcache import CacheSettings
 from hybridcache.keys import CacheKey
 
 ENTITY_TTL = timedelta(minutes=30)
@@ -122,18 +123,15 @@ async def run_scenario(name: str, write_ratio: float, redis_url: str, args: argp
     settings = CacheSettings(
         service_name=f"hit-rates-{name}", instance_name="Bench:", configuration=redis_url, memory_cache=memory
     )
-    caches = [HybridCache(settings, clock=sim.monotonic, wall_clock=sim.wall) for _ in range(INSTANCES)]
     entity_ids = list(range(1, ENTITIES + 1))
     rng.shuffle(entity_ids)  # popularity does not follow id order
     pick_entity, pick_term = zipf(ENTITIES, ALPHA, rng), zipf(len(db.terms), ALPHA, rng)
     pick_page = zipf(LIST_PAGES, ALPHA, rng)
     windows = {"all": {k: Tally() for k in KINDS}, "second_half": {k: Tally() for k in KINDS}}
     started = time.perf_counter()
-    for cache in caches:
-        await cache.start()
-        if not await cache.wait_until_connected(5.0):
-            raise RuntimeError("invalidation subscription not confirmed within 5 s")
-    try:
+    async with AsyncExitStack() as stack:
+        clocks = {"clock": sim.monotonic, "wall_clock": sim.wall}
+        caches = [await connected(stack, settings, **clocks) for _ in range(INSTANCES)]
         for n in range(args.requests):
             sim.elapsed += 1.0 / args.rate
             cache = caches[n % INSTANCES]
@@ -168,9 +166,6 @@ async def run_scenario(name: str, write_ratio: float, redis_url: str, args: argp
                 tally.l2 += counters.l2_hits - l2
                 tally.db += db.queries[kind] - queries
                 tally.stale += kind == "entity" and value != db.rows[i]
-    finally:
-        for cache in caches:
-            await cache.close()
     return {
         "scenario": {
             "name": name,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import hybridcache
-from benchmarks._common import Table, bench_main, summarize
+from benchmarks._common import Table, bench_main, connected, summarize
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 
@@ -42,12 +42,6 @@ OPTIONS = {
 }
 
 
-async def connected(stack: AsyncExitStack, url: str, service: str) -> HybridCache:
-    cache = await stack.enter_async_context(HybridCache(CacheSettings(service_name=service, configuration=url)))
-    await cache.wait_until_connected(5.0)
-    return cache
-
-
 async def invalidate(cache: HybridCache, kind: str) -> None:
     if kind == "key":
         await cache.remove(KEY)
@@ -63,7 +57,7 @@ async def observe(url: str, service: str) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     async with AsyncExitStack() as stack:
-        cache = await connected(stack, url, service)
+        cache = await connected(stack, CacheSettings(service_name=service, configuration=url))
         print("ready", flush=True)
         while line := (await reader.readline()).decode().strip():
             version = int(line)
@@ -110,7 +104,7 @@ async def propagation(server: RedisServer, iterations: int) -> dict[str, Any]:
     records = []
     try:
         async with AsyncExitStack() as stack:
-            writer = await connected(stack, server.url, service)
+            writer = await connected(stack, CacheSettings(service_name=service, configuration=server.url))
             await expect("ready")
             for i in range(iterations):
                 child.stdin.write(f"{i}\n".encode())
@@ -146,8 +140,9 @@ async def prefix_cost(small_keys: int, large_keys: int, rounds: int) -> dict[str
             writers, admins, patterns = {}, {}, {}
             for label, server, keys in (("small", small, small_keys), ("large", large, large_keys)):
                 service = f"bench-{uuid.uuid4().hex[:6]}"
-                writers[label] = await connected(stack, server.url, service)
-                await connected(stack, server.url, service)  # a subscriber
+                settings = CacheSettings(service_name=service, configuration=server.url)
+                writers[label] = await connected(stack, settings)
+                await connected(stack, settings)  # a subscriber
                 admins[label] = admin = server.client()
                 stack.push_async_callback(admin.aclose)
                 l2 = writers[label].internals.l2

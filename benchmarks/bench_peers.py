@@ -67,10 +67,12 @@ class LogTally(logging.Handler):
 LOGS = LogTally()
 
 
+@dataclass
 class Database:
     """The shared "database": builds the DTO, counts queries, optionally waits like a remote round trip."""
 
-    queries, delay = 0, 0.0
+    queries: int = 0
+    delay: float = 0.0
 
     async def load(self, dealership_id: int) -> DealershipDto:
         self.queries += 1

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from benchmarks._common import Table, Variant, bench_main, format_ns, measure, summarize
+from benchmarks._common import Table, Variant, bench_main, connected, format_ns, measure, summarize
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
 from hybridcache._generations import fields_for
@@ -86,10 +86,8 @@ async def bench_stampede(trials: int, delay: float) -> dict[str, Any]:
         }
         for name, (instances, lock) in setups.items():
             async with AsyncExitStack() as stack:
-                settings, caches = _settings(configuration=server.url, distributed_lock={"enabled": lock}), []
-                for _ in range(instances):
-                    caches.append(cache := await stack.enter_async_context(HybridCache(settings)))
-                    await cache.wait_until_connected(5)
+                settings = _settings(configuration=server.url, distributed_lock={"enabled": lock})
+                caches = [await connected(stack, settings) for _ in range(instances)]
                 runs, seconds = [], []
                 for trial in range(trials):
                     factory, began = _Counting(delay), time.perf_counter()
