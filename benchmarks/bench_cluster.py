@@ -365,22 +365,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _throughput_rows(summary: dict[str, Any], *, capped: bool) -> list[list[Any]]:
     rows = []
-    for name, row in summary.items():
-        cells = [
-            name,
-            f"{row['ops_per_s_median']:,}",
-            f"{row['client_cpu_us_per_op_median']} µs",
-            f"{row['master_cpu_us_per_get_median']} µs",
-            f"{100 * row['busiest_master_core_share_median']:.1f}% of a core",
-            ", ".join(f"{100 * s:.0f}%" for s in row["gets_share_per_master"]),
-        ]
+    for name, r in summary.items():
+        rows.append([
+            name, f"{r['ops_per_s_median']:,}", f"{r['client_cpu_us_per_op_median']} µs",
+            f"{r['master_cpu_us_per_get_median']} µs", f"{100 * r['busiest_master_core_share_median']:.1f}% of a core",
+            ", ".join(f"{100 * s:.0f}%" for s in r["gets_share_per_master"]),
+        ])  # fmt: skip
         if capped:
-            cells += [
-                f"{100 * row['busiest_master_share_of_cap_median']:.0f}%",
-                f"{100 * row['busiest_master_throttled_periods_share_median']:.0f}% of periods",
-                f"{row['errors']} / {row['misses']}",
+            rows[-1] += [
+                f"{100 * r['busiest_master_share_of_cap_median']:.0f}%",
+                f"{100 * r['busiest_master_throttled_periods_share_median']:.0f}% of periods",
+                f"{r['errors']} / {r['misses']}",
             ]
-        rows.append(cells)
     return rows
 
 
