@@ -1,10 +1,5 @@
-"""Cap processes at a fixed share of one CPU core with a Linux cgroup CPU quota (CFS bandwidth control), to model
-servers that each have a core of their own on a machine with too few cores. Needs root, in practice.
-
-``CpuCap(pids, percent=..., period_us=...)`` puts each pid in a new group of its own (cgroup v1 when a hierarchy
-has the ``cpu`` controller, else cgroup v2's ``cpu.max``) with a quota of ``period_us * percent / 100`` µs per
-period. Entry raises ``CpuCapUnavailable`` (after undoing what it did) when that cannot be done; exit, also after
-an error, moves every process in the groups back where it was and removes the groups.
+"""Cap processes at a share of one CPU core with a Linux cgroup CPU quota (v1 ``cpu`` controller, else v2
+``cpu.max``), modelling servers with a core each on a machine with too few. Needs root; undone on exit.
 """
 
 from __future__ import annotations
@@ -65,7 +60,8 @@ def period_for(percent: float) -> int:
 
 
 class CpuCap:
-    """Each of ``pids`` in a group of its own, capped at ``percent`` of one core (see the module docstring)."""
+    """Each of ``pids`` in a group of its own, capped at ``percent`` of one core. Entry raises ``CpuCapUnavailable``
+    (after undoing what it did) when that cannot be done; exit moves the processes back and removes the groups."""
 
     def __init__(self, pids: Iterable[int], *, percent: float, period_us: int) -> None:
         self.pids, self.percent, self.period_us = tuple(pids), percent, period_us

@@ -1,7 +1,5 @@
-"""Compare one benchmark on two commits: ``python -m benchmarks.ab BASE [TARGET] [--bench cache] [-- options]``.
-
-Both commits become temporary git worktrees; the benchmark runs from each in turn (BASE, TARGET, … ``--runs``
-pairs) so load falls on both alike; writes ``results/ab_<bench>.json``. Method: docs/benchmarks.md.
+"""Compare one benchmark on two commits: ``python -m benchmarks.ab BASE [TARGET] [--bench cache] [-- options]``,
+run from temporary worktrees in turn (BASE, TARGET, …); writes ``results/ab_<bench>.json``. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ def tables(document: dict[str, Any]) -> list[Table]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("base", help="the commit to compare against (e.g. a tag, a hash, main~3)")
     parser.add_argument("target", nargs="?", default="HEAD", help="the commit measured (default HEAD)")
     parser.add_argument("--bench", default="cache", help="benchmark name, as in python -m benchmarks --list")

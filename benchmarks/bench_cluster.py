@@ -1,6 +1,5 @@
-"""Redis Cluster and Sentinel against a standalone Redis (issue 8): L2-hit latency per topology (target: cluster
-within 20% of standalone), and throughput with 1 vs 3 masters, uncapped and server-bound (masters CPU-capped,
-``_cpu_cap``). Method and caveats: docs/benchmarks.md and docs/cluster.md.
+"""Redis Cluster and Sentinel against a standalone Redis (issue 8): L2-hit latency per topology, and throughput
+with 1 vs 3 masters, uncapped and server-bound (``_cpu_cap``). Method: docs/benchmarks.md, docs/cluster.md.
 """
 
 from __future__ import annotations

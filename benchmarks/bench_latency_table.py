@@ -1,6 +1,5 @@
-"""The seed's "Latency Comparison" table, measured (issue 7): single entity, search and list with no cache / L2
-only / L1+L2, through the mediator and HTTP, on SQLite and PostgreSQL (skipped if 127.0.0.1:5432 is down), with a
-simulated round trip added to every SQL statement. Method: docs/benchmarks.md.
+"""The seed's "Latency Comparison" table, measured (issue 7): no cache / L2 only / L1+L2 through the mediator and
+HTTP, on SQLite and PostgreSQL, with a simulated round trip per SQL statement. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations

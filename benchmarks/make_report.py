@@ -1,6 +1,5 @@
-"""Build ``docs/performance.md`` (with its plots, ``docs/img/*.png``), the generated parts of
-``docs/performance-service.md`` and the README's measured table from ``benchmarks/results/*.json``; nothing is
-measured here. Each section shows the tables its benchmark prints (its module's ``tables``), with its provenance.
+"""Write ``docs/performance.md`` (and its plots), the generated parts of ``docs/performance-service.md`` and the
+README's measured table from ``benchmarks/results/*.json``, each section by its benchmark's ``tables``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""The README's "Measured" table, written from ``benchmarks/results/*.json`` so it can never drift from them.
-
-``python -m benchmarks.make_report`` calls :func:`update_readme`, which rewrites the table between two marker
-comments in README.md. Each row reads named fields of one result file and names it as its source; a row whose file
-or field is missing says "not measured" rather than keeping an old figure.
+"""The README's "Measured" table (also the head of docs/performance.md), from ``benchmarks/results/*.json``:
+each row names the file and field it reads, and says "not measured" when they are missing.
 """
 
 from __future__ import annotations
