@@ -1,7 +1,5 @@
-"""Run the benchmarks: ``python -m benchmarks [NAME ...]`` (``--list`` shows the names).
-
-Each ``benchmarks/bench_<name>.py`` has a ``main(argv)``, run with no arguments, in name order; one that raises or
-returns a non-zero int is reported and the others still run. A full run writes ``results/run.json``.
+"""Run the benchmarks: ``python -m benchmarks [NAME ...]``: each ``bench_<name>.py``'s ``main([])`` in name order;
+a failure is reported and the others still run. A full run writes ``results/run.json``. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -13,23 +11,27 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from benchmarks._common import write_results
+from benchmarks._common import Table, fmt, write_results
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def run_one(name: str) -> bool:
-    """Import ``benchmarks.bench_<name>`` and run its ``main([])``; True when it succeeded."""
-    module = importlib.import_module(f"benchmarks.bench_{name}")
-    saved_argv, sys.argv = sys.argv, [str(PACKAGE_DIR / f"bench_{name}.py")]  # no runner arguments in sys.argv
+    """Run ``benchmarks.bench_<name>.main([])``; True unless it raised or returned a non-zero status."""
     try:
-        result = module.main([])
-    except SystemExit as exit_:  # a script that calls sys.exit() inside main
-        result = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    finally:
-        sys.argv = saved_argv
-    return not (isinstance(result, int) and result != 0)
+        return not importlib.import_module(f"benchmarks.bench_{name}").main([])
+    except (Exception, SystemExit):  # SystemExit: a benchmark refusing to run (a missing tool, say)
+        traceback.print_exc()
+        return False
+
+
+def tables(document: dict[str, Any]) -> list[Table]:
+    """The seconds each benchmark of a full run took (``run.json``)."""
+    rows = [[name, fmt(seconds, 1)] for name, seconds in document["seconds_per_benchmark"].items()]
+    note = f"{document['total_seconds'] / 60:.1f} min in all; failed: {', '.join(document['failed']) or 'none'}."
+    return [Table(["benchmark", "seconds"], rows, note=note)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,22 +46,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     selected = [n.removeprefix("bench_") for n in args.names] or available
     if unknown := [n for n in selected if n not in available]:
         parser.error(f"unknown benchmark(s) {unknown}; available: {available}")
-    failed: list[str] = []
     seconds: dict[str, float] = {}
-    run_started = time.monotonic()
+    failed: list[str] = []
     for name in selected:
         print(f"\n=== bench_{name} " + "=" * max(0, 70 - len(name)), flush=True)
         started = time.monotonic()
-        try:
-            ok = run_one(name)
-        except Exception:
-            traceback.print_exc()
-            ok = False
+        ok = run_one(name)
         seconds[name] = round(time.monotonic() - started, 1)
         print(f"=== bench_{name}: {'ok' if ok else 'FAILED'} in {seconds[name]:.1f}s", flush=True)
         if not ok:
             failed.append(name)
-    total = round(time.monotonic() - run_started, 1)
+    total = round(sum(seconds.values()), 1)
     print(f"\nall selected benchmarks: {total:.0f}s", flush=True)
     if not args.names:  # a full run: record how long each part took (``make bench`` adds only set-up to this)
         write_results("run", {"seconds_per_benchmark": seconds, "total_seconds": total, "failed": failed})

@@ -4,6 +4,8 @@ uses these; none imports another's module. How timing works: docs/benchmarks.md.
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import bisect
 import contextlib
 import datetime
@@ -23,13 +25,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dealership.dto import DealershipDto, StateProvinceDto, ZipCodeDto
 from dealership.seed import generate
 from harness.postgres import PostgresUnavailableError, check_postgres_sync, postgres_database
+from hybridcache import CacheSettings, HybridCache
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -49,21 +52,17 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 def summarize(
     values: Sequence[float], stats: Sequence[str], *, unit: str = "", scale: float = 1.0, digits: int = 1
 ) -> dict[str, float]:
-    """``{"<stat>_<unit>": value}`` for each of ``stats`` ("median", "pNN", "min", "max", "mean"), values times
-    ``scale`` and rounded to ``digits``; "count" is the number of values."""
+    """``{"<stat>_<unit>": value * scale}`` per stat ("median", "pNN", "min", "max", "mean", "count")."""
 
     aggregate: dict[str, Callable[[Sequence[float]], float]] = {"min": min, "max": max, "mean": statistics.fmean}
     out: dict[str, float] = {}
     for stat in stats:
         if stat == "count":
             out["count"] = len(values)
-            continue
-        value = (
-            aggregate[stat](values)
-            if stat in aggregate
-            else percentile(values, 0.5 if stat == "median" else int(stat[1:]) / 100)
-        )
-        out[f"{stat}_{unit}" if unit else stat] = round(value * scale, digits)
+        else:
+            fraction = 0.5 if stat == "median" else int(stat[1:]) / 100 if stat not in aggregate else None
+            value = aggregate[stat](values) if fraction is None else percentile(values, fraction)
+            out[f"{stat}_{unit}" if unit else stat] = round(value * scale, digits)
     return out
 
 
@@ -80,47 +79,43 @@ class Variant:
     ops: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class Timing:
-    """Per-operation figures of one variant, in nanoseconds, over ``batches`` batches of ``ops`` operations."""
+    """One variant's wall and CPU nanoseconds per operation, one sample per batch, in round order."""
 
     name: str
-    median_ns: float
-    p10_ns: float
-    p90_ns: float
-    min_ns: float
-    batches: int
     ops: int
-    samples: tuple[float, ...] = ()  # per-op ns of each batch, in round order
-    cpu_median_ns: float = 0.0  # this process's CPU time per op: what the code costs, minus waiting and preemption
+    samples: list[float] = field(default_factory=list)
+    cpu_samples: list[float] = field(default_factory=list)
 
-    @classmethod
-    def of(cls, name: str, per_op_ns: Sequence[float], ops: int, cpu_per_op_ns: Sequence[float] = ()) -> Timing:
-        return cls(
-            name=name,
-            median_ns=statistics.median(per_op_ns),
-            p10_ns=percentile(per_op_ns, 0.1),
-            p90_ns=percentile(per_op_ns, 0.9),
-            min_ns=min(per_op_ns),
-            batches=len(per_op_ns),
-            ops=ops,
-            samples=tuple(per_op_ns),
-            cpu_median_ns=statistics.median(cpu_per_op_ns) if cpu_per_op_ns else 0.0,
-        )
+    @property
+    def median_ns(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def cpu_median_ns(self) -> float:
+        return statistics.median(self.cpu_samples)
+
+    @property
+    def batches(self) -> int:
+        return len(self.samples)
 
     def as_dict(self) -> dict[str, Any]:
-        figures = ("median_ns", "p10_ns", "p90_ns", "min_ns", "cpu_median_ns")
-        return {k: round(getattr(self, k), 1) for k in figures} | {"batches": self.batches, "ops_per_batch": self.ops}
+        figures = summarize(self.samples, ("median", "p10", "p90", "min"), unit="ns")
+        return figures | {
+            "cpu_median_ns": round(self.cpu_median_ns, 1),
+            "batches": self.batches,
+            "ops_per_batch": self.ops,
+        }
 
 
 def paired_ratio(numerator: Timing, denominator: Timing) -> float:
-    """Median over rounds of ``numerator / denominator`` measured in the same round: steadier than the ratio of
-    the two medians when the machine is busy, since a slow spell inflates both batches of a round alike."""
+    """Median over rounds of ``numerator / denominator`` in the same round (docs/benchmarks.md)."""
     return statistics.median(a / b for a, b in zip(numerator.samples, denominator.samples, strict=True))
 
 
-async def _time_batch(variant: Variant) -> tuple[float, float]:
-    """Wall-clock and CPU nanoseconds per operation for one batch of ``variant`` (GC paused, as ``timeit`` does)."""
+async def _time_batch(variant: Variant, timing: Timing | None = None) -> None:
+    """Time one batch of ``variant`` (GC paused, as ``timeit`` does) into ``timing``, per operation."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -132,31 +127,27 @@ async def _time_batch(variant: Variant) -> tuple[float, float]:
     finally:
         if enabled:
             gc.enable()
-    return elapsed / variant.ops, cpu / variant.ops
+    if timing is not None:
+        timing.samples.append(elapsed / variant.ops)
+        timing.cpu_samples.append(cpu / variant.ops)
 
 
 async def measure(
     variants: Sequence[Variant], *, rounds: int, max_seconds: float, warmup_rounds: int = 2
 ) -> dict[str, Timing]:
-    """Time every variant round-robin for up to ``rounds`` rounds (fewer if ``max_seconds`` runs out); async
-    variants are awaited in the running loop."""
-    if rounds < 1:
-        raise ValueError("rounds must be at least 1")
+    """Time every variant round-robin for up to ``rounds`` rounds or ``max_seconds``."""
     for _ in range(warmup_rounds):
         for variant in variants:
             await _time_batch(variant)
     gc.collect()
-    samples: dict[str, list[tuple[float, float]]] = {v.name: [] for v in variants}
+    timings = {v.name: Timing(v.name, v.ops) for v in variants}
     deadline = time.monotonic() + max_seconds
-    for _ in range(rounds):
+    for _ in range(max(rounds, 1)):
         for variant in variants:
-            samples[variant.name].append(await _time_batch(variant))
+            await _time_batch(variant, timings[variant.name])
         if time.monotonic() >= deadline:
             break
-    return {
-        v.name: Timing.of(v.name, [w for w, _ in samples[v.name]], v.ops, [c for _, c in samples[v.name]])
-        for v in variants
-    }
+    return timings
 
 
 def looped(op: Callable[[], Awaitable[Any]]) -> Callable[[int], Awaitable[None]]:
@@ -185,20 +176,18 @@ def format_ns(ns: float) -> str:
     return f"{ns / 1_000_000:.3g} ms"
 
 
-def fmt(value: Any, digits: int | None = None, suffix: str = "") -> str:
-    """A figure as a table cell: ``-`` for None/NaN, thousands separators, ``digits`` decimals (else 3 significant
-    below 100), ``yes``/``no`` for booleans."""
+def fmt(value: Any, digits: int | None = None) -> str:
+    """A figure as a table cell: ``-`` for None/NaN, thousands separators, ``digits`` (else 3 significant)."""
     if value is None or (isinstance(value, float) and value != value):
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
-        return f"{value:,}{suffix}"
+        return f"{value:,}"
     if isinstance(value, float):
-        text = (
+        return (
             f"{value:,.{digits}f}" if digits is not None else f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
         )
-        return text + suffix
     return str(value)
 
 
@@ -209,8 +198,7 @@ def ratio(value: float | None, reference: float | None, digits: int = 1) -> str:
 
 @dataclass
 class Table:
-    """Rows under headers, with an optional title above and note below: one table, printed on the console
-    (:meth:`text`) or put into a Markdown page (:meth:`markdown`, by ``make_report``). First column left-aligned."""
+    """A titled table with a note, as console text or Markdown (``make_report``); first column left-aligned."""
 
     headers: Sequence[str]
     rows: Sequence[Sequence[object]] = ()
@@ -253,8 +241,7 @@ def _seed_rows() -> list[tuple[dict[str, object], ZipCodeDto]]:
 
 
 def dealership_dto(dealership_id: int = 42) -> DealershipDto:
-    """The value every benchmark caches: one dealership of the service's deterministic seed, with its zip code
-    and state (what ``GET /api/dealership/{id}`` returns)."""
+    """The value every benchmark caches: one dealership of the service's seed, as the API returns it."""
     rows = _seed_rows()
     columns, zip_code = rows[(dealership_id - 1) % len(rows)]
     return DealershipDto(
@@ -267,10 +254,17 @@ def dealership_dto(dealership_id: int = 42) -> DealershipDto:
     )
 
 
+async def connected(stack: contextlib.AsyncExitStack, settings: CacheSettings, **options: Any) -> HybridCache:
+    """A started cache, closed with ``stack``, whose invalidation subscription is confirmed (when it has Redis)."""
+    cache = await stack.enter_async_context(HybridCache(settings, **options))
+    if not await cache.wait_until_connected(10.0):
+        raise RuntimeError(f"{settings.service_name}: the invalidation subscription was not confirmed in 10 s")
+    return cache
+
+
 @contextlib.contextmanager
 def database_urls(names: Sequence[str], workdir: Path) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
-    """``({name: url}, {name: why skipped})`` for ``sqlite`` (a file in ``workdir``) and ``postgresql`` (a
-    throwaway database, dropped on exit; skipped when the server is unreachable)."""
+    """``({name: url}, {name: why skipped})``: a SQLite file, a throwaway PostgreSQL database if it answers."""
     urls = {"sqlite": f"sqlite+aiosqlite:///{workdir / 'dealership.db'}"} if "sqlite" in names else {}
     skipped: dict[str, str] = {}
     if "postgresql" in names:
@@ -296,36 +290,29 @@ def load_average() -> list[float]:
 
 
 def package_versions(*names: str) -> dict[str, str]:
-    def version(name: str) -> str:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {name: version(name) for name in names}
+    return {name: _version(name) for name in names}
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _run(*command: str) -> str:
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+        return subprocess.run(command, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"unknown ({exc.__class__.__name__})"
-    return out.stdout.strip()
 
 
 def machine_info() -> dict[str, Any]:
     """What the figures depend on: CPU, load, OS, Python, redis-server, library versions, the git commit."""
+    cpu = next((line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo") if line.startswith("model name")), "")
     dirty = _run("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no")
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu or platform.processor() or "unknown",
         "cpus": os.cpu_count(),
         "load_average": load_average(),
         "os": platform.platform(),
@@ -334,6 +321,13 @@ def machine_info() -> dict[str, Any]:
         "packages": package_versions(*_PACKAGES),
         "git_commit": _run("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD") + ("-dirty" if dirty else ""),
     }
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
 
 
 def write_results(name: str, payload: Mapping[str, Any]) -> Path:
@@ -351,21 +345,32 @@ def write_results(name: str, payload: Mapping[str, Any]) -> Path:
     return path
 
 
-class Run:
-    """One benchmark run: notes the load average and the clock at the start; :meth:`finish` prints the tables
-    and writes the result file with ``load_average_at_start`` and ``elapsed_seconds`` added."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.load_at_start = load_average()
-        self._started = time.monotonic()
-
-    def finish(self, payload: Mapping[str, Any], tables: Callable[[dict[str, Any]], Sequence[Table]]) -> Path:
-        elapsed = round(time.monotonic() - self._started, 1)
-        path = write_results(
-            self.name, {**payload, "load_average_at_start": self.load_at_start, "elapsed_seconds": elapsed}
+def bench_main(
+    name: str,
+    argv: Sequence[str] | None,
+    doc: str | None,
+    work: Callable[[argparse.Namespace], Any],
+    tables: Callable[[dict[str, Any]], Sequence[Table]],
+    options: Mapping[str, tuple[Any, str]],
+) -> dict[str, Any]:
+    """Parse ``argv`` (each ``options`` entry ``name: (default, help)`` is an option ``--name`` of its default's
+    type, a list given comma-separated), run ``work(args)`` (awaited when async), print ``tables`` and write
+    ``results/<name>.json`` with the load average at the start and the elapsed seconds; the payload."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.bench_{name}", description=doc)
+    for option, (default, text) in options.items():
+        kind = type(default)
+        if kind is list:
+            kind = functools.partial(lambda item, text: [item(x) for x in text.split(",") if x], type(default[0]))
+        parser.add_argument(
+            "--" + option.replace("_", "-"), type=kind, default=default, help=f"{text} (default {default})"
         )
-        document = json.loads(path.read_text())  # the tables make_report shows, from the same file
-        print("\n\n".join(t.text() for t in tables(document)))
-        print(f"\n{elapsed:.0f} s; wrote {path}")
-        return path
+    args = parser.parse_args(argv)
+    load_at_start, started = load_average(), time.monotonic()
+    payload = work(args)
+    if inspect.isawaitable(payload):
+        payload = asyncio.run(payload)
+    elapsed = round(time.monotonic() - started, 1)
+    path = write_results(name, {**payload, "load_average_at_start": load_at_start, "elapsed_seconds": elapsed})
+    print("\n\n".join(t.text() for t in tables(json.loads(path.read_text()))))  # what make_report shows
+    print(f"\n{elapsed:.0f} s; wrote {path}")
+    return dict(payload)

@@ -5,7 +5,6 @@ Targets reported, not asserted (L1 hit < 1.5 µs; L2 hit within 10% of raw GET +
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import redis.asyncio
 from pydantic import TypeAdapter
 
-from benchmarks._common import Run, Table, Timing, Variant, dealership_dto, format_ns, looped, measure, paired_ratio
+from benchmarks._common import Table, Variant, bench_main, dealership_dto, format_ns, looped, measure, paired_ratio
 from dealership.dto import DealershipDto
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
@@ -29,7 +28,6 @@ REDIS_OPS = 200
 DICT = "dict lookup"
 AWAIT = "await trivial coroutine"
 L1_HIT = "get_or_create L1 hit (L1+L2)"
-L1_ONLY_HIT = "get_or_create L1 hit (L1-only)"
 GET_L1 = "get L1 hit (L1+L2)"
 DECODE = "decode: validate_json"
 ENVELOPE_DECODE = "decode: envelope + validate_json"
@@ -40,29 +38,11 @@ RAW_DIRECT = "raw GET on a connection of its own + decode"
 L2_HIT = "get_or_create L2 hit (L1 off)"
 GET_L2 = "get L2 hit (L1 off)"
 
-
-def settings_for(server: RedisServer, *, l1: bool, redis: bool = True) -> CacheSettings:
-    return CacheSettings(
-        service_name="bench",
-        configuration=server.url if redis else None,
-        # Long enough that no L1 entry expires during the run: we measure hits, not refreshes.
-        memory_cache={"enabled": l1, "default_expiration_seconds": 3600},
-    )
-
-
 Op = Callable[[], Awaitable[Any]]
+OPTIONS = {"rounds": (60, "batches per operation"), "max_seconds": (90.0, "stop starting rounds after this long")}
 
 
-def raw_client(server: RedisServer, settings: CacheSettings, *, timeouts: bool = True) -> redis.asyncio.Redis:
-    """A plain redis-py client configured as the cache configures its own (protocol, socket timeouts)."""
-    kwargs: dict[str, Any] = {"host": server.host, "port": server.port, "protocol": settings.protocol}
-    if timeouts:
-        kwargs["socket_timeout"] = settings.operation_timeout_milliseconds / 1000
-        kwargs["socket_connect_timeout"] = settings.connect_timeout_milliseconds / 1000
-    return redis.asyncio.Redis(**kwargs)
-
-
-async def run(rounds: int, max_seconds: float) -> dict[str, Any]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     dto = dealership_dto(42)
     adapter: TypeAdapter[DealershipDto] = TypeAdapter(DealershipDto)
     payload = adapter.dump_json(dto)
@@ -74,18 +54,25 @@ async def run(rounds: int, max_seconds: float) -> dict[str, Any]:
         return dto
 
     with RedisServer() as server:
-        both = HybridCache.from_settings(settings_for(server, l1=True))
-        l1_only = HybridCache.from_settings(settings_for(server, l1=True, redis=False))
-        l2_only = HybridCache.from_settings(settings_for(server, l1=False))
-        raw = raw_client(server, l2_only.settings)
-        raw_untimed = raw_client(server, l2_only.settings, timeouts=False)
-        async with both, l1_only, l2_only:
+
+        def cache(*, l1: bool) -> HybridCache:
+            memory = {"enabled": l1, "default_expiration_seconds": 3600}  # no L1 entry expires during the run
+            return HybridCache(CacheSettings(service_name="bench", configuration=server.url, memory_cache=memory))
+
+        both, l2_only = cache(l1=True), cache(l1=False)
+        # Plain clients configured as the cache configures its own (protocol, socket timeouts), and one without.
+        settings = l2_only.settings
+        raw_untimed = server.client(protocol=settings.protocol)
+        timeouts = settings.operation_timeout_milliseconds / 1000, settings.connect_timeout_milliseconds / 1000
+        raw = server.client(protocol=settings.protocol, socket_timeout=timeouts[0], socket_connect_timeout=timeouts[1])
+        async with both, l2_only:
             await raw.set("raw:" + KEY, payload)
-            for cache in (both, l1_only, l2_only):
-                assert await cache.get_or_create(KEY, factory, ttl=TTL, type_=DealershipDto) == dto
+            for each in (both, l2_only):
+                assert await each.get_or_create(KEY, factory, ttl=TTL, type_=DealershipDto) == dto
             entry = await raw.get(f"bench:v1:{KEY}")
             assert isinstance(entry, bytes), "the L2 entry is where the documented layout says"
             table = {KEY: dto}
+            direct = raw.connection_pool.make_connection()
 
             def dict_lookup(ops: int) -> None:
                 for _ in range(ops):
@@ -94,18 +81,13 @@ async def run(rounds: int, max_seconds: float) -> dict[str, Any]:
             async def trivial() -> DealershipDto:
                 return dto
 
-            async def await_trivial(ops: int) -> None:
-                for _ in range(ops):
-                    await trivial()
-
             def decode(ops: int) -> None:
                 for _ in range(ops):
                     adapter.validate_json(payload)
 
             def decode_envelope(ops: int) -> None:
                 for _ in range(ops):
-                    _, body = decode_entry(entry)
-                    adapter.validate_json(body)  # type: ignore[arg-type]  # this entry has a body
+                    adapter.validate_json(decode_entry(entry)[1])  # type: ignore[arg-type]  # this entry has a body
 
             def hit(cache: HybridCache) -> Op:
                 return lambda: cache.get_or_create(KEY, factory, ttl=TTL, type_=DealershipDto)
@@ -113,16 +95,11 @@ async def run(rounds: int, max_seconds: float) -> dict[str, Any]:
             def get(cache: HybridCache) -> Op:
                 return lambda: cache.get(KEY, type_=DealershipDto)
 
-            def raw_get(client: redis.asyncio.Redis) -> Op:
-                return lambda: client.get("raw:" + KEY)
-
             def raw_get_decode(client: redis.asyncio.Redis) -> Op:
                 async def op() -> DealershipDto:
                     return adapter.validate_json(await client.get("raw:" + KEY))  # type: ignore[arg-type]
 
                 return op
-
-            direct = raw.connection_pool.make_connection()
 
             async def direct_get_decode() -> DealershipDto:
                 await direct.send_packed_command(direct.pack_command("GET", "raw:" + KEY), False)
@@ -130,13 +107,12 @@ async def run(rounds: int, max_seconds: float) -> dict[str, Any]:
 
             variants = [
                 Variant(DICT, dict_lookup, FAST_OPS * 10),
-                Variant(AWAIT, await_trivial, FAST_OPS * 5),
+                Variant(AWAIT, looped(trivial), FAST_OPS * 5),
                 Variant(L1_HIT, looped(hit(both)), FAST_OPS),
-                Variant(L1_ONLY_HIT, looped(hit(l1_only)), FAST_OPS),
                 Variant(GET_L1, looped(get(both)), FAST_OPS),
                 Variant(DECODE, decode, FAST_OPS),
                 Variant(ENVELOPE_DECODE, decode_envelope, FAST_OPS),
-                Variant(RAW_GET, looped(raw_get(raw)), REDIS_OPS),
+                Variant(RAW_GET, looped(lambda: raw.get("raw:" + KEY)), REDIS_OPS),
                 Variant(RAW, looped(raw_get_decode(raw)), REDIS_OPS),
                 Variant(RAW_NO_TIMEOUT, looped(raw_get_decode(raw_untimed)), REDIS_OPS),
                 Variant(RAW_DIRECT, looped(direct_get_decode), REDIS_OPS),
@@ -144,33 +120,31 @@ async def run(rounds: int, max_seconds: float) -> dict[str, Any]:
                 Variant(GET_L2, looped(get(l2_only)), REDIS_OPS),
             ]
             runs_before = factory_runs
-            timings = await measure(variants, rounds=rounds, max_seconds=max_seconds)
+            timings = await measure(variants, rounds=args.rounds, max_seconds=args.max_seconds)
             assert factory_runs == runs_before, "a measured read missed and ran the factory"
             assert l2_only.stats().l1_hits == 0, "the L2 figures include L1 hits"
             assert both.stats().l2_hits == 0, "the L1 figures include L2 hits"
             stats = {"l1+l2": both.stats().as_dict(), "l2-only": l2_only.stats().as_dict()}
-
             await direct.disconnect()
         await raw.aclose()
         await raw_untimed.aclose()
-    return report(timings, stats)
 
+    def paired(a: str, b: str) -> float:
+        return round(paired_ratio(timings[a], timings[b]), 3)
 
-def report(timings: dict[str, Timing], stats: dict[str, Any]) -> dict[str, Any]:
-    l1_ns, dict_ns = timings[L1_HIT].median_ns, timings[DICT].median_ns
-    l2_paired = paired_ratio(timings[L2_HIT], timings[RAW])
+    l1_ns, l2_paired = timings[L1_HIT].median_ns, paired_ratio(timings[L2_HIT], timings[RAW])
     return {
         "unit": "ns per operation: median over rounds of each batch's mean (loop overhead included)",
         "results": {name: t.as_dict() for name, t in timings.items()},
         "ratios": {
-            "l1_hit_over_dict_lookup": round(l1_ns / dict_ns, 1),
+            "l1_hit_over_dict_lookup": round(l1_ns / timings[DICT].median_ns, 1),
             "l1_hit_over_trivial_await": round(l1_ns / timings[AWAIT].median_ns, 2),
             "l2_hit_over_raw_get_decode": round(timings[L2_HIT].median_ns / timings[RAW].median_ns, 3),
             "l2_hit_over_raw_get_decode_paired": round(l2_paired, 3),
-            "l2_get_over_raw_get_decode_paired": round(paired_ratio(timings[GET_L2], timings[RAW]), 3),
-            "raw_untimed_over_raw_paired": round(paired_ratio(timings[RAW_NO_TIMEOUT], timings[RAW]), 3),
-            "raw_direct_over_raw_paired": round(paired_ratio(timings[RAW_DIRECT], timings[RAW]), 3),
-            "l2_hit_over_raw_direct_paired": round(paired_ratio(timings[L2_HIT], timings[RAW_DIRECT]), 3),
+            "l2_get_over_raw_get_decode_paired": paired(GET_L2, RAW),
+            "raw_untimed_over_raw_paired": paired(RAW_NO_TIMEOUT, RAW),
+            "raw_direct_over_raw_paired": paired(RAW_DIRECT, RAW),
+            "l2_hit_over_raw_direct_paired": paired(L2_HIT, RAW_DIRECT),
             "l2_hit_cpu_over_raw_cpu": round(timings[L2_HIT].cpu_median_ns / timings[RAW].cpu_median_ns, 3),
         },
         "targets": {
@@ -186,7 +160,7 @@ def report(timings: dict[str, Timing], stats: dict[str, Any]) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> list[Table]:
     results, ratios, targets = result["results"], result["ratios"], result["targets"]
-    reference = dict.fromkeys((L1_HIT, L1_ONLY_HIT, GET_L1), DICT)
+    reference = dict.fromkeys((L1_HIT, GET_L1), DICT)
     reference |= dict.fromkeys((L2_HIT, GET_L2, RAW_NO_TIMEOUT, RAW_DIRECT), RAW)
     rows = []
     for name, row in results.items():
@@ -210,12 +184,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cache", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=60, help="batches per operation (default 60)")
-    parser.add_argument("--max-seconds", type=float, default=90.0, help="stop starting rounds after this long")
-    args = parser.parse_args(argv)
-    bench = Run("cache")
-    bench.finish(asyncio.run(run(args.rounds, args.max_seconds)), tables)
+    bench_main("cache", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
-"""Redis Cluster and Sentinel against a standalone Redis (issue 8): L2-hit latency per topology (target: cluster
-within 20% of standalone), and throughput with 1 vs 3 masters, uncapped and server-bound (masters CPU-capped,
-``_cpu_cap``). Method and caveats: docs/benchmarks.md and docs/cluster.md.
+"""Redis Cluster and Sentinel against a standalone Redis (issue 8): L2-hit latency per topology, and throughput
+with 1 vs 3 masters, uncapped and server-bound (``_cpu_cap``). Method: docs/benchmarks.md, docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -14,18 +13,17 @@ import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import redis
-import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
-from benchmarks._common import Run, Table, Timing, Variant, dealership_dto, format_ns, measure, paired_ratio
+from benchmarks._common import Table, Variant, bench_main, connected, dealership_dto, format_ns, measure, paired_ratio
 from benchmarks._cpu_cap import CpuCap, CpuCapUnavailable, period_for
 from dealership.dto import DealershipDto
 from harness.redis_cluster import RedisClusterProcess
@@ -40,14 +38,9 @@ LATENCY_KEYS = 64
 REDIS_OPS = 200
 OPERATION_TIMEOUT_MS = 2000
 CAPPED_OPERATION_TIMEOUT_MS = 10_000  # a margin: callers queue behind a capped master's throttled stretches
-MASTER_CPU_PERCENT = 3.0  # each master's CPU budget in the server-bound mode, percent of one core
 SERVER_BOUND_SHARE_OF_CAP = 0.9  # the 1-master run is server-bound when its busiest master used this much of its cap
 
-STANDALONE = "standalone"
-CLUSTER_1 = "cluster, 1 master"
-CLUSTER_3 = "cluster, 3 masters"
-SENTINEL = "sentinel"
-
+STANDALONE, CLUSTER_1, CLUSTER_3, SENTINEL = "standalone", "cluster, 1 master", "cluster, 3 masters", "sentinel"
 L2_STANDALONE = "get_or_create L2 hit, standalone"
 L2_CLUSTER = "get_or_create L2 hit, cluster (3 masters)"
 L2_SENTINEL = "get_or_create L2 hit, Sentinel"
@@ -55,9 +48,22 @@ RAW_STANDALONE = "raw GET, standalone client"
 RAW_CLUSTER = "raw GET, RedisCluster client"
 L2_CLUSTER_ONE = "get_or_create L2 hit, cluster, keys of one master"
 RAW_CLUSTER_ONE = "raw GET, RedisCluster client, keys of one master"
+#: A topology under load: its configuration, and (port, pid) of each master that answers its GETs.
+Topology = tuple[str, tuple[tuple[int, int], ...]]
+OPTIONS = {
+    "rounds": (40, "latency batches per operation"),
+    "max_seconds": (60.0, "stop starting latency rounds after this"),
+    "processes": (2, "client processes for throughput"),
+    "tasks": (16, "concurrent callers per process"),
+    "keys": (3000, "distinct stored keys"),
+    "duration": (5.0, "seconds per throughput window"),
+    "repeats": (3, "interleaved throughput runs per topology"),
+    "master_cpu_percent": (3.0, "each master's CPU budget in the server-bound runs, percent of one core"),
+    "server_bound_repeats": (2, "interleaved server-bound runs per topology"),
+}
 
 
-def settings_for(configuration: str, *, operation_timeout_ms: int = OPERATION_TIMEOUT_MS) -> CacheSettings:
+def settings_for(configuration: str, operation_timeout_ms: int = OPERATION_TIMEOUT_MS) -> CacheSettings:
     """L1 off: every ``get_or_create`` of a stored key is an L2 hit."""
     return CacheSettings(
         service_name=SERVICE,
@@ -75,79 +81,59 @@ async def _never() -> DealershipDto:
     raise AssertionError("an L2 hit was expected; the factory ran")
 
 
+def l2_hit(cache: HybridCache) -> Callable[[str], Awaitable[Any]]:
+    return lambda key: cache.get_or_create(key, _never, ttl=TTL, type_=DealershipDto)
+
+
 async def fill(cache: HybridCache, count: int) -> None:
     """Store ``count`` dealerships (keys ``Dealership:0..count-1``), 64 at a time."""
     for start in range(0, count, 64):
-        await asyncio.gather(
-            *(
-                cache.set(key_of(n), dealership_dto(n), ttl=TTL, type_=DealershipDto)
-                for n in range(start, min(count, start + 64))
-            )
-        )
+        ids = range(start, min(count, start + 64))
+        await asyncio.gather(*(cache.set(key_of(n), dealership_dto(n), ttl=TTL, type_=DealershipDto) for n in ids))
 
 
-# ---------------------------------------------------------------------------------------------- latency
+def cycling(name: str, op: Callable[[str], Awaitable[Any]], keys: Sequence[str]) -> Variant:
+    """``name``: batches of ``REDIS_OPS`` awaits of ``op`` on ``keys`` in turn."""
 
-
-def _l2_batch(cache: HybridCache, keys: Sequence[str]) -> Callable[[int], Awaitable[None]]:
     async def run(ops: int) -> None:
         for i in range(ops):
-            await cache.get_or_create(keys[i % len(keys)], _never, ttl=TTL, type_=DealershipDto)
+            await op(keys[i % len(keys)])
 
-    return run
-
-
-def _raw_batch(client: redis.asyncio.Redis | RedisCluster, redis_keys: list[str]) -> Callable[[int], Awaitable[None]]:
-    async def run(ops: int) -> None:
-        for i in range(ops):
-            await client.get(redis_keys[i % len(redis_keys)])
-
-    return run
+    return Variant(name, run, REDIS_OPS)
 
 
-async def latency(
-    configurations: dict[str, str], *, rounds: int, max_seconds: float
-) -> tuple[dict[str, Timing], dict[str, Any]]:
+async def latency(configurations: dict[str, str], args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
     """Median L2-hit latency per topology (and raw GET references), measured round-robin in one loop."""
     async with AsyncExitStack() as stack:
         caches = {}
         for name, configuration in configurations.items():
-            cache = await stack.enter_async_context(HybridCache.from_settings(settings_for(configuration)))
-            assert await cache.wait_until_connected(10.0), f"{name}: invalidation channel not confirmed"
-            await fill(cache, LATENCY_KEYS)
-            caches[name] = cache
-        standalone = caches[STANDALONE]
-        assert standalone.internals.l2 is not None
-        redis_keys = [standalone.internals.l2.redis_key(f"{SERVICE}:v1:{key_of(n)}") for n in range(LATENCY_KEYS)]
-        raw_standalone = standalone.internals.l2.client
-        cluster_l2 = caches[CLUSTER_3]._l2
-        assert cluster_l2 is not None
-        raw_cluster = cluster_l2.client
-        assert isinstance(raw_cluster, RedisCluster)
+            caches[name] = await connected(stack, settings_for(configuration))
+            await fill(caches[name], LATENCY_KEYS)
+        standalone, cluster = caches[STANDALONE].internals.l2, caches[CLUSTER_3].internals.l2
+        assert standalone is not None
+        assert cluster is not None
+        assert isinstance(cluster.client, RedisCluster)
+        redis_keys = [standalone.redis_key(f"{SERVICE}:v1:{key_of(n)}") for n in range(LATENCY_KEYS)]
         keys = [key_of(n) for n in range(LATENCY_KEYS)]
-        # The same keys restricted to those one master serves: separates what spreading requests over several
-        # server processes costs on this machine from what the cluster client costs.
-        first = raw_cluster.get_node_from_key(redis_keys[0])
-        one = [i for i, k in enumerate(redis_keys) if raw_cluster.get_node_from_key(k) == first]
+        # The keys one master serves: separates what spreading requests over several server processes costs on
+        # this machine from what the cluster client costs.
+        first = cluster.client.get_node_from_key(redis_keys[0])
+        one = [i for i, k in enumerate(redis_keys) if cluster.client.get_node_from_key(k) == first]
         variants = [
-            Variant(L2_STANDALONE, _l2_batch(standalone, keys), REDIS_OPS),
-            Variant(L2_CLUSTER, _l2_batch(caches[CLUSTER_3], keys), REDIS_OPS),
-            Variant(L2_CLUSTER_ONE, _l2_batch(caches[CLUSTER_3], [keys[i] for i in one]), REDIS_OPS),
-            Variant(RAW_STANDALONE, _raw_batch(raw_standalone, redis_keys), REDIS_OPS),
-            Variant(RAW_CLUSTER, _raw_batch(raw_cluster, redis_keys), REDIS_OPS),
-            Variant(RAW_CLUSTER_ONE, _raw_batch(raw_cluster, [redis_keys[i] for i in one]), REDIS_OPS),
+            cycling(L2_STANDALONE, l2_hit(caches[STANDALONE]), keys),
+            cycling(L2_CLUSTER, l2_hit(caches[CLUSTER_3]), keys),
+            cycling(L2_CLUSTER_ONE, l2_hit(caches[CLUSTER_3]), [keys[i] for i in one]),
+            cycling(L2_SENTINEL, l2_hit(caches[SENTINEL]), keys),
+            cycling(RAW_STANDALONE, standalone.client.get, redis_keys),
+            cycling(RAW_CLUSTER, cluster.client.get, redis_keys),
+            cycling(RAW_CLUSTER_ONE, cluster.client.get, [redis_keys[i] for i in one]),
         ]
-        if SENTINEL in caches:
-            variants.insert(3, Variant(L2_SENTINEL, _l2_batch(caches[SENTINEL], keys), REDIS_OPS))
-        results = await measure(variants, rounds=rounds, max_seconds=max_seconds)
+        results = await measure(variants, rounds=args.rounds, max_seconds=args.max_seconds)
         stats = {name: cache.stats().as_dict() for name, cache in caches.items()}
     for name, cache_stats in stats.items():
         if cache_stats["misses"] or cache_stats["l2Errors"]:
             raise AssertionError(f"{name}: the latency run was not all L2 hits: {cache_stats}")
     return results, stats
-
-
-# ---------------------------------------------------------------------------------------------- throughput
 
 
 @dataclass(frozen=True)
@@ -160,25 +146,21 @@ class Load:
     duration: float
     operation_timeout_ms: int = OPERATION_TIMEOUT_MS
 
+    def setup(self, repeats: int) -> dict[str, Any]:
+        clients = {"processes": self.processes, "tasks": self.tasks, "keys": self.keys}
+        return clients | {"duration_s": self.duration, "repeats": repeats}
 
-def _worker(configuration: str, load: Load, start_at: float, seed: int, pipe: Connection) -> None:
-    """One client process: sends back its ops, CPU seconds, L2 hits, misses and L2 errors (or its exception)."""
-    try:
-        pipe.send(asyncio.run(_work(configuration, load, start_at, seed)))
-    except BaseException as exc:
-        pipe.send(exc)
-        raise
-    finally:
-        pipe.close()
+
+def _client(configuration: str, load: Load, start_at: float, seed: int) -> tuple[int, float, int, int, int]:
+    """One client process: its ops, CPU seconds, L2 hits, misses and L2 errors in the window."""
+    return asyncio.run(_work(configuration, load, start_at, seed))
 
 
 async def _work(configuration: str, load: Load, start_at: float, seed: int) -> tuple[int, float, int, int, int]:
-    settings = settings_for(configuration, operation_timeout_ms=load.operation_timeout_ms)
-    async with HybridCache.from_settings(settings) as cache:
+    async with HybridCache(settings_for(configuration, load.operation_timeout_ms)) as cache:
         assert await cache.wait_until_connected(10.0)
-        names = [key_of(n) for n in range(load.keys)]
-        # Warm every connection the tasks will use before the clock starts.
-        await asyncio.gather(*(cache.get_or_create(names[i], _never, type_=DealershipDto) for i in range(load.tasks)))
+        names, read = [key_of(n) for n in range(load.keys)], l2_hit(cache)
+        await asyncio.gather(*(read(names[i]) for i in range(load.tasks)))  # every connection warm before the clock
         await asyncio.sleep(max(0.0, start_at - time.time()))
         end, c = start_at + load.duration, cache.counters
         before, cpu0 = (c.l2_hits, c.misses, c.l2_errors), time.process_time()
@@ -187,7 +169,7 @@ async def _work(configuration: str, load: Load, start_at: float, seed: int) -> t
         async def caller(index: int) -> None:
             rng = random.Random(seed * 1000 + index)
             while counts[index] < 10_000_000 and time.time() < end:  # bounded by a count besides the clock
-                await cache.get_or_create(rng.choice(names), _never, ttl=TTL, type_=DealershipDto)
+                await read(rng.choice(names))
                 counts[index] += 1
 
         await asyncio.gather(*(caller(i) for i in range(load.tasks)))
@@ -196,8 +178,7 @@ async def _work(configuration: str, load: Load, start_at: float, seed: int) -> t
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time of all of ``pid``'s threads as the scheduler counts it (``/proc/<pid>/task/*/sched``, ns precision:
-    utime + stime count 10 ms ticks, too coarse for a master capped at a few percent of a core)."""
+    """CPU seconds of ``pid``'s threads from the scheduler (ns precision; utime counts 10 ms ticks)."""
     total = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         line = next(x for x in (task / "sched").read_text().splitlines() if x.startswith("se.sum_exec_runtime"))
@@ -205,68 +186,32 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
-@dataclass(frozen=True)
-class Masters:
-    """The servers that answer the GETs of a topology: (port, pid) of each."""
-
-    nodes: tuple[tuple[int, int], ...]
-
-    def reset(self) -> None:
-        for port, _ in self.nodes:
-            with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5) as client:
-                client.config_resetstat()
-
-    def snapshot(self) -> dict[int, tuple[float, int]]:
-        """CPU seconds and GET calls of each master."""
-        out = {}
-        for port, pid in self.nodes:
-            with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5) as client:
-                stats = client.info("commandstats")
-            out[port] = (_cpu_seconds(pid), int(stats.get("cmdstat_get", {}).get("calls", 0)))
-        return out
+def _masters_now(nodes: Sequence[tuple[int, int]]) -> dict[int, tuple[float, int]]:
+    """CPU seconds and GET calls so far of each master."""
+    out = {}
+    for port, pid in nodes:
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5) as client:
+            gets = int(client.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+        out[port] = (_cpu_seconds(pid), gets)
+    return out
 
 
-def run_load(
-    name: str, configuration: str, masters: Masters, load: Load, seed: int, cap: CpuCap | None
-) -> dict[str, Any]:
-    """One window of ``load`` against one topology (with ``cap``: the share of CFS periods each master was
-    throttled)."""
-    context = multiprocessing.get_context("spawn")
+def run_load(name: str, topology: Topology, load: Load, seed: int, cap: CpuCap | None) -> dict[str, Any]:
+    """One window of ``load`` against one topology, with each master's CPU, GETs and throttling."""
+    configuration, nodes = topology
     start_at = time.time() + 4.0  # spawning and connecting take a few seconds on a busy 2-core machine
-    pipes, children = [], []
-    for index in range(load.processes):
-        receiver, sender = context.Pipe(duplex=False)
-        child = context.Process(target=_worker, args=(configuration, load, start_at, seed + index, sender))
-        child.start()
-        sender.close()
-        pipes.append(receiver)
-        children.append(child)
-    masters.reset()
-    time.sleep(max(0.0, start_at - time.time()))
-    before, throttled_before = masters.snapshot(), cap.throttling() if cap else {}
-    time.sleep(load.duration)
-    after, throttled_after = masters.snapshot(), cap.throttling() if cap else {}
-    results = []
-    try:
-        for pipe in pipes:
-            if not pipe.poll(load.duration + 60):
-                raise TimeoutError(f"{name}: a client process did not report")
-            result = pipe.recv()
-            if isinstance(result, BaseException):
-                raise RuntimeError(f"{name}: a client process failed") from result
-            results.append(result)
-    finally:
-        for child in children:
-            child.join(timeout=10)
-            if child.is_alive():
-                child.kill()
-                child.join()
+    with ProcessPoolExecutor(load.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        clients = [pool.submit(_client, configuration, load, start_at, seed + i) for i in range(load.processes)]
+        time.sleep(max(0.0, start_at - time.time()))
+        before, throttled_before = _masters_now(nodes), cap.throttling() if cap else {}
+        time.sleep(load.duration)
+        after, throttled_after = _masters_now(nodes), cap.throttling() if cap else {}
+        results = [client.result(timeout=load.duration + 60) for client in clients]
     ops, client_cpu, l2_hits, misses, errors = (sum(column) for column in zip(*results, strict=True))
-    per_master = {
-        str(port): {"cpu_seconds": round(after[port][0] - before[port][0], 3), "gets": after[port][1] - before[port][1]}
-        for port in after
-    }
-    for port, pid in masters.nodes:
+    per_master: dict[str, dict[str, Any]] = {}
+    for port, pid in nodes:
+        cpu, gets = after[port][0] - before[port][0], after[port][1] - before[port][1]
+        per_master[str(port)] = {"cpu_seconds": round(cpu, 3), "gets": gets}
         if pid in throttled_after:
             periods = throttled_after[pid].periods - throttled_before[pid].periods
             throttled = throttled_after[pid].throttled_periods - throttled_before[pid].throttled_periods
@@ -290,30 +235,26 @@ def run_load(
     }
 
 
-def throughput(
-    topologies: dict[str, tuple[str, Masters]], load: Load, repeats: int, cap: CpuCap | None = None
-) -> dict[str, Any]:
-    """``repeats`` interleaved ``run_load`` rounds (order reversed every other round): ``runs`` and a per-topology
-    ``summary`` of medians (with ``cap``: the busiest master's CPU as a share of its cap, and its throttling)."""
+def throughput(topologies: dict[str, Topology], load: Load, repeats: int, cap: CpuCap | None = None) -> dict[str, Any]:
+    """``repeats`` interleaved ``run_load`` rounds per topology: the runs and a summary of medians."""
     runs = []
     for repeat in range(repeats):
         for name in list(topologies) if repeat % 2 == 0 else list(reversed(topologies)):
-            run = run_load(name, *topologies[name], load, seed=repeat * 100, cap=cap) | {"repeat": repeat}
-            print(f"  {name:<20} repeat {repeat}: {run['ops_per_s']:>7,} ops/s", flush=True)
-            runs.append(run)
-
-    def median(rows: list[dict[str, Any]], key: str, digits: int) -> Any:
-        return round(statistics.median(r[key] for r in rows), digits)
-
+            runs.append(run_load(name, topologies[name], load, seed=repeat * 100, cap=cap) | {"repeat": repeat})
+            print(f"  {name:<20} repeat {repeat}: {runs[-1]['ops_per_s']:>7,} ops/s", flush=True)
     summary = {}
     for name in topologies:
         mine = [r for r in runs if r["topology"] == name]
+
+        def median(key: str, digits: int | None = None, rows: list[dict[str, Any]] = mine) -> Any:
+            return round(statistics.median(r[key] for r in rows), digits)
+
         summary[name] = {
-            "ops_per_s_median": round(statistics.median(r["ops_per_s"] for r in mine)),
+            "ops_per_s_median": median("ops_per_s"),
             "ops_per_s_runs": [r["ops_per_s"] for r in mine],
-            "client_cpu_us_per_op_median": median(mine, "client_cpu_us_per_op", 1),
-            "master_cpu_us_per_get_median": median(mine, "master_cpu_us_per_get", 2),
-            "busiest_master_core_share_median": median(mine, "busiest_master_core_share", 3),
+            "client_cpu_us_per_op_median": median("client_cpu_us_per_op", 1),
+            "master_cpu_us_per_get_median": median("master_cpu_us_per_get", 2),
+            "busiest_master_core_share_median": median("busiest_master_core_share", 3),
             "gets_share_per_master": mine[-1]["gets_share_per_master"],
             "misses": sum(r["misses"] for r in mine),
             "errors": sum(r["errors"] for r in mine),
@@ -323,66 +264,118 @@ def throughput(
             throttled = [max(m.get("throttled_periods_share", 0.0) for m in r["per_master"].values()) for r in mine]
             summary[name]["busiest_master_share_of_cap_median"] = round(share, 3)
             summary[name]["busiest_master_throttled_periods_share_median"] = round(statistics.median(throttled), 3)
-    return {"runs": runs, "summary": summary}
+    ratio = summary[CLUSTER_3]["ops_per_s_median"] / max(summary[CLUSTER_1]["ops_per_s_median"], 1)
+    return {"runs": runs, "summary": summary, "ratio_3_vs_1_masters": round(ratio, 3)}
 
 
-def throughput_server_bound(
-    topologies: dict[str, tuple[str, Masters]], load: Load, percent: float, repeats: int
-) -> dict[str, Any]:
-    """``throughput`` with every master capped at ``percent`` of one core (each its own budget): masters that are
-    the bottleneck. Only ``setup`` and ``skipped`` (the reason) when the cgroup cannot be written."""
+def throughput_server_bound(topologies: dict[str, Topology], load: Load, percent: float, repeats: int) -> Any:
+    """``throughput`` with every master capped at ``percent`` of one core (or why it was skipped)."""
     period_us = period_for(percent)
     load = dataclasses.replace(load, operation_timeout_ms=CAPPED_OPERATION_TIMEOUT_MS)
-    setup = {
-        "master_cpu_percent": percent,
-        "cfs_period_us": period_us,
-        "cfs_quota_us": round(period_us * percent / 100),
-        **{k: v for k, v in dataclasses.asdict(load).items() if k != "duration"},
-        "duration_s": load.duration,
-        "repeats": repeats,
+    quota = round(period_us * percent / 100)
+    setup = {"master_cpu_percent": percent, "cfs_period_us": period_us, "cfs_quota_us": quota, **load.setup(repeats)}
+    setup |= {
+        "operation_timeout_ms": load.operation_timeout_ms,
         "master_cpu_clock": "scheduler runtime (/proc/<pid>/task/*/sched)",
     }
-    pids = [pid for _, masters in topologies.values() for _, pid in masters.nodes]
+    pids = [pid for _, nodes in topologies.values() for _, pid in nodes]
     try:
         with CpuCap(pids, percent=percent, period_us=period_us) as cap:
             setup["cgroup"] = cap.hierarchy
             result = throughput(topologies, load, repeats, cap)
     except CpuCapUnavailable as exc:
         return {"setup": setup, "skipped": str(exc)}
-    summary = result["summary"]
-    share_of_cap = summary[CLUSTER_1]["busiest_master_share_of_cap_median"]
+    share_of_cap = result["summary"][CLUSTER_1]["busiest_master_share_of_cap_median"]
     return {
         "setup": setup,
         **result,
-        "ratio_3_vs_1_masters": round(
-            summary[CLUSTER_3]["ops_per_s_median"] / max(summary[CLUSTER_1]["ops_per_s_median"], 1), 3
-        ),
         "one_master_share_of_cap": share_of_cap,
         "one_master_server_bound": share_of_cap >= SERVER_BOUND_SHARE_OF_CAP,
     }
 
 
-# ---------------------------------------------------------------------------------------------- output
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    load = Load(args.processes, args.tasks, args.keys, args.duration)
+    with ExitStack() as stack:
+        print("starting: standalone, 3-master cluster (+3 replicas), 1-master cluster (+1 replica), Sentinel ...")
+        standalone = stack.enter_context(RedisServer())
+        cluster3 = stack.enter_context(RedisClusterProcess(masters=3, replicas=1))
+        cluster1 = stack.enter_context(RedisClusterProcess(masters=1, replicas=1))
+        sentinel = stack.enter_context(RedisSentinelSetup())
+        print(f"latency: {args.rounds} rounds of {REDIS_OPS} L2 hits per operation ...")
+        configurations = {STANDALONE: standalone.url, CLUSTER_3: cluster3.url, SENTINEL: sentinel.configuration}
+        timings, latency_stats = asyncio.run(latency(configurations, args))
+        print(f"throughput: filling {args.keys:,} keys on each topology ...")
+        topologies = {STANDALONE: (standalone.url, ((standalone.port, standalone.pid),))}
+        for name, cluster in ((CLUSTER_1, cluster1), (CLUSTER_3, cluster3)):
+            topologies[name] = (cluster.url, tuple((p, cluster.nodes[p].pid) for _, p in cluster.masters()))
+
+        async def fill_all() -> None:
+            for configuration, _ in topologies.values():
+                async with HybridCache(settings_for(configuration)) as cache:
+                    await fill(cache, args.keys)
+
+        asyncio.run(fill_all())
+        client_bound = throughput(topologies, load, args.repeats)
+        print(f"server-bound throughput: every master capped at {args.master_cpu_percent:g}% of one core ...")
+        server_bound = throughput_server_bound(topologies, load, args.master_cpu_percent, args.server_bound_repeats)
+
+    ratios = {name: round(paired_ratio(timings[name], timings[L2_STANDALONE]), 3) for name in timings}
+    client_ratios = {}
+    for n, raw in ((3, RAW_CLUSTER), (1, RAW_CLUSTER_ONE)):
+        key = f"raw GET, RedisCluster / standalone client, keys on {n} master{'s' if n > 1 else ''}"
+        client_ratios[key] = round(paired_ratio(timings[raw], timings[RAW_STANDALONE]), 3)
+    scaling, cores = client_bound["ratio_3_vs_1_masters"], os.cpu_count() or 0
+    if "skipped" in server_bound:
+        bound_target = {"skipped": server_bound["skipped"], "met": None}
+    else:
+        bound_target = {
+            "ratio": server_bound["ratio_3_vs_1_masters"],
+            "mode": f"each master capped at {args.master_cpu_percent:g}% of one core",
+            "one_master_share_of_cap": server_bound["one_master_share_of_cap"],
+            "met": server_bound["one_master_server_bound"] and server_bound["ratio_3_vs_1_masters"] > 1.0,
+        }
+    return {
+        "unit": "ns per operation (latency); operations per second (throughput)",
+        "latency": {
+            "results": {name: t.as_dict() for name, t in timings.items()},
+            "ratios": ratios,
+            "client_ratios": client_ratios,
+            "cache_stats": latency_stats,
+        },
+        "throughput": {"setup": load.setup(args.repeats), **client_bound},
+        "throughput_server_bound": server_bound,
+        "targets": {
+            "cluster L2 hit vs standalone": {
+                "ratio": ratios[L2_CLUSTER],
+                "limit": LATENCY_TARGET_RATIO,
+                "met": ratios[L2_CLUSTER] <= LATENCY_TARGET_RATIO,
+            },
+            "throughput 3 vs 1 masters": {
+                "ratio": scaling,
+                "cores": cores,
+                "mode": "uncapped: clients and masters share the cores (client-bound)",
+                "met": scaling > 1.0,
+            },
+            "throughput 3 vs 1 masters, server-bound": bound_target,
+        },
+    }
 
 
 def _throughput_rows(summary: dict[str, Any], *, capped: bool) -> list[list[Any]]:
     rows = []
-    for name, row in summary.items():
-        cells = [
-            name,
-            f"{row['ops_per_s_median']:,}",
-            f"{row['client_cpu_us_per_op_median']} µs",
-            f"{row['master_cpu_us_per_get_median']} µs",
-            f"{100 * row['busiest_master_core_share_median']:.1f}% of a core",
-            ", ".join(f"{100 * s:.0f}%" for s in row["gets_share_per_master"]),
-        ]
+    for name, r in summary.items():
+        rows.append([
+            name, f"{r['ops_per_s_median']:,}", f"{r['client_cpu_us_per_op_median']} µs",
+            f"{r['master_cpu_us_per_get_median']} µs", f"{100 * r['busiest_master_core_share_median']:.1f}% of a core",
+            ", ".join(f"{100 * s:.0f}%" for s in r["gets_share_per_master"]),
+        ])  # fmt: skip
         if capped:
-            cells += [
-                f"{100 * row['busiest_master_share_of_cap_median']:.0f}%",
-                f"{100 * row['busiest_master_throttled_periods_share_median']:.0f}% of periods",
-                f"{row['errors']} / {row['misses']}",
+            rows[-1] += [
+                f"{100 * r['busiest_master_share_of_cap_median']:.0f}%",
+                f"{100 * r['busiest_master_throttled_periods_share_median']:.0f}% of periods",
+                f"{r['errors']} / {r['misses']}",
             ]
-        rows.append(cells)
     return rows
 
 
@@ -432,117 +425,8 @@ def tables(document: dict[str, Any]) -> list[Table]:
     return [*out, Table(capped, _throughput_rows(bound["summary"], capped=True), title, note)]
 
 
-def _server_bound_target(server_bound: dict[str, Any]) -> dict[str, Any]:
-    """The ``targets`` entry of the server-bound mode: met when 3 masters beat 1 and 1 master was at its cap."""
-    if "skipped" in server_bound:
-        return {"skipped": server_bound["skipped"], "met": None}
-    return {
-        "ratio": server_bound["ratio_3_vs_1_masters"],
-        "mode": f"each master capped at {server_bound['setup']['master_cpu_percent']:g}% of one core",
-        "one_master_share_of_cap": server_bound["one_master_share_of_cap"],
-        "met": server_bound["one_master_server_bound"] and server_bound["ratio_3_vs_1_masters"] > 1.0,
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_cluster", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=40, help="latency batches per operation (default 40)")
-    parser.add_argument("--max-seconds", type=float, default=60.0, help="stop starting latency rounds after this")
-    parser.add_argument("--processes", type=int, default=2, help="client processes for throughput (default 2)")
-    parser.add_argument("--tasks", type=int, default=16, help="concurrent callers per process (default 16)")
-    parser.add_argument("--keys", type=int, default=3000, help="distinct stored keys (default 3000)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per throughput window (default 5)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved throughput runs per topology")
-    parser.add_argument("--no-sentinel", action="store_true", help="leave Sentinel out of the latency table")
-    parser.add_argument("--master-cpu-percent", type=float, default=MASTER_CPU_PERCENT, help="server-bound CPU cap")
-    parser.add_argument("--server-bound-repeats", type=int, default=2, help="interleaved server-bound runs")
-    parser.add_argument("--no-server-bound", action="store_true", help="skip the server-bound (CPU-capped) runs")
-    args = parser.parse_args(argv)
-    bench = Run("cluster")
-    load = Load(args.processes, args.tasks, args.keys, args.duration)
-
-    with ExitStack() as stack:
-        print("starting: standalone, 3-master cluster (+3 replicas), 1-master cluster (+1 replica), Sentinel ...")
-        standalone = stack.enter_context(RedisServer())
-        cluster3 = stack.enter_context(RedisClusterProcess(masters=3, replicas=1))
-        cluster1 = stack.enter_context(RedisClusterProcess(masters=1, replicas=1))
-        sentinel = None if args.no_sentinel else stack.enter_context(RedisSentinelSetup())
-        latency_configurations = {STANDALONE: standalone.url, CLUSTER_3: cluster3.url}
-        if sentinel is not None:
-            latency_configurations[SENTINEL] = sentinel.configuration
-
-        print(f"latency: {args.rounds} rounds of {REDIS_OPS} L2 hits per operation ...")
-        timings, latency_stats = asyncio.run(
-            latency(latency_configurations, rounds=args.rounds, max_seconds=args.max_seconds)
-        )
-        print(f"throughput: filling {args.keys:,} keys on each topology ...")
-        topologies = {
-            STANDALONE: (standalone.url, Masters(((standalone.port, standalone.pid),))),
-            CLUSTER_1: (cluster1.url, Masters(tuple((p, cluster1.nodes[p].pid) for _, p in cluster1.masters()))),
-            CLUSTER_3: (cluster3.url, Masters(tuple((p, cluster3.nodes[p].pid) for _, p in cluster3.masters()))),
-        }
-
-        async def fill_all() -> None:
-            for configuration, _ in topologies.values():
-                async with HybridCache.from_settings(settings_for(configuration)) as cache:
-                    await fill(cache, args.keys)
-
-        asyncio.run(fill_all())
-        client_bound = throughput(topologies, load, args.repeats)
-        server_bound: dict[str, Any] = {"skipped": "--no-server-bound"}
-        if not args.no_server_bound:
-            print(f"server-bound throughput: every master capped at {args.master_cpu_percent:g}% of one core ...")
-            server_bound = throughput_server_bound(topologies, load, args.master_cpu_percent, args.server_bound_repeats)
-
-    ratios = {name: round(paired_ratio(timings[name], timings[L2_STANDALONE]), 3) for name in timings}
-    client_ratios = {
-        f"raw GET, RedisCluster / standalone client, keys on {n} master{'s' if n > 1 else ''}": round(
-            paired_ratio(timings[raw], timings[RAW_STANDALONE]), 3
-        )
-        for n, raw in ((3, RAW_CLUSTER), (1, RAW_CLUSTER_ONE))
-    }
-    summary = client_bound["summary"]
-    scaling = round(summary[CLUSTER_3]["ops_per_s_median"] / summary[CLUSTER_1]["ops_per_s_median"], 3)
-    cores = os.cpu_count() or 0
-    result = {
-        "unit": "ns per operation (latency); operations per second (throughput)",
-        "latency": {
-            "results": {name: t.as_dict() for name, t in timings.items()},
-            "ratios": ratios,
-            "client_ratios": client_ratios,
-            "cache_stats": latency_stats,
-        },
-        "throughput": {
-            "setup": {"processes": load.processes, "tasks": load.tasks, "keys": load.keys, "duration_s": load.duration}
-            | {"repeats": args.repeats},
-            **client_bound,
-            "ratio_3_vs_1_masters": scaling,
-        },
-        "throughput_server_bound": server_bound,
-        "targets": {
-            "cluster L2 hit vs standalone": {
-                "ratio": ratios[L2_CLUSTER],
-                "limit": LATENCY_TARGET_RATIO,
-                "met": ratios[L2_CLUSTER] <= LATENCY_TARGET_RATIO,
-            },
-            "throughput 3 vs 1 masters": {
-                "ratio": scaling,
-                "cores": cores,
-                "mode": "uncapped: clients and masters share the cores (client-bound)",
-                "met": scaling > 1.0,
-            },
-            "throughput 3 vs 1 masters, server-bound": _server_bound_target(server_bound),
-        },
-        "notes": (
-            f"{cores} cores shared by the client processes and every server: the clients are CPU-bound (see "
-            "client_cpu_us_per_op against master_cpu_us_per_get), so the masters never saturate a core and "
-            "throughput cannot grow with masters on this machine; the GET shares show the keyspace spreading. "
-            "throughput_server_bound models masters on cores of their own that are the bottleneck: each master "
-            "process is capped at the same small share of a core (cgroup CPU quota), so the clients have CPU to "
-            "spare and ops/s follows the masters' capacity. It is a model, not what this machine does uncapped."
-        ),
-    }
-    bench.finish(result, tables)
+    bench_main("cluster", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

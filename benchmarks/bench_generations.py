@@ -5,7 +5,6 @@ and how fast the sweep forgets them past the retention. Method: docs/benchmarks.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import time
 import tracemalloc
@@ -14,7 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from benchmarks._common import Run, Table, percentile
+from benchmarks._common import Table, bench_main, percentile
 from harness.redis_server import RedisServer
 from hybridcache._generations import GenerationTable
 from hybridcache._redis.l2 import SYNC_PAGE, RedisL2
@@ -23,11 +22,7 @@ from hybridcache._resilience import CircuitBreaker
 
 RETENTION_MS = 3_600_000
 FILL_BATCH = 10_000
-
-
-async def _server_ms(client: Redis) -> int:
-    seconds, microseconds = await client.time()
-    return int(seconds) * 1000 + int(microseconds) // 1000
+OPTIONS = {"sizes": ([10_000, 100_000, 1_000_000], "hash sizes, comma-separated")}
 
 
 async def _fill(client: Redis, key: str, size: int, value: int) -> None:
@@ -44,11 +39,12 @@ async def _longest_command_ms(client: Redis) -> float:
 async def _measure(client: Redis, l2: RedisL2, size: int) -> dict[str, Any]:
     await client.delete(l2.generations_key, l2.sweep_key)
     await l2.generation_state()  # creates the epoch
-    now = await _server_ms(client)
+    seconds, microseconds = await client.time()
+    now = int(seconds) * 1000 + int(microseconds) // 1000
     await _fill(client, l2.generations_key, size, now)
     memory = int(await client.memory_usage(l2.generations_key, samples=0) or 0)
 
-    resync_ms = []
+    resync_ms = []  # the paged resync, and its longest command; then the one HGETALL it replaced
     for _ in range(3):
         await client.slowlog_reset()
         started = time.perf_counter()
@@ -98,7 +94,7 @@ async def _measure(client: Redis, l2: RedisL2, size: int) -> dict[str, Any]:
     }
 
 
-async def run(sizes: Sequence[int]) -> list[dict[str, Any]]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     with RedisServer() as server:
         client = server.client()
         try:
@@ -111,7 +107,8 @@ async def run(sizes: Sequence[int]) -> list[dict[str, Any]]:
                 breaker=CircuitBreaker(failure_threshold=5, break_duration=60.0, name="bench"),
                 retention_ms=RETENTION_MS,
             )
-            return [await _measure(client, l2, size) for size in sizes]
+            rows = [await _measure(client, l2, size) for size in args.sizes]
+            return {"sync_page": SYNC_PAGE, "sweep_count": SWEEP_COUNT, "rows": rows}
         finally:
             await client.aclose()
 
@@ -131,13 +128,8 @@ def tables(result: dict[str, Any]) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_generations", description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    args = parser.parse_args(argv)
-    bench = Run("generations")
-    rows = asyncio.run(run(args.sizes))
-    bench.finish({"sync_page": SYNC_PAGE, "sweep_count": SWEEP_COUNT, "rows": rows}, tables)
-    return 0 if all(r["sweep_left"] <= 0 for r in rows) else 1
+    document = bench_main("generations", argv, __doc__, run, tables, OPTIONS)
+    return 0 if all(r["sweep_left"] <= 0 for r in document["rows"]) else 1
 
 
 if __name__ == "__main__":

@@ -5,21 +5,21 @@ simulated time, beside the seed's claims. Target reported: entity hit rate >= 95
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
-from benchmarks._common import Run, Table, dealership_dto, zipf
+from benchmarks._common import Table, bench_main, connected, dealership_dto, zipf
 from dealership.dto import DealershipDto, DealershipPage
 from harness.redis_server import RedisServer
-from hybridcache import CacheSettings, HybridCache
+from hybridcache import CacheSettings
 from hybridcache.keys import CacheKey
-from hybridcache.settings import MemoryCacheSettings
 
 ENTITY_TTL = timedelta(minutes=30)
 SEARCH_TTL = timedelta(minutes=5)
@@ -30,9 +30,18 @@ LIST_PAGES = 50
 PAGE_SIZE = 10
 INSTANCES = 3
 KINDS = ("entity", "search", "list")
+MIX = {"entity": 0.8, "search": 0.1, "list": 0.1}  # of the reads
+ALPHA = 1.0  # Zipf
+# Name: the share of requests that write. Without writes: the ceiling the TTLs, the L1 size and the cold start allow.
+SCENARIOS = {"writes-1pct": 0.01, "writes-0.1pct": 0.001, "reads-only": 0.0}
 TARGET_ENTITY_HIT_RATE = 0.95
 # The seed's "Cache Hit Rates" section: (low, high) per query kind.
 SEED_CLAIMS = {"entity": (0.95, 0.99), "search": (0.80, 0.90), "list": (0.85, 0.95)}
+OPTIONS = {
+    "requests": (200_000, "requests per scenario"),
+    "rate": (300.0, "simulated requests per second, all instances"),
+    "seed": (7, "random seed of the workload"),
+}
 
 
 class SimulatedTime:
@@ -56,7 +65,11 @@ class Database:
         self.rows: dict[int, DealershipDto] = {i: dealership_dto(i) for i in range(1, ENTITIES + 1)}
         self.ids = sorted(self.rows)
         self.by_name = sorted(self.rows.values(), key=lambda d: (d.name.lower(), d.id))
-        self.terms = _search_terms(self.by_name, rng)
+        words = sorted({w for d in self.by_name for w in d.name.split() if len(w) > 2 and w != "of"})
+        pairs = sorted({" ".join(p) for d in self.by_name for p in itertools.pairwise(d.name.split())})
+        rng.shuffle(pairs)
+        self.terms = (words + pairs)[:SEARCH_TERMS]
+        rng.shuffle(self.terms)
         # Updates change addresses, never names, so each term's matches (ordered by name, id) stay valid.
         names = [(d.name.lower(), d.id) for d in self.by_name]
         self._matches = {t: [i for name, i in names if t.lower() in name][:PAGE_SIZE] for t in self.terms}
@@ -81,15 +94,6 @@ class Database:
         self.rows[dealership_id] = self.rows[dealership_id].model_copy(update={"business_address": address})
 
 
-def _search_terms(rows: Sequence[DealershipDto], rng: random.Random) -> list[str]:
-    words = sorted({w for d in rows for w in d.name.split() if len(w) > 2 and w != "of"})
-    pairs = sorted({" ".join(p) for d in rows for p in itertools.pairwise(d.name.split())})
-    rng.shuffle(pairs)
-    terms = (words + pairs)[:SEARCH_TERMS]
-    rng.shuffle(terms)
-    return terms
-
-
 @dataclass
 class Tally:
     """Outcomes of one query kind in one window of the run."""
@@ -112,122 +116,83 @@ class Tally:
         }
 
 
-@dataclass
-class Scenario:
-    name: str
-    requests: int
-    write_ratio: float
-    rate: float  # requests per second across all instances (simulated)
-    mix: dict[str, float] = field(default_factory=lambda: {"entity": 0.8, "search": 0.1, "list": 0.1})
-    alpha: float = 1.0
-
-
-async def run_scenario(scenario: Scenario, redis_url: str, seed: int) -> dict[str, Any]:
-    rng = random.Random(seed)
-    db = Database(rng)
-    sim = SimulatedTime()
+async def run_scenario(name: str, write_ratio: float, redis_url: str, args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    db, sim = Database(rng), SimulatedTime()
+    memory = {"size_limit": 1024, "default_expiration_seconds": 30}
     settings = CacheSettings(
-        service_name=f"hit-rates-{scenario.name}",
-        instance_name="Bench:",
-        configuration=redis_url,
-        memory_cache=MemoryCacheSettings(size_limit=1024, default_expiration_seconds=30),
+        service_name=f"hit-rates-{name}", instance_name="Bench:", configuration=redis_url, memory_cache=memory
     )
-    caches = [HybridCache(settings, clock=sim.monotonic, wall_clock=sim.wall) for _ in range(INSTANCES)]
     entity_ids = list(range(1, ENTITIES + 1))
     rng.shuffle(entity_ids)  # popularity does not follow id order
-    pick_entity = zipf(ENTITIES, scenario.alpha, rng)
-    pick_term = zipf(len(db.terms), scenario.alpha, rng)
-    pick_page = zipf(LIST_PAGES, scenario.alpha, rng)
-    kinds, weights = list(scenario.mix), list(scenario.mix.values())
+    pick_entity, pick_term = zipf(ENTITIES, ALPHA, rng), zipf(len(db.terms), ALPHA, rng)
+    pick_page = zipf(LIST_PAGES, ALPHA, rng)
     windows = {"all": {k: Tally() for k in KINDS}, "second_half": {k: Tally() for k in KINDS}}
-    step = 1.0 / scenario.rate
-    half = scenario.requests // 2
     started = time.perf_counter()
-    for cache in caches:
-        await cache.start()
-        if not await cache.wait_until_connected(5.0):
-            raise RuntimeError("invalidation subscription not confirmed within 5 s")
-    try:
-        for n in range(scenario.requests):
-            sim.elapsed += step
+    async with AsyncExitStack() as stack:
+        clocks = {"clock": sim.monotonic, "wall_clock": sim.wall}
+        caches = [await connected(stack, settings, **clocks) for _ in range(INSTANCES)]
+        for n in range(args.requests):
+            sim.elapsed += 1.0 / args.rate
             cache = caches[n % INSTANCES]
-            if rng.random() < scenario.write_ratio:
+            if rng.random() < write_ratio:
                 target = rng.randint(1, ENTITIES)
                 db.update(target, f"{rng.randint(1, 9999)} Updated St")
                 await cache.invalidate(keys=[f"Dealership:{target}"], prefixes=["Dealership:Search", "Dealership:List"])
                 continue
-            kind = rng.choices(kinds, weights)[0]
+            kind = rng.choices(list(MIX), list(MIX.values()))[0]
             counters = cache.counters
             l1, l2, queries = counters.l1_hits, counters.l2_hits, db.queries[kind]
-            stale = False
             if kind == "entity":
-                dealership_id = entity_ids[pick_entity()]
-                value = await cache.get_or_create(
-                    f"Dealership:{dealership_id}",
-                    lambda i=dealership_id: db.get(i),  # type: ignore[misc]
-                    ttl=ENTITY_TTL,
-                    type_=DealershipDto | None,
-                )
-                stale = value != db.rows[dealership_id]
+                i = entity_ids[pick_entity()]
+                key, load, ttl, type_ = f"Dealership:{i}", partial(db.get, i), ENTITY_TTL, DealershipDto | None
             elif kind == "search":
                 term = db.terms[pick_term()]
-                await cache.get_or_create(
-                    f"Dealership:Search:{CacheKey.sanitize(term)}:{PAGE_SIZE}",
-                    lambda t=term: db.search(t),  # type: ignore[misc]
-                    ttl=SEARCH_TTL,
-                    type_=tuple[DealershipDto, ...],
-                )
+                key, load = f"Dealership:Search:{CacheKey.sanitize(term)}:{PAGE_SIZE}", partial(db.search, term)
+                ttl, type_ = SEARCH_TTL, tuple[DealershipDto, ...]
             else:
                 page = pick_page() + 1
-                await cache.get_or_create(
+                key, load, ttl, type_ = (
                     f"Dealership:List:{page}:{PAGE_SIZE}",
-                    lambda p=page: db.page(p),  # type: ignore[misc]
-                    ttl=LIST_TTL,
-                    type_=DealershipPage,
+                    partial(db.page, page),
+                    LIST_TTL,
+                    DealershipPage,
                 )
-            for window in ("all", "second_half") if n >= half else ("all",):
+            value = await cache.get_or_create(key, load, ttl=ttl, type_=type_)
+            for window in ("all", "second_half") if n >= args.requests // 2 else ("all",):
                 tally = windows[window][kind]
                 tally.requests += 1
                 tally.l1 += counters.l1_hits - l1
                 tally.l2 += counters.l2_hits - l2
                 tally.db += db.queries[kind] - queries
-                tally.stale += stale
-    finally:
-        for cache in caches:
-            await cache.close()
+                tally.stale += kind == "entity" and value != db.rows[i]
     return {
         "scenario": {
-            "name": scenario.name,
-            "requests": scenario.requests,
-            "write_ratio": scenario.write_ratio,
-            "rate_per_second": scenario.rate,
+            "name": name,
+            "requests": args.requests,
+            "write_ratio": write_ratio,
+            "rate_per_second": args.rate,
             "simulated_seconds": round(sim.elapsed, 1),
-            "mix": scenario.mix,
-            "zipf_alpha": scenario.alpha,
+            "mix": MIX,
+            "zipf_alpha": ALPHA,
             "instances": INSTANCES,
             "entities": ENTITIES,
             "search_terms": len(db.terms),
             "list_pages": LIST_PAGES,
-            "random_seed": seed,
+            "random_seed": args.seed,
         },
         "writes": db.writes,
         "wall_seconds": round(time.perf_counter() - started, 1),
-        "results": {w: {k: t.as_dict() for k, t in kinds_.items()} for w, kinds_ in windows.items()},
+        "results": {w: {k: t.as_dict() for k, t in kinds.items()} for w, kinds in windows.items()},
     }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    scenarios = [
-        Scenario("writes-1pct", args.requests, 0.01, args.rate),
-        Scenario("writes-0.1pct", args.requests, 0.001, args.rate),
-        # No writes: the ceiling the TTLs, the L1 size and the cold start allow (the seed's "reference data").
-        Scenario("reads-only", args.requests, 0.0, args.rate),
-    ]
     outcomes = []
     with RedisServer() as server:
-        for index, scenario in enumerate(scenarios):
-            print(f"scenario {scenario.name}: {scenario.requests:,} requests at {scenario.rate:g}/s ...", flush=True)
-            outcomes.append(await run_scenario(scenario, server.url_for_db(index), args.seed))
+        for index, (name, write_ratio) in enumerate(SCENARIOS.items()):
+            print(f"scenario {name}: {args.requests:,} requests at {args.rate:g}/s ...", flush=True)
+            outcomes.append(await run_scenario(name, write_ratio, server.url_for_db(index), args))
     main_run = outcomes[0]["results"]
     entity = main_run["second_half"]["entity"]["hit_rate"]
     return {
@@ -253,8 +218,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _seed_claims(outcomes: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per query kind: the seed's claimed range beside our steady-state hit rate in each scenario, and for each
-    scenario the mean simulated seconds between writes — every write drops every cached search and list page."""
+    """The seed's claimed hit rates beside our steady state per scenario, and the seconds between writes."""
     return {
         "claimed": {kind: list(bounds) for kind, bounds in SEED_CLAIMS.items()},
         "steady_state": {
@@ -308,13 +272,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_hit_rates", description=__doc__)
-    parser.add_argument("--requests", type=int, default=200_000, help="requests per scenario")
-    parser.add_argument("--rate", type=float, default=300.0, help="simulated requests per second, all instances")
-    parser.add_argument("--seed", type=int, default=7, help="random seed of the workload")
-    args = parser.parse_args(argv)
-    bench = Run("hit_rates")
-    bench.finish(asyncio.run(run(args)), tables)
+    bench_main("hit_rates", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

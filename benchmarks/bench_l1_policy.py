@@ -10,61 +10,46 @@ import math
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from benchmarks._common import Run, Table, Variant, format_ns, measure, zipf
+from benchmarks._common import Table, Variant, bench_main, format_ns, measure, zipf
 from hybridcache._memory import L1Entry, MemoryStore
 
 KEYS = 100_000
 CAPACITY = 1_024
-REQUESTS = 1_000_000
 ALPHAS = (0.8, 1.0, 1.2)
 SEED = 20240611
+OPTIONS = {"requests": (1_000_000, "requests per alpha"), "rounds": (30, "batches per hit-cost variant")}
 
 
 class LruStore:
-    """The baseline: a plain LRU over ``OrderedDict`` (what ``functools.lru_cache`` and cachetools do)."""
+    """The baseline: a plain LRU over ``OrderedDict``, with the ``MemoryStore`` calls the replay makes."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: OrderedDict[str, object] = OrderedDict()
+        self.entries: OrderedDict[str, object] = OrderedDict()
 
-    def get(self, key: str) -> object | None:
-        value = self._entries.get(key)
+    def get(self, key: str, _now: float = 0.0) -> object | None:
+        value = self.entries.get(key)
         if value is not None:
-            self._entries.move_to_end(key)
+            self.entries.move_to_end(key)
         return value
 
-    def put(self, key: str, value: object) -> None:
-        self._entries[key] = value
-        self._entries.move_to_end(key)
-        if len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
+    def put(self, entry: L1Entry) -> None:
+        self.entries[entry.key] = entry
+        self.entries.move_to_end(entry.key)
+        if len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
 
 
 def new_entry(key: str) -> L1Entry:
     return L1Entry(key, key, math.inf, 0.0, "", {}, (), 0)
 
 
-def zipf_trace(alpha: float, keys: Sequence[str], requests: int, rng: random.Random) -> list[str]:
-    """``requests`` keys drawn with P(rank r) proportional to r^-alpha. Ranks are shuffled onto the key names so
-    popularity is unrelated to insertion order."""
-    by_rank = list(keys)
-    rng.shuffle(by_rank)
-    draw = zipf(len(keys), alpha, rng)
-    return [by_rank[draw()] for _ in range(requests)]
-
-
-def simulate_sieve(trace: Sequence[str], capacity: int) -> tuple[int, float]:
-    """Hits and seconds for replaying ``trace`` through a ``MemoryStore`` (no expiry: entries live forever)."""
-    store = MemoryStore(capacity, clock=lambda: 0.0)
-    get, put = store.get, store.put
-    hits = 0
-    started = time.perf_counter()
+def replay(store: MemoryStore | LruStore, trace: Sequence[str]) -> tuple[int, float]:
+    """Hits and seconds for replaying ``trace`` through ``store`` (a miss inserts; no expiry)."""
+    get, put, hits, started = store.get, store.put, 0, time.perf_counter()
     for key in trace:
         if get(key, 0.0) is not None:
             hits += 1
@@ -73,26 +58,17 @@ def simulate_sieve(trace: Sequence[str], capacity: int) -> tuple[int, float]:
     return hits, time.perf_counter() - started
 
 
-def simulate_lru(trace: Sequence[str], capacity: int) -> tuple[int, float]:
-    store = LruStore(capacity)
-    get, put = store.get, store.put
-    hits = 0
-    started = time.perf_counter()
-    for key in trace:
-        if get(key) is not None:
-            hits += 1
-        else:
-            put(key, new_entry(key))  # the same entry object the cache would store, so costs compare
-    return hits, time.perf_counter() - started
-
-
 def hit_ratios(requests: int) -> list[dict[str, Any]]:
+    """Per alpha: both stores replay the same Zipf trace (ranks shuffled onto the key names)."""
     keys = [f"svc:v1:Dealership:{i}" for i in range(KEYS)]
     rows = []
     for alpha in ALPHAS:
-        trace = zipf_trace(alpha, keys, requests, random.Random(SEED))
-        sieve_hits, sieve_seconds = simulate_sieve(trace, CAPACITY)
-        lru_hits, lru_seconds = simulate_lru(trace, CAPACITY)
+        rng, by_rank = random.Random(SEED), list(keys)
+        rng.shuffle(by_rank)
+        draw = zipf(len(keys), alpha, rng)
+        trace = [by_rank[draw()] for _ in range(requests)]
+        sieve_hits, sieve_seconds = replay(MemoryStore(CAPACITY, clock=lambda: 0.0), trace)
+        lru_hits, lru_seconds = replay(LruStore(CAPACITY), trace)
         sieve_ratio, lru_ratio = sieve_hits / requests, lru_hits / requests
         rows.append(
             {
@@ -112,38 +88,36 @@ def hit_ratios(requests: int) -> list[dict[str, Any]]:
 
 
 def hit_costs(rounds: int) -> dict[str, Any]:
+    """Per-hit cost of each store when full (every lookup a hit), beside a plain dict."""
     resident = [f"svc:v1:Dealership:{i}" for i in range(CAPACITY)]
     sieve = MemoryStore(CAPACITY, clock=lambda: 0.0)
     lru = LruStore(CAPACITY)
     for key in resident:
         sieve.put(new_entry(key))
-        lru.put(key, key)
-    assert len(sieve) == len(lru) == CAPACITY
+        lru.put(new_entry(key))
+    assert len(sieve) == len(lru.entries) == CAPACITY
 
     def sieve_hits(ops: int) -> None:
         get, keys, n = sieve.get, resident, CAPACITY
         for i in range(ops):
             get(keys[i % n], 0.0)
 
-    def lru_hits(ops: int) -> None:
-        get, keys, n = lru.get, resident, CAPACITY
-        for i in range(ops):
-            get(keys[i % n])
+    def lookups(get: Callable[[str], object]) -> Callable[[int], None]:
+        def batch(ops: int) -> None:
+            keys, n = resident, CAPACITY
+            for i in range(ops):
+                get(keys[i % n])
 
-    def dict_hits(ops: int) -> None:
-        table = dict.fromkeys(resident)
-        get, keys, n = table.get, resident, CAPACITY
-        for i in range(ops):
-            get(keys[i % n])
+        return batch
 
     variants = [
         Variant("SIEVE MemoryStore.get (hit)", sieve_hits, 100_000),
-        Variant("LRU OrderedDict get + move_to_end (hit)", lru_hits, 100_000),
-        Variant("plain dict.get (reference)", dict_hits, 100_000),
+        Variant("LRU OrderedDict get + move_to_end (hit)", lookups(lru.get), 100_000),
+        Variant("plain dict.get (reference)", lookups(dict.fromkeys(resident).get), 100_000),
     ]
     timings = asyncio.run(measure(variants, rounds=rounds, max_seconds=60))
     assert sieve.evictions == 0, "every measured SIEVE lookup was a hit"
-    assert len(lru) == CAPACITY, "every measured LRU lookup was a hit"
+    assert len(lru.entries) == CAPACITY, "every measured LRU lookup was a hit"
     return {name: t.as_dict() for name, t in timings.items()}
 
 
@@ -169,19 +143,17 @@ def tables(result: dict[str, Any]) -> list[Table]:
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_l1_policy", description=__doc__)
-    parser.add_argument("--requests", type=int, default=REQUESTS, help=f"requests per alpha (default {REQUESTS:,})")
-    parser.add_argument("--rounds", type=int, default=30, help="batches per hit-cost variant (default 30)")
-    args = parser.parse_args(argv)
-    bench = Run("l1_policy")
-    result = {
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    return {
         "workload": {"keys": KEYS, "capacity": CAPACITY, "requests_per_alpha": args.requests, "seed": SEED},
         "hit_ratio": hit_ratios(args.requests),
         "hit_cost": hit_costs(args.rounds),
         "unit": "hit ratios over all requests (cold start included); costs in ns per lookup, median of batches",
     }
-    bench.finish(result, tables)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    bench_main("l1_policy", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

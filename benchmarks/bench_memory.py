@@ -5,25 +5,27 @@ stored payload would pay. Method: docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import time
 import tracemalloc
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from pydantic import TypeAdapter
 
-from benchmarks._common import Run, Table, dealership_dto, fmt, percentile
+from benchmarks._common import Table, bench_main, dealership_dto, fmt, percentile
 from dealership.dto import DealershipDto, DealershipPage
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
-from hybridcache.settings import MemoryCacheSettings
 
 TTL = timedelta(minutes=30)
 _DTO = TypeAdapter(DealershipDto)
+OPTIONS = {
+    "entries": (5000, "L1 entries measured under tracemalloc"),
+    "sample": (200, "L2 keys per value kind for MEMORY USAGE"),
+}
 
 
 def fresh_dto(dealership_id: int) -> DealershipDto:
@@ -31,7 +33,7 @@ def fresh_dto(dealership_id: int) -> DealershipDto:
     return _DTO.validate_json(_DTO.dump_json(dealership_dto(dealership_id)))
 
 
-def _traced_bytes_after(build: Any) -> tuple[int, Any]:
+def traced(build: Callable[[], Any]) -> tuple[int, Any]:
     """Bytes still allocated (per tracemalloc) after ``build()`` ran, and what it returned (kept alive)."""
     gc.collect()
     before = tracemalloc.get_traced_memory()[0]
@@ -42,37 +44,33 @@ def _traced_bytes_after(build: Any) -> tuple[int, Any]:
 
 async def measure_l1(redis_url: str, entries: int) -> dict[str, Any]:
     settings = CacheSettings(
-        service_name="memory",
-        instance_name="Bench:",
-        configuration=redis_url,
-        memory_cache=MemoryCacheSettings(size_limit=entries + 1),
+        service_name="memory", instance_name="Bench:", configuration=redis_url, memory_cache={"size_limit": entries + 1}
     )
-    async with HybridCache.from_settings(settings) as cache:
+    ids = range(1, entries + 1)
+
+    async def ready(value: Any) -> Any:
+        return value
+
+    async with HybridCache(settings) as cache:
         # Warm every code path once (codecs, scripts, connection buffers) so it is not counted per entry.
-        await cache.get_or_create("Dealership:0", lambda: _ready(fresh_dto(1)), ttl=TTL, type_=DealershipDto)
-        ids = range(1, entries + 1)
+        await cache.get_or_create("Dealership:0", lambda: ready(fresh_dto(1)), ttl=TTL, type_=DealershipDto)
         tracemalloc.start()
         try:
             gc.collect()
             before = tracemalloc.get_traced_memory()[0]
             for i in ids:
                 await cache.get_or_create(
-                    f"Dealership:{i}",
-                    lambda i=i: _ready(fresh_dto(i)),  # type: ignore[misc]
-                    ttl=TTL,
-                    type_=DealershipDto,
+                    f"Dealership:{i}", lambda i=i: ready(fresh_dto(i)), ttl=TTL, type_=DealershipDto
                 )
             gc.collect()
             cached_bytes = tracemalloc.get_traced_memory()[0] - before
             if cache.stats().l1_entries != entries + 1 or cache.stats().l1_evictions:
                 raise RuntimeError("L1 does not hold every entry measured")
-            dto_bytes, kept = _traced_bytes_after(lambda: [fresh_dto(i) for i in ids])
-            list_slot = 8 * len(kept)
-            keys_bytes, kept_keys = _traced_bytes_after(lambda: [f"bench:v1:Dealership:{i}" for i in ids])
+            dto_bytes, kept = traced(lambda: [fresh_dto(i) for i in ids])
+            keys_bytes, kept_keys = traced(lambda: [f"bench:v1:Dealership:{i}" for i in ids])
         finally:
             tracemalloc.stop()
-    per_entry = cached_bytes / entries
-    per_dto = (dto_bytes - list_slot) / entries
+    per_entry, per_dto = cached_bytes / entries, (dto_bytes - 8 * len(kept)) / entries  # less each list slot
     return {
         "entries": entries,
         "bytes_per_entry": round(per_entry),
@@ -84,66 +82,56 @@ async def measure_l1(redis_url: str, entries: int) -> dict[str, Any]:
     }
 
 
-async def _ready(value: Any) -> Any:
-    return value
-
-
-def _values() -> dict[str, tuple[Any, Any]]:
-    """Representative cached values by query kind, with the type the cache decodes them as."""
-    search = tuple(fresh_dto(i) for i in range(1, 11))
-    return {
-        "entity (1 dealership)": (fresh_dto(42), DealershipDto),
-        "search (10 results)": (search, tuple[DealershipDto, ...]),
-        "list page (10)": (DealershipPage(items=search, total=2000), DealershipPage),
-        "list page (50)": (DealershipPage(items=tuple(fresh_dto(i) for i in range(1, 51)), total=2000), DealershipPage),
-    }
-
-
-def _median_us(fn: Any, repeat: int) -> float:
+def median_us(fn: Callable[[], Any], repeat: int = 2000) -> float:
     samples = []
     for _ in range(repeat):
         start = time.perf_counter_ns()
         fn()
         samples.append((time.perf_counter_ns() - start) / 1000)
-    return percentile(samples, 0.5)
+    return round(percentile(samples, 0.5), 2)
 
 
 async def measure_l2(server: RedisServer, db: int, sample: int) -> list[dict[str, Any]]:
+    """Per value kind: Redis ``MEMORY USAGE`` per entry, plain and zlib-compressed, and the CPU it costs."""
+    search = tuple(fresh_dto(i) for i in range(1, 11))
+    values: dict[str, tuple[Any, Any]] = {
+        "entity (1 dealership)": (fresh_dto(42), DealershipDto),
+        "search (10 results)": (search, tuple[DealershipDto, ...]),
+        "list page (10)": (DealershipPage(items=search, total=2000), DealershipPage),
+        "list page (50)": (DealershipPage(items=tuple(fresh_dto(i) for i in range(1, 51)), total=2000), DealershipPage),
+    }
     settings = CacheSettings(service_name="memory-l2", instance_name="Bench:", configuration=server.url_for_db(db))
     rows = []
     client = server.client(db=db)
-    async with HybridCache.from_settings(settings) as cache:
-        for kind, (value, type_) in _values().items():
+    async with HybridCache(settings) as cache:
+        for kind, (value, type_) in values.items():
             keys = [f"Memory:{kind.split()[0]}:{i}" for i in range(sample)]
             for key in keys:
                 await cache.set(key, value, ttl=TTL, type_=type_)
-            redis_keys = [f"Bench:memory-l2:v1:{key}" for key in keys]
-            usage = [int(await client.memory_usage(k) or 0) for k in redis_keys]
-            payload = await client.get(redis_keys[0])
+            usage = [int(await client.memory_usage(f"Bench:memory-l2:v1:{key}") or 0) for key in keys]
+            payload = await client.get(f"Bench:memory-l2:v1:{keys[0]}")
             assert isinstance(payload, bytes), "the cache stores every entry under its key"
-            header_length = payload.index(b"\n") + 1
-            body = payload[header_length:]
+            header = payload.index(b"\n") + 1
             row: dict[str, Any] = {
                 "value": kind,
                 "payload_bytes": len(payload),
-                "header_bytes": header_length,
-                "body_bytes": len(body),
+                "header_bytes": header,
+                "body_bytes": len(payload) - header,
                 "redis_memory_usage_bytes": int(percentile(usage, 0.5)),
                 "compression": {},
             }
             for level in (1, 6):
-                packed = zlib.compress(payload, level)
-                probe = f"Bench:memory-l2:zlib{level}:{kind.split()[0]}"
+                packed, probe = zlib.compress(payload, level), f"Bench:memory-l2:zlib{level}:{kind.split()[0]}"
                 await client.set(probe, packed, px=60_000)
                 row["compression"][f"zlib-{level}"] = {
                     "payload_bytes": len(packed),
                     "ratio": round(len(packed) / len(payload), 3),
                     "redis_memory_usage_bytes": int(await client.memory_usage(probe) or 0),
-                    "compress_us": round(_median_us(lambda p=payload, lv=level: zlib.compress(p, lv), 2000), 2),
-                    "decompress_us": round(_median_us(lambda p=packed: zlib.decompress(p), 2000), 2),
+                    "compress_us": median_us(lambda p=payload, lv=level: zlib.compress(p, lv)),
+                    "decompress_us": median_us(lambda p=packed: zlib.decompress(p)),
                 }
-            codec = TypeAdapter(type_)
-            row["json_decode_us"] = round(_median_us(lambda c=codec, b=body: c.validate_json(b), 2000), 2)
+            body, codec = payload[header:], TypeAdapter(type_)
+            row["json_decode_us"] = median_us(lambda c=codec, b=body: c.validate_json(b))
             rows.append(row)
     await client.aclose()
     return rows
@@ -153,8 +141,7 @@ def verdict(l2: Sequence[dict[str, Any]]) -> str:
     """Per value kind: compression pays when zlib-1 halves Redis memory per entry, does not below a fifth."""
     parts = []
     for row in l2:
-        z = row["compression"]["zlib-1"]
-        before = row["redis_memory_usage_bytes"]
+        z, before = row["compression"]["zlib-1"], row["redis_memory_usage_bytes"]
         saved = before - z["redis_memory_usage_bytes"]
         share = saved / before if before else 0.0
         call = "pays" if share >= 0.5 else "marginal" if share >= 0.2 else "does not pay"
@@ -215,12 +202,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_memory", description=__doc__)
-    parser.add_argument("--entries", type=int, default=5000, help="L1 entries measured under tracemalloc")
-    parser.add_argument("--sample", type=int, default=200, help="L2 keys per value kind for MEMORY USAGE")
-    args = parser.parse_args(argv)
-    bench = Run("memory")
-    bench.finish(asyncio.run(run(args)), tables)
+    bench_main("memory", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

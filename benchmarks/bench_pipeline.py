@@ -5,19 +5,23 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from benchmarks._common import Run, Table, Variant, dealership_dto, fmt, looped, measure, paired_ratio
+from benchmarks._common import Table, Variant, bench_main, dealership_dto, fmt, looped, measure, paired_ratio
 from dealership.dto import DealershipDto
 from hybridcache import CacheSettings, HybridCache
 from hybridcache.cqrs import Cacheable, CacheInvalidationBehavior, CachingBehavior, Mediator, Query, RequestHandler
 
 TARGET_NS = 5_000
 BARE, PIPELINE = "bare get_or_create (L1 hit)", "pipeline send (L1 hit)"
+OPTIONS = {
+    "rounds": (30, "rounds per variant"),
+    "ops": (20_000, "awaits per round"),
+    "max_seconds": (60.0, "stop starting rounds after this long"),
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class PingHandler(RequestHandler[Ping, int]):
         return 1
 
 
-async def run(rounds: int, ops: int, max_seconds: float) -> dict[str, Any]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    ops = args.ops
     async with HybridCache.from_settings(CacheSettings(service_name="bench")) as cache:
         mediator = Mediator([CachingBehavior(cache), CacheInvalidationBehavior(cache)])
         mediator.register(GetDealershipById, lambda _: GetDealershipByIdHandler())
@@ -70,7 +75,7 @@ async def run(rounds: int, ops: int, max_seconds: float) -> dict[str, Any]:
             Variant("pipeline send, request built per op", looped(lambda: mediator.send(GetDealershipById(42))), ops),
             Variant("mediator only (no behavior, no cache)", looped(lambda: mediator.send(ping)), ops),
         ]
-        timings = await measure(variants, rounds=rounds, max_seconds=max_seconds)
+        timings = await measure(variants, rounds=args.rounds, max_seconds=args.max_seconds)
         assert GetDealershipByIdHandler.runs == runs_before, "an L1 hit ran the handler"
         l1_hits = cache.stats().l1_hits
     bare_ns, pipeline_ns = timings[BARE].median_ns, timings[PIPELINE].median_ns
@@ -107,13 +112,7 @@ def tables(document: Mapping[str, Any]) -> list[Table]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=30, help="rounds per variant (default 30)")
-    parser.add_argument("--ops", type=int, default=20_000, help="awaits per round (default 20000)")
-    parser.add_argument("--max-seconds", type=float, default=60.0, help="stop starting rounds after this long")
-    args = parser.parse_args(argv)
-    bench = Run("pipeline")
-    bench.finish(asyncio.run(run(args.rounds, args.ops, args.max_seconds)), tables)
+    bench_main("pipeline", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,20 @@ from typing import Any
 
 import httpx
 
-from benchmarks._common import SEARCH_TERMS, SEED_COUNT, Run, Table, database_urls, stats_delta
+from benchmarks._common import SEARCH_TERMS, SEED_COUNT, Table, bench_main, database_urls, stats_delta
 from harness.redis_server import RedisServer
 from harness.service import ServiceProcess
 
 LIST_PAGES = 50
+OPTIONS = {
+    "duration": (10, "seconds per measured wrk run"),
+    "warmup": (2, "seconds of wrk warm-up per route"),
+    "threads": (2, "wrk threads"),
+    "connections": (32, "wrk connections"),
+    "ids": (500, "the by-id route spreads over ids 1..IDS"),
+    "databases": (["sqlite", "postgresql"], "comma-separated: sqlite,postgresql"),
+    "routes": (["by-id", "list", "search"], "comma-separated: by-id,list,search"),
+}
 _WRK_MARKER = "WRKJSON "
 
 # A wrk Lua script: ``request`` builds each request from a thread-local counter (every thread starts at its own
@@ -70,14 +79,16 @@ def routes(ids: int) -> dict[str, tuple[str, list[str]]]:
     }
 
 
-def run_wrk(base_url: str, script: Path, *, threads: int, connections: int, duration_s: int) -> dict[str, Any]:
-    """Run wrk once (killed if it has not exited 30 s after ``duration_s``); its figures, latencies in ms."""
-    command = [
-        shutil.which("wrk") or "wrk",
-        f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--timeout=5s", "--latency", "-s", str(script),
-        base_url,
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 30, check=False)
+def run_wrk(base_url: str, script: Path, args: argparse.Namespace, seconds: int) -> dict[str, Any]:
+    """Run wrk once (killed if it has not exited 30 s after ``seconds``); its figures, latencies in ms."""
+    options = [f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--timeout=5s", "--latency"]
+    done = subprocess.run(
+        ["wrk", *options, "-s", str(script), base_url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
     line = next((x for x in done.stdout.splitlines() if x.startswith(_WRK_MARKER)), None)
@@ -99,11 +110,8 @@ def run_wrk(base_url: str, script: Path, *, threads: int, connections: int, dura
 def measure_database(
     database: str, url: str, redis: RedisServer, args: argparse.Namespace, scripts: dict[str, Path], logs: Path
 ) -> list[dict[str, Any]]:
-    """Every route with the cache on and off against one database; one service process per cache mode. Per
-    route: every path requested once (with the cache on, every key is then cached), a warm-up run, the measured
-    run, with ``/api/cache/stats`` read around it."""
+    """Every route with the cache on and off against one database (one service process per mode)."""
     rows = []
-    wrk = {"threads": args.threads, "connections": args.connections}
     for mode, extra in (("on", {}), ("off", {"Enabled": "false"})):
         with redis.sync_client() as client:
             client.flushall()  # our private server: each mode starts from an empty L2
@@ -117,9 +125,9 @@ def measure_database(
                 print(f"  {database:10} cache {mode:3} {route:6} ...", end=" ", flush=True)
                 for path in routes(args.ids)[route][1]:
                     client.get(path).raise_for_status()
-                run_wrk(service.base_url, scripts[route], duration_s=args.warmup, **wrk)
+                run_wrk(service.base_url, scripts[route], args, args.warmup)
                 before = client.get("/api/cache/stats").json()
-                result = run_wrk(service.base_url, scripts[route], duration_s=args.duration, **wrk)
+                result = run_wrk(service.base_url, scripts[route], args, args.duration)
                 delta = stats_delta(before, client.get("/api/cache/stats").json())
                 print(f"{result['requests_per_s']:8.0f} req/s, p50 {result['p50_ms']:.2f} ms", flush=True)
                 rows.append({"route": route, "database": database, "cache": mode, **result, "cache_stats": delta})
@@ -160,30 +168,19 @@ def tables(document: Mapping[str, Any]) -> list[Table]:
     return [Table(headers, rows, note=skipped)]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_service_load", description=__doc__)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measured wrk run (default 10)")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of wrk warm-up per route (default 2)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
-    parser.add_argument("--ids", type=int, default=500, help="by-id route spreads over ids 1..IDS (default 500)")
-    parser.add_argument("--databases", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
-    parser.add_argument("--routes", default="by-id,list,search", help="comma-separated: by-id,list,search")
-    args = parser.parse_args(argv)
-    databases = [d for d in args.databases.split(",") if d]
-    args.routes = [r for r in args.routes.split(",") if r]
+def run(args: argparse.Namespace) -> dict[str, Any]:
     if set(args.routes) - set(routes(1)) or not 1 <= args.ids <= SEED_COUNT:
-        parser.error("--routes: by-id,list,search; --ids 1..2000")
+        raise SystemExit("--routes: by-id,list,search; --ids 1..2000")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk was not found on PATH; install it with `apt-get install -y wrk` (Debian/Ubuntu).")
-    bench, rows = Run("service_load"), []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hc-bench-load-") as tmp, RedisServer() as redis:
         workdir, scripts = Path(tmp), {}
         for name in args.routes:
             paths = ", ".join(json.dumps(p) for p in routes(args.ids)[name][1])  # JSON strings are Lua literals here
             scripts[name] = workdir / f"{name}.lua"
             scripts[name].write_text(_LUA_TEMPLATE % {"paths": paths, "marker": _WRK_MARKER})
-        with database_urls(databases, workdir) as (urls, skipped):
+        with database_urls(args.databases, workdir) as (urls, skipped):
             for database, url in urls.items():
                 rows += measure_database(database, url, redis, args, scripts, workdir)
     settings = {
@@ -194,8 +191,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "routes": {name: routes(args.ids)[name][0] for name in args.routes},
         "note": "2 CPU cores shared by wrk, the service, redis-server and PostgreSQL",
     }
-    payload = {"settings": settings, "skipped": skipped, "rows": rows, "ratios": with_ratios(rows)}
-    bench.finish(payload, tables)
+    return {"settings": settings, "skipped": skipped, "rows": rows, "ratios": with_ratios(rows)}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    bench_main("service_load", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":

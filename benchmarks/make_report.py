@@ -1,19 +1,12 @@
-"""Build ``docs/performance.md`` (with its plots, ``docs/img/*.png``) and ``docs/performance-service.md`` from
-``benchmarks/results/*.json``, and the README's measured table (``readme_figures``).
-
-Run: ``.venv/bin/python -m benchmarks.make_report`` after the benchmarks (``make bench``). Nothing is measured
-here: every figure is read from a result file, each section names its file, the command that produced it and
-the machine it ran on. A section shows the tables the benchmark itself prints (``bench_<name>.tables``), so the
-console and the page cannot disagree; a file without such a module is shown by a generic renderer.
+"""Write ``docs/performance.md`` (and its plots), the generated parts of ``docs/performance-service.md`` and the
+README's measured table from ``benchmarks/results/*.json``, each section by its benchmark's ``tables``.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -22,35 +15,24 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from benchmarks import readme_figures
-from benchmarks._common import RESULTS_DIR, ROOT, Table, fmt, format_ns
+from benchmarks._common import ROOT, Table, format_ns
 
 DOC = ROOT / "docs" / "performance.md"
 SERVICE_DOC = ROOT / "docs" / "performance-service.md"
 IMG_DIR = ROOT / "docs" / "img"
 # Sections in this order; any other result file follows, alphabetically.
 ORDER = ("latency_table", "peers", "hit_rates", "memory", "service_load")
-LATENCY_MARK = "<!-- section: latency_table — owned by benchmarks/bench_latency_table.py (mediator and HTTP) -->"
 TITLES = {
     "latency_table": "The seed's latency table: mediator and HTTP",
     "peers": "hybridcache next to cashews and aiocache (same workload, same run)",
     "hit_rates": "Hit rates under a Zipf workload with the seed's settings",
     "memory": "Memory per entry: L1 and L2, and whether compression would pay",
 }
-# Bulky internals that help whoever tunes the code but not a reader of the page (they stay in the JSON).
-META_KEYS = {"benchmark", "command", "generated_at", "machine", "diagnostics", "samples", "top_by_own_time"}
+#: The module whose ``tables`` renders a result file, where it is not ``benchmarks.bench_<name>``.
+RENDERERS = {"run": "benchmarks.__main__", "ab_cache": "benchmarks.ab"}
+HC_BLUE, GREY = "#1f6feb", "#8b949e"
 
 Document = dict[str, Any]
-
-
-def load_results(directory: Path = RESULTS_DIR) -> dict[str, Document]:
-    """Every ``*.json`` in ``directory`` by file stem (a file that does not parse is reported, not skipped)."""
-    documents: dict[str, Document] = {}
-    for path in sorted(directory.glob("*.json")):
-        try:
-            documents[path.stem] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            documents[path.stem] = {"unreadable": f"{exc.__class__.__name__}: {exc}"}
-    return documents
 
 
 def provenance(name: str, doc: Document) -> list[str]:
@@ -77,197 +59,108 @@ def provenance(name: str, doc: Document) -> list[str]:
     return ["  \n".join(lines), ""]
 
 
-def source_line(name: str) -> str:
-    return f"<sub>Source: `benchmarks/results/{name}.json`</sub>"
+def renderer(name: str) -> Callable[[Document], Sequence[Table]]:
+    tables: Callable[[Document], Sequence[Table]] = importlib.import_module(
+        RENDERERS.get(name, f"benchmarks.bench_{name}")
+    ).tables
+    return tables
 
 
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        if key not in META_KEYS:
-            flat.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat
-
-
-def generic(doc: Document) -> list[Table]:
-    """A result file without a ``tables`` function: its scalars, then each list or dict of records, as tables."""
-    flat = {
-        k: v for k, v in _flatten(doc).items() if not isinstance(v, list) or all(not isinstance(x, dict) for x in v)
-    }
-    out = [Table(["", "value"], [[k, fmt(v)] for k, v in flat.items()])] if flat else []
-    for key, value in doc.items():
-        records = (
-            list(value.items())
-            if isinstance(value, dict)
-            else list(enumerate(value, 1))
-            if isinstance(value, list)
-            else []
-        )
-        if records and all(isinstance(r, dict) for _, r in records):
-            flats = [(str(label), _flatten(r)) for label, r in records]
-            columns = list(dict.fromkeys(c for _, f in flats for c in f))
-            out.append(
-                Table(["", *columns], [[label, *(fmt(f.get(c)) for c in columns)] for label, f in flats], f"**{key}**")
-            )
-    return out
-
-
-def module_tables(name: str) -> Callable[[Document], Sequence[Table]] | None:
-    try:
-        module = importlib.import_module(f"benchmarks.bench_{name}")
-    except Exception:  # a result file without (or with a broken) script is still shown, generically
-        return None
-    tables = getattr(module, "tables", None)
-    return tables if callable(tables) else None
-
-
-# ---------------------------------------------------------------------------------------------- plots
-
-
-def _save(figure: Any, path: Path) -> bool:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110, metadata={"Software": None})
-    plt.close(figure)
-    return True
-
-
-def peers_plot(doc: Document, path: Path) -> bool:
+def peers_plot(doc: Document) -> Any:
     """Memory-tier hits (log scale) and Redis hit / miss per contender, side by side."""
-    rows = [r for r in doc["rows"] if not r["errors"] or r["memory_hit_ns"] or r["redis_hit_us"]]
-    memory = [(r["name"], r["memory_hit_ns"] / 1000) for r in rows if r["memory_hit_ns"]]
-    redis = [(r["name"], r["redis_hit_us"], r["miss_us"]) for r in rows if r["redis_hit_us"]]
-    if not memory and not redis:
-        return False
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    names = [n for n, _ in memory][::-1]
-    values = [v for _, v in memory][::-1]
-    colors = ["#1f6feb" if n.startswith("hybridcache") else "#8b949e" for n in names]
-    left.barh(names, values, color=colors)
-    left.set_xscale("log")
-    left.set_xlabel("µs per hit (log scale), lower is better")
-    left.set_title("Memory-tier hit (read-through call)")
-    for y, v in enumerate(values):
+    memory = [(r["name"], r["memory_hit_ns"] / 1000) for r in doc["rows"] if r["memory_hit_ns"]][::-1]
+    left.barh(
+        [n for n, _ in memory],
+        [v for _, v in memory],
+        color=[HC_BLUE if n.startswith("hybridcache") else GREY for n, _ in memory],
+    )
+    left.set(
+        xscale="log", xlabel="µs per hit (log scale), lower is better", title="Memory-tier hit (read-through call)"
+    )
+    for y, (_, v) in enumerate(memory):
         left.text(v, y, f" {v:,.2f}" if v < 10 else f" {v:,.0f}", va="center", fontsize=8)
-    names_r = [n for n, _, _ in redis][::-1]
-    ys = range(len(names_r))
-    hits = [h for _, h, _ in redis][::-1]
-    misses = [m if m is not None else 0 for _, _, m in redis][::-1]
-    right.barh([y + 0.2 for y in ys], hits, height=0.4, label="Redis hit (from a 2nd instance)", color="#2da44e")
-    right.barh([y - 0.2 for y in ys], misses, height=0.4, label="miss (store included)", color="#d29922")
-    right.set_yticks(list(ys), names_r)
-    right.set_xlabel("µs per call (median), lower is better")
-    right.set_title("Redis hit and miss")
+    redis = [(r["name"], r["redis_hit_us"], r["miss_us"] or 0) for r in doc["rows"] if r["redis_hit_us"]][::-1]
+    ys = range(len(redis))
+    right.barh(
+        [y + 0.2 for y in ys],
+        [h for _, h, _ in redis],
+        height=0.4,
+        label="Redis hit (from a 2nd instance)",
+        color="#2da44e",
+    )
+    right.barh(
+        [y - 0.2 for y in ys], [m for _, _, m in redis], height=0.4, label="miss (store included)", color="#d29922"
+    )
+    right.set_yticks(list(ys), [n for n, _, _ in redis])
+    right.set(xlabel="µs per call (median), lower is better", title="Redis hit and miss")
     right.legend(loc="lower right", fontsize=8)
-    return _save(figure, path)
+    return figure
 
 
-def hit_rates_plot(doc: Document, path: Path) -> bool:
+def hit_rates_plot(doc: Document) -> Any:
     """Stacked L1 / L2 hit rate per query kind, steady state, one group per scenario."""
-    scenarios = doc.get("scenarios") or []
-    if not scenarios:
-        return False
-    figure, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 4.2), sharey=True, squeeze=False)
-    for axis, outcome in zip(axes[0], scenarios, strict=True):
+    count = len(doc["scenarios"])
+    figure, axes = plt.subplots(1, count, figsize=(5 * count, 4.2), sharey=True, squeeze=False)
+    axes = axes[0]
+    for axis, outcome in zip(axes, doc["scenarios"], strict=True):
         kinds = outcome["results"]["second_half"]
-        labels = list(kinds)
-        l1 = [kinds[k]["l1_hit_rate"] * 100 for k in labels]
-        l2 = [kinds[k]["l2_hit_rate"] * 100 for k in labels]
-        axis.bar(labels, l1, label="L1 hit", color="#1f6feb")
-        axis.bar(labels, l2, bottom=l1, label="L2 hit", color="#79c0ff")
-        for x, kind in enumerate(labels):
-            total = kinds[kind]["hit_rate"] * 100
-            axis.text(x, l1[x] + l2[x] + 1, f"{total:.1f}%", ha="center", fontsize=9)
+        l1, l2 = [kinds[k]["l1_hit_rate"] * 100 for k in kinds], [kinds[k]["l2_hit_rate"] * 100 for k in kinds]
+        axis.bar(list(kinds), l1, label="L1 hit", color=HC_BLUE)
+        axis.bar(list(kinds), l2, bottom=l1, label="L2 hit", color="#79c0ff")
+        for x, kind in enumerate(kinds):
+            axis.text(x, l1[x] + l2[x] + 1, f"{kinds[kind]['hit_rate'] * 100:.1f}%", ha="center", fontsize=9)
         axis.axhline(95, color="#cf222e", linestyle="--", linewidth=1, label="95% (entity target)")
-        axis.set_ylim(0, 108)
-        axis.set_title(f"{outcome['scenario']['name']} (steady state)")
-    axes[0][0].set_ylabel("% of requests")
-    axes[0][-1].legend(loc="lower right", fontsize=8)
-    return _save(figure, path)
+        axis.set(ylim=(0, 108), title=f"{outcome['scenario']['name']} (steady state)")
+    axes[0].set_ylabel("% of requests")
+    axes[-1].legend(loc="lower right", fontsize=8)
+    return figure
 
 
-def memory_plot(doc: Document, path: Path) -> bool:
+def memory_plot(doc: Document) -> Any:
     """Redis ``MEMORY USAGE`` per entry, plain vs zlib, per value kind."""
-    l2 = doc.get("l2") or []
-    if not l2:
-        return False
-    figure, axis = plt.subplots(figsize=(8, 4))
-    labels = [r["value"] for r in l2]
-    xs = range(len(labels))
-    plain = [r["redis_memory_usage_bytes"] / 1024 for r in l2]
-    z1 = [r["compression"]["zlib-1"]["redis_memory_usage_bytes"] / 1024 for r in l2]
-    axis.bar([x - 0.2 for x in xs], plain, width=0.4, label="as stored (JSON)", color="#8b949e")
-    axis.bar([x + 0.2 for x in xs], z1, width=0.4, label="zlib level 1", color="#2da44e")
-    axis.set_xticks(list(xs), labels, fontsize=8)
-    axis.set_ylabel("KiB per entry in Redis (MEMORY USAGE)")
-    axis.set_title("L2 memory per entry")
+    (figure, axis), rows = plt.subplots(figsize=(8, 4)), doc["l2"]
+    xs = range(len(rows))
+    plain = [r["redis_memory_usage_bytes"] / 1024 for r in rows]
+    zlib1 = [r["compression"]["zlib-1"]["redis_memory_usage_bytes"] / 1024 for r in rows]
+    axis.bar([x - 0.2 for x in xs], plain, width=0.4, label="as stored (JSON)", color=GREY)
+    axis.bar([x + 0.2 for x in xs], zlib1, width=0.4, label="zlib level 1", color="#2da44e")
+    axis.set_xticks(list(xs), [r["value"] for r in rows], fontsize=8)
+    axis.set(ylabel="KiB per entry in Redis (MEMORY USAGE)", title="L2 memory per entry")
     axis.legend(fontsize=8)
-    return _save(figure, path)
+    return figure
 
 
-PLOTS: dict[str, tuple[Callable[[Document, Path], bool], str, str]] = {
+#: name: (plot, file, alt text).
+PLOTS: dict[str, tuple[Callable[[Document], Any], str, str]] = {
     "peers": (peers_plot, "peers_latency.png", "hit and miss latency per contender"),
     "hit_rates": (hit_rates_plot, "hit_rates.png", "L1 and L2 hit rate per query kind"),
     "memory": (memory_plot, "memory_l2.png", "Redis memory per entry, plain and zlib"),
 }
 
 
-# ---------------------------------------------------------------------------------------------- acceptance
-
-
-def acceptance_rows(documents: dict[str, Document]) -> list[list[str]]:
-    """One row per target any result file reports (``acceptance``, ``targets`` or ``target`` entries)."""
-    rows: list[list[str]] = []
-    for name, doc in documents.items():
-        for key in ("acceptance", "targets", "target"):
-            block = doc.get(key)
-            if isinstance(block, dict):
-                rows.extend(_target_rows(name, key, block))
-        if isinstance(doc.get("meets_target"), bool):
-            rows.append([f"{name}: target_ns {doc.get('target_ns')}", fmt(doc["meets_target"]), f"`{name}.json`"])
-    return rows
-
-
-def _target_rows(name: str, key: str, block: Document) -> list[list[str]]:
-    def verdict(met: Any) -> str:
-        return "**yes**" if met is True else "**no**" if met is False else "-"
-
-    if all(isinstance(v, dict) for v in block.values()):
-        return [
-            [
-                f"{item}: " + ", ".join(f"{k} {fmt(v)}" for k, v in facts.items() if k != "met"),
-                verdict(facts.get("met")),
-                f"`{name}.json`",
-            ]
-            for item, facts in block.items()
-        ]
-    facts = ", ".join(f"{k} {fmt(v)}" for k, v in block.items() if not k.endswith("met"))
-    verdicts = [f"{k}: **{fmt(v)}**" for k, v in block.items() if k.endswith("met") and isinstance(v, bool)]
-    return [[f"{key}: {facts}", ", ".join(verdicts) or "-", f"`{name}.json`"]]
-
-
-# ---------------------------------------------------------------------------------------------- assembly
+def plot(name: str, doc: Document) -> str:
+    """Draw ``name``'s plot into ``docs/img``; its file name."""
+    draw, image, _ = PLOTS[name]
+    figure = draw(doc)
+    figure.tight_layout()
+    figure.savefig(IMG_DIR / image, dpi=110, metadata={"Software": None})
+    plt.close(figure)
+    return image
 
 
 def section(name: str, doc: Document, images: list[str]) -> list[str]:
     out = [f"## {TITLES.get(name, name.replace('_', ' ').capitalize())}", "", *provenance(name, doc)]
-    if name == "latency_table":
-        out = [LATENCY_MARK, *out]
-    if "unreadable" in doc:
-        return [*out, f"The file could not be read: {doc['unreadable']}", ""]
-    tables = module_tables(name)
+    source = f"<sub>Source: `benchmarks/results/{name}.json`</sub>"
     try:
-        shown = list(tables(doc)) if tables is not None else generic(doc)
-    except Exception as exc:  # fall back to the generic view rather than lose the section
-        out += [f"(`bench_{name}.tables` failed: {exc.__class__.__name__}: {exc}; generic view below)", ""]
-        shown = generic(doc)
+        shown = renderer(name)(doc)
+    except Exception as exc:  # a file without a renderer (or one it cannot read) still gets its section
+        return [*out, f"(no tables: {exc.__class__.__name__}: {exc})", ""]
     for table in shown:
-        out += [table.markdown(), "", source_line(name), ""]
+        out += [table.markdown(), "", source, ""]
     if name in PLOTS:
-        plot, image, alt = PLOTS[name]
-        if plot(doc, IMG_DIR / image):
-            images.append(image)
-            out += [f"![{alt}](img/{image})", "", source_line(name), ""]
+        images.append(plot(name, doc))
+        out += [f"![{PLOTS[name][2]}](img/{images[-1]})", "", source, ""]
     return out
 
 
@@ -285,26 +178,12 @@ def build(documents: dict[str, Document]) -> tuple[str, list[str]]:
         "",
         "## Targets (issue 7)",
         "",
+        *readme_figures.table(documents),  # the README's measured table
+        "",
     ]
-    targets = acceptance_rows(documents)
-    if targets:
-        lines += [Table(["target and measurement", "met", "source"], list(targets)).markdown(), ""]
-    else:
-        lines += ["No result file reports a target yet.", ""]
-    if "latency_table" not in documents:
-        lines += [
-            LATENCY_MARK,
-            f"## {TITLES['latency_table']}",
-            "",
-            "Not measured yet: `benchmarks/bench_latency_table.py` writes `benchmarks/results/latency_table.json`.",
-            "",
-        ]
     for name in [n for n in ORDER if n in documents] + sorted(n for n in documents if n not in ORDER):
         lines += section(name, documents[name], images)
     return "\n".join(lines).rstrip() + "\n", images
-
-
-# ---------------------------------------------------------------------------------------------- the service page
 
 
 #: A region of docs/performance-service.md that ``service_page`` rewrites; the prose around it is the page's own.
@@ -315,38 +194,29 @@ def ms(us: float) -> str:
     return format_ns(us * 1000)
 
 
-def _note_figures(latency: dict[str, Any] | None) -> dict[str, str]:
-    ranges = {"mediator_hits": "microseconds", "http_hits": "about a millisecond", "slept": "not measured"}
+def service_page(documents: dict[str, Document], page: str) -> str:
+    """``page`` with its generated regions rewritten; a region with no figure keeps its text."""
+    parts: dict[str, str] = {}
+    cells = documents.get("latency_table", {}).get("cells", ())
     delayed = [
         c
-        for c in (latency or {}).get("cells", ())
+        for c in cells
         if (c["path"], c["operation"], c["cache"]) == ("mediator", "single entity", "none") and c["delay_ms"] > 0
     ]
     if delayed:
         c = max(delayed, key=lambda c: (c["delay_ms"], c["database"] == "postgresql"))
-        ranges["slept"] = (
-            f"e.g. +{c['delay_ms']:g} ms on {c['database']}: {ms(c['simulated_per_request']['slept_us'])} "
-            "slept per single-entity read, on average"
+        slept = ms(c["simulated_per_request"]["slept_us"])
+        parts["slept"] = (
+            f"e.g. +{c['delay_ms']:g} ms on {c['database']}: {slept} slept per single-entity read, on average"
         )
     for path in ("mediator", "http"):
-        hits = [c["median_us"] for c in (latency or {}).get("cells", ()) if c["path"] == path and c["cache"] == "l1+l2"]
-        if hits:
-            ranges[f"{path}_hits"] = f"{ms(min(hits))} to {ms(max(hits))}"
-    return ranges
-
-
-def service_page(documents: dict[str, Document], page: str) -> str:
-    """``page`` (docs/performance-service.md) with its generated regions rewritten from ``latency_table.json`` and
-    ``service_load.json``; a region with no figure for it keeps its text."""
-    parts = _note_figures(documents.get("latency_table"))
+        if hits := [c["median_us"] for c in cells if c["path"] == path and c["cache"] == "l1+l2"]:
+            parts[f"{path}_hits"] = f"{ms(min(hits))} to {ms(max(hits))}"
     for name in ("latency_table", "service_load"):
-        document = documents.get(name)
-        if document is None:
+        if (document := documents.get(name)) is None:
             parts[name] = f"*No `benchmarks/results/{name}.json` yet: run `python -m benchmarks {name}`.*"
             continue
-        tables = module_tables(name)
-        assert tables is not None
-        lines = [t.markdown() + "\n" for t in tables(document)] + provenance(name, document)
+        lines = [t.markdown() + "\n" for t in renderer(name)(document)] + provenance(name, document)
         if name == "service_load":
             s = document["settings"]
             lines.insert(0, f"`{s['wrk']}`, {s['warmup_seconds']} s warm-up per route; {s['server']}.\n")
@@ -361,7 +231,7 @@ def service_page(documents: dict[str, Document], page: str) -> str:
 
 def main() -> None:
     IMG_DIR.mkdir(parents=True, exist_ok=True)
-    documents = load_results()
+    documents = readme_figures.load()
     text, images = build(documents)
     DOC.write_text(text)
     print(f"wrote {DOC} and {len(images)} plots: {', '.join(images) or 'none'}")

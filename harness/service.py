@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -32,6 +32,8 @@ class ServiceProcess(ManagedProcess):
 
     ``cache_env`` maps ``TheTechLoopCache`` keys to values (``{"Configuration": "127.0.0.1:6400"}``,
     ``{"CircuitBreaker__BreakDurationSeconds": "2"}``); they become ``TheTechLoopCache__<key>`` variables.
+    ``module`` and ``args`` start another entry point that takes the service's options after its own (a
+    benchmark's wrapper: ``python -m <module> <args> --host ... --port ...``); the repository root is importable.
     """
 
     error = ServiceProcessError
@@ -45,8 +47,11 @@ class ServiceProcess(ManagedProcess):
         cache_env: Mapping[str, str],
         seed_count: int = 200,
         startup_timeout: float = 30.0,
+        module: str = "dealership",
+        args: Sequence[str] = (),
     ) -> None:
         self.name = name
+        self.module, self.args = module, tuple(args)
         self.database_url = database_url
         self.seed_count = seed_count
         self._cache_env = dict(cache_env)
@@ -59,7 +64,7 @@ class ServiceProcess(ManagedProcess):
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.lower().startswith("thetechloopcache__")}
         env.pop("DATABASE_URL", None)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SRC), env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_SRC), str(_SRC.parent), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         for key, value in self._cache_env.items():
             env[f"TheTechLoopCache__{key}"] = value
@@ -67,7 +72,7 @@ class ServiceProcess(ManagedProcess):
 
     def command(self, port: int) -> list[str]:
         return [
-            sys.executable, "-m", "dealership",
+            sys.executable, "-m", self.module, *self.args,
             "--host", HOST,
             "--port", str(port),
             "--database-url", self.database_url,
