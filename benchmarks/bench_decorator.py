@@ -12,13 +12,11 @@ One run, variants timed round-robin (``_common.measure``), the service's dealers
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks._common import Run, Table, Variant, dealership_dto, format_ns, looped, measure, paired_ratio
+from benchmarks._common import Table, Variant, bench_main, dealership_dto, format_ns, looped, measure, paired_ratio
 from dealership.dto import DealershipDto
 from hybridcache import CacheSettings, HybridCache
 
@@ -96,16 +94,17 @@ def tables(document: dict[str, Any]) -> list[Table]:
     return [Table(["L1 hit, dealership DTO", "median", "p90"], rows, note=note)]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_decorator", description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=30, help="measurement rounds (each times every variant)")
-    args = parser.parse_args(argv)
+OPTIONS = {"rounds": (30, "measurement rounds (each times every variant)")}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     logging.getLogger("hybridcache").setLevel(logging.WARNING)
-    bench = Run("decorator")
-    document = {"method": __doc__, "l1_hit": asyncio.run(l1_hits(args.rounds))}
-    bench.finish(document, tables)
-    return 0
+    return {"method": __doc__, "l1_hit": await l1_hits(args.rounds)}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    bench_main("decorator", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import logging
 import random
-import sys
 import tempfile
 import time
 import uuid
@@ -21,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Run, Table, database_urls, summarize
+from benchmarks._common import Table, bench_main, database_urls, summarize
 from dealership.bootstrap import build_mediator
 from dealership.commands import UpdateDealership
 from dealership.database import create_engine, prepare_database
@@ -115,13 +114,12 @@ def tables(document: dict[str, Any]) -> list[Table]:
     return [Table(headers, rows, note=f"outbox cost: {extra}; skipped: {document['skipped'] or 'none'}")]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_outbox", description=__doc__.split("\n")[0])
-    parser.add_argument("--writes", type=int, default=400, help="writes per mode and database")
-    args = parser.parse_args(argv)
+OPTIONS = {"writes": (400, "writes per mode and database")}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
     logging.getLogger("hybridcache").setLevel(logging.WARNING)
     logging.getLogger("dealership").setLevel(logging.WARNING)
-    bench = Run("outbox")
     databases: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="hc-bench-outbox-") as workdir,
@@ -130,9 +128,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         for name, url in urls.items():
             databases[name] = asyncio.run(measure(url, server, args.writes))
-    bench.finish({"method": __doc__, "databases": databases, "skipped": skipped}, tables)
-    return 0
+    return {"method": __doc__, "databases": databases, "skipped": skipped}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    bench_main("outbox", argv, __doc__, run, tables, OPTIONS)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
