@@ -514,8 +514,9 @@ class HybridCache:
 
         Returns a dict with every key of ``keys`` (duplicates once), in their order. The keys go through L1 in one
         pass, the L1 misses through L2 in one round trip (one ``MGET``; on Redis Cluster one round trip per node
-        holding some of them), and the keys still missing reach ``factory_many`` in **one** call, as a list in
-        ``keys``' order; it returns a mapping of those keys to their values.
+        holding some of them; while the invalidation channel is down, one more checks their stamps against Redis),
+        and the keys still missing reach ``factory_many`` in **one** call, as a list in ``keys``' order; it returns
+        a mapping of those keys to their values.
 
         **A key ``factory_many`` leaves out is a ``None`` result**: ``None`` in the answer, and cached as ``None``
         for at most ``NullExpirationSeconds``, as when :meth:`get_or_create`'s factory returns ``None`` (an id that
