@@ -59,7 +59,10 @@ MUTATIONS = (
         "src/hybridcache/_core/fill_path.py",
         "        if self._stale_set_protection and self._coherence.log.covers_since(\n            capture.mark,",
         "        if False and self._coherence.log.covers_since(\n            capture.mark,",
-        ("tests/integration/test_write_path_races.py",),
+        (
+            "tests/integration/test_write_path_races.py",
+            "tests/integration/test_batch_races.py::test_without_redis_a_batch_load_that_overlapped_a_removal_does_not_enter_l1",
+        ),
     ),
     Mutation(
         "l1-put-stamp-check",
@@ -75,14 +78,17 @@ MUTATIONS = (
         "src/hybridcache/_core/read_path.py",
         "        if self._l1 is not None and not self._coherence.log.covers_since(\n",
         "        if self._l1 is not None and True or self._coherence.log.covers_since(\n",
-        ("tests/integration/test_write_path_races.py",),
+        (
+            "tests/integration/test_write_path_races.py",
+            "tests/integration/test_batch_races.py::test_a_batch_l2_hit_that_raced_a_received_removal_is_not_promoted_to_l1",
+        ),
     ),
     Mutation(
         "l2-stamp-check",
         "an L2 entry is served without checking its stamp against the generations",
         "src/hybridcache/_core/read_path.py",
-        "            if not current:\n                self.counters.stale_reads_rejected += 1",
-        "            if False:\n                self.counters.stale_reads_rejected += 1",
+        "        if not current:\n            self.counters.stale_reads_rejected += 1",
+        "        if False:\n            self.counters.stale_reads_rejected += 1",
         ("tests/integration/test_invalidation.py",),
     ),
     Mutation(
@@ -107,7 +113,10 @@ MUTATIONS = (
         "src/hybridcache/_core/loads.py",
         "            flights.forget(full_key)\n            leads.pop(full_key, None)",
         "            pass",
-        ("tests/integration/test_invalidation.py",),
+        (
+            "tests/integration/test_invalidation.py",
+            "tests/integration/test_batch_races.py::test_a_read_starting_after_an_invalidation_does_not_join_an_older_batch_load",
+        ),
     ),
     Mutation(
         "second-local-apply",
@@ -215,16 +224,16 @@ MUTATIONS = (
         "recent-removals",
         "an L2 entry written before this instance removed the key is served when Redis lost the DEL (item 15)",
         "src/hybridcache/_core/read_path.py",
-        "            if current and removals and removals.refuses(",
-        "            if False and removals.refuses(",
+        "        if current and removals and removals.refuses(",
+        "        if False and removals.refuses(",
         ("tests/integration/test_restored_snapshot.py",),
     ),
     Mutation(
         "new-epoch-resync",
         "a capture that finds a new epoch in Redis does not ask for a resync (item 6)",
         "src/hybridcache/_core/fill_path.py",
-        "                    self._backplane.request_resync()",
-        "                    pass",
+        "            self._backplane.request_resync()",
+        "            pass",
         ("tests/integration/test_vanished_meta_keys.py",),
     ),
     Mutation(
@@ -250,8 +259,8 @@ MUTATIONS = (
         "retention-cuts-lifetime",
         "an L2 entry keeps its full TTL, outliving a bump the sweep forgets (item 8)",
         "src/hybridcache/_core/fill_path.py",
-        "            if ttl_ms > life_ms:\n",
-        "            if False:\n",
+        "        if ttl_ms > life_ms:\n",
+        "        if False:\n",
         ("tests/integration/test_generation_retention.py",),
     ),
     Mutation(
@@ -261,6 +270,62 @@ MUTATIONS = (
         "        if floor > 0:\n            stamp[FLOOR_FIELD] = floor\n",
         "",
         ("tests/integration/test_generation_retention.py",),
+    ),
+    Mutation(
+        "batch-conditional-set",
+        "a batch stores its values with plain SETs instead of the conditional script (issue 16)",
+        "src/hybridcache/_core/fill_path.py",
+        "                if self._stale_set_protection:\n"
+        "                    stored = await self._l2.set_many_if_current(",
+        "                if False:\n                    stored = await self._l2.set_many_if_current(",
+        ("tests/integration/test_batch_races.py::test_a_batch_load_overtaken_by_an_invalidation_is_not_stored",),
+    ),
+    Mutation(
+        "batch-capture-before-factory",
+        "a batch captures its keys' generations after its factory ran instead of before (issue 16)",
+        "src/hybridcache/_core/batch.py",
+        "        captures = await self._filler.capture_many(plans)\n"
+        "        self.counters.handler_runs += len(plans)\n"
+        "        mapping = await self._factory(plans, keys, captures, factory_many, fallback)\n",
+        "        self.counters.handler_runs += len(plans)\n"
+        "        mapping = await self._factory(plans, keys, [], factory_many, fallback)\n"
+        "        captures = await self._filler.capture_many(plans)\n",
+        ("tests/integration/test_batch_races.py::test_a_batch_load_overtaken_by_an_invalidation_is_not_stored",),
+    ),
+    Mutation(
+        "batch-joins-loads",
+        "a batch loads a key again although a load of it is in flight in this process (issue 16)",
+        "src/hybridcache/_core/batch.py",
+        "            elif (flight := loads.flight_of(full_key)) is not None:",
+        "            elif False and (flight := loads.flight_of(full_key)) is not None:",
+        ("tests/integration/test_batch.py::test_overlapping_batches_and_single_keys_load_each_key_once",),
+    ),
+    Mutation(
+        "batch-publishes-loads",
+        "a batch's loads are not published as the keys' loads, so single-key callers load again (issue 16)",
+        "src/hybridcache/_core/batch.py",
+        "                loads.adopt(full_key, load)",
+        "                pass",
+        ("tests/integration/test_batch.py::test_overlapping_batches_and_single_keys_load_each_key_once",),
+    ),
+    Mutation(
+        "batch-queued-skips-l2",
+        "with invalidations queued, a batch reads L2 without publishing them first (issue 16)",
+        "src/hybridcache/_core/read_path.py",
+        "        if pending and not await pending.flush():",
+        "        if False:",
+        (
+            "tests/integration/test_batch_races.py::"
+            "test_a_batch_read_while_a_queued_invalidation_cannot_be_published_skips_l2",
+        ),
+    ),
+    Mutation(
+        "batch-untrusted-check",
+        "while untrusted, a batch serves its L2 entries without checking their stamps against Redis (issue 16)",
+        "src/hybridcache/_core/read_path.py",
+        "            verdicts = await self._are_current_remotely(",
+        "            verdicts = [True] * len(entries) or await self._are_current_remotely(",
+        ("tests/integration/test_batch_races.py::test_while_untrusted_a_batch_checks_its_entries_against_redis",),
     ),
     Mutation(
         "outbox-in-transaction",

@@ -265,6 +265,11 @@ class SingleFlight(Generic[K, V]):
             flight.add_done_callback(partial(self._finished, key))
         return flight
 
+    def current(self, key: K) -> asyncio.Future[V] | None:
+        """The run in flight for ``key`` (to await through ``asyncio.shield``), or None."""
+        flight = self._flights.get(key)
+        return None if flight is None or flight.done() else flight
+
     def forget(self, key: K) -> None:
         """Let the next caller of ``key`` start a new run; callers already waiting keep the current one.
 

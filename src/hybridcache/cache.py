@@ -4,6 +4,10 @@ Read (``get_or_create``): L1 → L2 (promoted to L1) → the factory, run once p
 callers wait for it, stored in L2 and then L1. Write (``invalidate`` and friends): drop exact keys, bump prefix and
 tag generations and publish, in one atomic Redis script; other instances apply it from the backplane.
 
+Many keys (``get_or_create_many``, ``get_many``, ``set_many``, ``remove_many``): the same rules key by key, with
+one L1 pass, one L2 round trip per step (one per node on a cluster) instead of one per key, one factory call for
+every key still missing, and one invalidation message (``_core/batch.py``).
+
 Guarantees (see docs/invalidation.md for the argument):
 * **No stale set.** The generations a value depends on are read *before* its factory runs; L2 stores it only if
   none moved (atomically, in Redis) and L1 only if no invalidation touching it was applied here meanwhile.
@@ -24,7 +28,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, Self, TypeVar
@@ -52,8 +56,9 @@ from hybridcache.settings import CacheSettings
 if TYPE_CHECKING:
     from hybridcache._core.tracing import CacheTracer
 
+from hybridcache._core.batch import BatchPath, one_of
 from hybridcache._core.coherence import Coherence
-from hybridcache._core.fill_path import _NEVER, FillPath, TtlLike, _Found, _no_factory
+from hybridcache._core.fill_path import _NEVER, FillPath, TtlLike, _Found, _no_factory, _Plan
 from hybridcache._core.loads import InFlightLoads
 from hybridcache._core.pending import DEFAULT_CLOSE_FLUSH_TIMEOUT
 from hybridcache._core.read_path import ReadPath, _LeaderGone
@@ -88,6 +93,7 @@ class CacheInternals:
     coherence: Coherence
     reader: ReadPath
     filler: FillPath
+    batch: BatchPath
     clients: RedisClients | None
     client: AnyRedis | None
 
@@ -187,6 +193,17 @@ class HybridCache:
             clock=clock,
             wall_clock=wall_clock,
         )
+        # Many keys per call (_core/batch.py): one L1 pass, one L2 read, one factory call, over the same parts.
+        self._batch = BatchPath(
+            reader=self._reader,
+            filler=self._filler,
+            l1=self._l1,
+            table=self._table,
+            loads=self._loads,
+            counters=self.counters,
+            namespace_length=self._namespace_length,
+            clock=clock,
+        )
         self._dlock: DistributedSingleFlight | None = None
         self._started = False
         self._register_instance = register_instance
@@ -199,7 +216,7 @@ class HybridCache:
 
     @tracer.setter
     def tracer(self, tracer: CacheTracer | None) -> None:
-        self._reader.tracer = self._filler.tracer = tracer
+        self._reader.tracer = self._filler.tracer = self._batch.tracer = tracer
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -277,6 +294,7 @@ class HybridCache:
                 )
             self._filler.connect(self._l2, self._dlock, self._backplane)
             self._reader.connect(self._l2, self._dlock)
+            self._batch.connect(self._l2)
             if self._backplane is not None:
                 await self._backplane.start()
                 await self._backplane.wait_trusted(timeout=self.settings.connect_timeout_milliseconds / 1000)
@@ -529,6 +547,130 @@ class HybridCache:
         plan = self._reader.plan(key, full_key, _no_factory, ttl, type_, tags, False, None, None, None)
         await self._filler.store(plan, value, await self._filler.capture(plan))
 
+    # ------------------------------------------------------------------ many keys at once
+
+    async def get_or_create_many(
+        self,
+        keys: Iterable[str],
+        factory_many: Callable[[list[str]], Awaitable[Mapping[str, T]]],
+        *,
+        ttl: TtlLike | None = None,
+        type_: Any = None,
+        tags: Sequence[str] | Callable[[str], Sequence[str]] = (),
+        fail_safe: bool | None = None,
+        soft_timeout: TtlLike | None = None,
+        hard_timeout: TtlLike | None = None,
+        eager_refresh: float | None = None,
+    ) -> dict[str, T | None]:
+        """The cached values of ``keys``, computing those that miss with one call of ``factory_many``.
+
+        Returns a dict with every key of ``keys`` (duplicates once), in their order. The keys go through L1 in one
+        pass, the L1 misses through L2 in one round trip (one ``MGET``; on Redis Cluster one round trip per node
+        holding some of them; while the invalidation channel is down, one more checks their stamps against Redis),
+        and the keys still missing reach ``factory_many`` in **one** call, as a list in ``keys``' order; it returns
+        a mapping of those keys to their values.
+
+        **A key ``factory_many`` leaves out is a ``None`` result**: ``None`` in the answer, and cached as ``None``
+        for at most ``NullExpirationSeconds``, as when :meth:`get_or_create`'s factory returns ``None`` (an id that
+        no longer exists does not reach the database on every call; declare ``type_`` as ``X | None``). Keys it
+        returns that were not asked for are ignored (not cached).
+
+        Each key follows the rules of :meth:`get_or_create`: its generations are captured before the factory runs
+        (for all keys in one round trip), its result is stored in L2 only if no invalidation overtook it (each key
+        checked atomically in Redis; all stores in one round trip) and in L1 only if none was applied here
+        meanwhile. A key already being read or loaded in this process (by :meth:`get_or_create` or another batch)
+        is joined, not loaded again, and a single-key caller of a key this batch is loading joins the batch.
+        Single flight is per process: the distributed lock does not cover batches.
+
+        ``ttl``, ``type_`` and ``tags`` apply to every key (``tags`` may also be a function of the key, for per-key
+        tags such as ``f"dealership:{id}"``). If ``factory_many`` raises, every key it was loading gets the
+        exception (the call raises it) and nothing is cached, unless ``fail_safe`` holds a stale value for a key:
+        that key gets it, and the call still raises if another key has none. ``hard_timeout`` bounds the one call
+        (it keeps running and its results are stored); ``soft_timeout`` applies only when every key it loads has a
+        fail-safe value. ``eager_refresh``: keys hit past that fraction of their TTL are refreshed together, by one
+        background call of ``factory_many``. Counters count per key, as single-key calls would (``handlerRuns``
+        grows by the number of keys loaded); telemetry sees one L2 read and one factory run per batch, named by
+        their first key.
+        """
+        logical = list(dict.fromkeys(keys))
+        if not logical:
+            return {}
+        if not self._enabled:
+            self.counters.handler_runs += len(logical)
+            computed = await factory_many(list(logical))
+            return {key: computed.get(key) for key in logical}
+        namespace_length = self._namespace_length
+        full_keys = [self._namespace + key for key in logical]
+
+        def plan_for(full_key: str) -> _Plan:
+            key = validate_key(full_key[namespace_length:])
+            return self._reader.plan(
+                key,
+                full_key,
+                functools.partial(one_of, factory_many, key),
+                ttl,
+                type_,
+                tags(key) if callable(tags) else tags,
+                fail_safe,
+                soft_timeout,
+                hard_timeout,
+                eager_refresh,
+            )
+
+        values = await self._batch.get_or_create_many(full_keys, factory_many, plan_for)
+        return {key: values[full_key] for key, full_key in zip(logical, full_keys, strict=True)}
+
+    async def get_many(self, keys: Iterable[str], *, type_: Any = None, default: Any = None) -> dict[str, Any]:
+        """The cached value of each key (L1, then one L2 round trip for the L1 misses), ``default`` where neither
+        has a current entry: a dict with every key of ``keys`` (duplicates once), in their order. Counted per key,
+        as :meth:`get` counts."""
+        logical = list(dict.fromkeys(keys))
+        if not self._enabled or not logical:
+            return dict.fromkeys(logical, default)
+        full_keys = [self._namespace + key for key in logical]
+        values = await self._batch.get_many(full_keys, codec_for(type_))
+        return {key: values.get(full_key, default) for key, full_key in zip(logical, full_keys, strict=True)}
+
+    async def set_many(
+        self,
+        values: Mapping[str, Any],
+        *,
+        ttl: TtlLike | None = None,
+        type_: Any = None,
+        tags: Sequence[str] | Callable[[str], Sequence[str]] = (),
+    ) -> None:
+        """Store every key → value of ``values`` in L2 and L1, as :meth:`set` does, with one invalidation message
+        for all of them (other instances drop their L1 copies first), their captures in one round trip and their
+        stores in one more. ``tags`` may be a function of the key."""
+        if not self._enabled or not values:
+            return
+        keys = [validate_key(key) for key in values]
+        await self.invalidate(keys=keys)
+        plans = [
+            self._reader.plan(
+                key,
+                self._namespace + key,
+                _no_factory,
+                ttl,
+                type_,
+                tags(key) if callable(tags) else tags,
+                False,
+                None,
+                None,
+                None,
+            )
+            for key in keys
+        ]
+        captures = await self._filler.capture_many(plans)
+        await self._filler.store_many(
+            [(plan, values[key], capture) for plan, key, capture in zip(plans, keys, captures, strict=True)]
+        )
+
+    async def remove_many(self, keys: Iterable[str]) -> None:
+        """Drop every key of ``keys`` everywhere, as :meth:`remove` does, with one invalidation message for all of
+        them (on Redis Cluster their entries are deleted in one round trip per node first)."""
+        await self.invalidate(keys=keys)
+
     # ------------------------------------------------------------------ writes
 
     async def remove(self, key: str) -> None:
@@ -594,6 +736,7 @@ class HybridCache:
             coherence=self._coherence,
             reader=self._reader,
             filler=self._filler,
+            batch=self._batch,
             clients=self._clients,
             client=self._client,
         )

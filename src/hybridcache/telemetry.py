@@ -16,7 +16,8 @@
   the logical key (``Dealership`` for ``Dealership:Search:ford:10``, ``-`` for a key without a ``:``), never the
   key itself nor any user text in it — ``cache.level`` (``l2``/``factory``) and ``cache.hit``; an L2 read Redis
   could not answer also carries ``error.type`` and an error status. An L1 hit makes no span: that path stays a
-  few dictionary operations.
+  few dictionary operations. A batch (``get_or_create_many``, ``get_many``) makes one L2-read span and one
+  factory span, named by its first key; its L2 read is a hit when every key was.
 
 The ``opentelemetry`` packages are imported only by :func:`instrument`; without them hybridcache works as usual
 and :func:`instrument` raises :class:`ImportError` naming the extra to install.

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from harness.redis_cluster import RedisClusterProcess
@@ -553,3 +554,19 @@ async def test_an_l2_read_follows_its_slot_to_another_master(
         stats = l2_only.stats()
         assert stats.l2_errors == 0
         assert stats.l2_hits == 5
+
+
+async def test_a_cache_given_a_cluster_client_subscribes_to_invalidations(
+    redis_cluster: RedisClusterProcess, namespace: str
+) -> None:
+    """``HybridCache(settings, redis=RedisCluster(...))``: the subscriber is a plain client of the channel's master,
+    built from the cluster client's node options; those hold entries a plain ``Redis()`` refuses (the connection
+    class, response callbacks), and the backplane never came up."""
+    host, port = redis_cluster.seeds[0]
+    client = RedisCluster(host=host, port=port, socket_timeout=5)
+    try:
+        async with HybridCache(CacheSettings(service_name=namespace), redis=client) as cache:
+            assert await cache.wait_until_connected(5.0), "the backplane never subscribed"
+            assert cache.stats().backplane == "connected"
+    finally:
+        await client.aclose()

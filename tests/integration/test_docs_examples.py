@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from sqlalchemy import event
 from sqlalchemy.orm import joinedload, selectinload
 
 from dealership.database import create_engine, prepare_database
@@ -65,8 +66,9 @@ def _python_block(page: str, containing: str) -> str:
     return matching[0]
 
 
-def _run(page: str, containing: str) -> dict[str, Any]:
-    namespace = {"__name__": f"docs_{page.replace('.', '_').replace('-', '_')}", **_IMPORTED}
+def _run(page: str, containing: str, **given: Any) -> dict[str, Any]:
+    """Execute the block; ``given`` are the names the page says come from the reader's own code (an engine)."""
+    namespace = {"__name__": f"docs_{page.replace('.', '_').replace('-', '_')}", **_IMPORTED, **given}
     # dont_inherit: evaluate the snippet's annotations as a reader's module would, not under this file's
     # ``from __future__ import annotations``.
     code = compile(_python_block(page, containing), f"docs/{page}", "exec", dont_inherit=True)
@@ -121,3 +123,33 @@ def test_the_documented_command_declares_what_it_invalidates() -> None:
     assert isinstance(command, InvalidatesCache)
     assert list(command.cache_keys_to_invalidate) == ["Dealership:7"]
     assert list(command.cache_prefixes_to_invalidate) == ["Dealership:Search", "Dealership:List"]
+
+
+async def test_the_documented_page_of_dealerships_is_one_query_for_the_missing_ids(
+    database_url: str, namespace: str
+) -> None:
+    engine = create_engine(database_url)
+    selects: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", note)
+    try:
+        example = _run("getting-started.md", "get_or_create_many", engine=engine)
+        page = example["dealership_page"]
+        async with HybridCache.from_settings(CacheSettings(service_name=namespace)) as cache:
+            first = await page(cache, [3, 1, SEEDED + 5, 2])
+            after_first = len(selects)
+            second = await page(cache, [2, 4, 1, SEEDED + 5])
+            after_second = len(selects)
+    finally:
+        await engine.dispose()
+
+    assert [d.id if d else None for d in first] == [3, 1, None, 2]
+    assert [d.id if d else None for d in second] == [2, 4, 1, None]
+    assert all(d.business_zip_code.state_province.code for d in first if d), "the state was not loaded"
+    assert after_first == 1, f"the first page took {after_first} queries"
+    assert after_second == 2, "the second page queried more than the one id it had not seen (4)"
+    assert "IN" in selects[1].upper()

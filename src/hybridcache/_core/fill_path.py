@@ -12,7 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("hybridcache")
 
 _NEVER: Final = float("inf")
+# Appended to a key, the name its eager refresh runs under in the loads in flight (one refresh per key at a time).
+REFRESHING: Final = "\x00refresh"
 TtlLike = timedelta | float | int
 
 
@@ -86,6 +88,17 @@ class _Capture:
     mark: int
     fields: tuple[str, ...]
     started: float  # this process's clock before Redis was asked: the entry's life counts from here
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Entry:
+    """A computed value as it is to be stored: seconds fresh, seconds kept after that as a fail-safe fallback, and
+    (when its capture came from Redis) the L2 payload and its TTL."""
+
+    seconds: float
+    retain: float
+    payload: bytes | None
+    ttl_ms: int
 
 
 class FillPath:
@@ -157,7 +170,7 @@ class FillPath:
                 self.counters.factory_errors += 1
             if stale is None or not plan.fail_safe:
                 raise
-            return self._serve_stale(plan, stale, exc)
+            return self.serve_stale(plan, stale, exc)
         await self.store(plan, value, capture)
         return value
 
@@ -185,14 +198,17 @@ class FillPath:
         self.background.add(store)
         store.add_done_callback(self.background.discard)
 
-    def _serve_stale(self, plan: _Plan, stale: _Found, exc: Exception) -> Any:
+    def serve_stale(self, plan: _Plan, stale: _Found, exc: Exception, *, log: bool = True) -> Any:
+        """``stale``'s value for a caller whose factory failed (fail-safe), kept in L1 for the throttle period.
+        ``log=False``: the caller logs the failure itself (a batch, once for all its keys)."""
         self.counters.fail_safe_activations += 1
-        logger.warning(
-            "Factory for %s failed (%s: %s); serving the stale value (fail-safe)",
-            plan.full_key,
-            exc.__class__.__name__,
-            exc,
-        )
+        if log:
+            logger.warning(
+                "Factory for %s failed (%s: %s); serving the stale value (fail-safe)",
+                plan.full_key,
+                exc.__class__.__name__,
+                exc,
+            )
         if self._l1 is not None:
             # Keep serving it for the throttle period instead of hammering a failing factory on every request.
             throttle = float(self.settings.fail_safe.throttle_duration_seconds)
@@ -212,6 +228,24 @@ class FillPath:
             entry.value, False, entry.epoch, entry.generations, entry.fields, entry.retain_until - self._clock()
         )
 
+    def finish_in_background(self, task: asyncio.Future[Any], store: Callable[[Any], Awaitable[None]]) -> None:
+        """Keep ``task`` (a factory run past its timeout) running after its caller gave up, and ``store`` what it
+        returns (the stale-set checks still apply); both are waited for by the cache's ``close()``."""
+
+        def stored(finished: asyncio.Future[Any]) -> None:
+            self.background.discard(finished)
+            if finished.cancelled() or finished.exception() is not None:
+                return
+            self.keep_in_background(asyncio.ensure_future(store(finished.result())))
+
+        self.background.add(task)
+        task.add_done_callback(stored)
+
+    def keep_in_background(self, task: asyncio.Future[Any]) -> None:
+        """Hold ``task`` until it ends (the cache's ``close()`` waits for it, within a bound)."""
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
     def refresh_later(self, plan: _Plan) -> None:
         """Start one background refresh of ``plan``'s key (eager refresh); errors are logged, never raised.
 
@@ -219,7 +253,7 @@ class FillPath:
         key's refresh point together one refreshes it; the others skip theirs (the holder is refreshing or
         loading the key, and its value reaches them through L2). Without Redis to ask, it refreshes anyway.
         """
-        refresh_key = plan.full_key + "\x00refresh"
+        refresh_key = plan.full_key + REFRESHING
         if refresh_key in self._loads:
             return
 
@@ -267,50 +301,55 @@ class FillPath:
             except L2UnavailableError:
                 self.counters.l2_errors += 1
             else:
-                if remote.epoch != table.epoch and table.trusted and self._backplane is not None:
-                    # Redis lost the generation hash (FLUSHDB, eviction) and drew a new epoch: until the table
-                    # learns it, every stamp of the new epoch is rejected here and caching is off. Learn it now.
-                    self._backplane.request_resync()
+                self._saw_epoch(remote.epoch)
         return _Capture(remote, snapshot, mark, fields, started)
 
+    def _saw_epoch(self, epoch: str) -> None:
+        """A capture read ``epoch`` in Redis: if it is not the trusted table's, ask for a resync."""
+        table = self._table
+        if epoch != table.epoch and table.trusted and self._backplane is not None:
+            # Redis lost the generation hash (FLUSHDB, eviction) and drew a new epoch: until the table
+            # learns it, every stamp of the new epoch is rejected here and caching is off. Learn it now.
+            self._backplane.request_resync()
+
+    async def capture_many(self, plans: Sequence[_Plan]) -> list[_Capture]:
+        """:meth:`capture` for several keys: one log position, and their generations read from Redis in one round
+        trip (per server)."""
+        mark = self._coherence.log.sequence
+        started = self._clock()
+        table = self._table
+        fields = [fields_for(plan.full_key, self._namespace_length, plan.tags) for plan in plans]
+        snapshots = [table.snapshot(each) for each in fields]
+        remotes: list[Capture | None] = [None] * len(plans)
+        if self._l2 is not None:
+            mirror = (table.epoch, snapshots) if self._l2.cluster and table.trusted and table.epoch else None
+            requests = [(plan.full_key, each) for plan, each in zip(plans, fields, strict=True)]
+            try:
+                captured = await self._l2.capture_many(requests, mirror)
+            except L2UnavailableError:
+                self.counters.l2_errors += 1
+            else:
+                remotes = list(captured)
+                for epoch in {each.epoch for each in captured}:
+                    self._saw_epoch(epoch)
+        return [
+            _Capture(remote, snapshot, mark, each, started)
+            for remote, snapshot, each in zip(remotes, snapshots, fields, strict=True)
+        ]
+
     async def store(self, plan: _Plan, value: Any, capture: _Capture) -> None:
-        seconds = plan.seconds
-        if value is None:
-            seconds = min(seconds, self._null_ttl)
-        if seconds <= 0:
+        entry = self._entry(plan, value, capture)
+        if entry is None:
             return
-        if self._jitter > 0:
-            seconds += random.uniform(0, self._jitter)
-        retain = self._fail_safe_duration if plan.fail_safe else 0.0
         remote = capture.remote
         if remote is not None:
             assert self._l2 is not None
-            now = self._wall()
-            header = EntryHeader(
-                now,
-                now + seconds,
-                remote.epoch,
-                remote.generations,
-                plan.tags,
-                value is None,
-                retain=now + seconds + retain,
-            )
-            payload = encode_entry(None if value is None else plan.codec.encode(value), header, self._compress_from)
-            ttl_ms = max(1, int((seconds + retain) * 1000))
-            # No entry outlives its capture by more than the generation retention: after that, a generation
-            # bumped since the capture may have been forgotten (generations.py), and the stamp could look current.
-            life_ms = int((self._retention - (self._clock() - capture.started)) * 1000)
-            if life_ms <= 0:
-                self.counters.stale_sets_prevented += 1
-                return
-            if ttl_ms > life_ms:
-                ttl_ms = life_ms
-                self._warn_retention_cut(plan.full_key, seconds + retain)
+            assert entry.payload is not None
             try:
                 if self._stale_set_protection:
-                    stored = await self._l2.set_if_current(plan.full_key, payload, ttl_ms, remote)
+                    stored = await self._l2.set_if_current(plan.full_key, entry.payload, entry.ttl_ms, remote)
                 else:
-                    await self._l2.set(plan.full_key, payload, ttl_ms)
+                    await self._l2.set(plan.full_key, entry.payload, entry.ttl_ms)
                     stored = True
             except L2UnavailableError:
                 self.counters.l2_errors += 1
@@ -318,6 +357,75 @@ class FillPath:
                 if not stored:
                     self.counters.stale_sets_prevented += 1
                     return
+        self._store_l1(plan, value, capture, entry)
+
+    async def store_many(self, items: Sequence[tuple[_Plan, Any, _Capture]]) -> None:
+        """:meth:`store` for several values, their L2 stores in one round trip (per server): each still checked
+        against its own capture, atomically in Redis, and kept out of L1 when an invalidation covered it."""
+        entries = [(plan, value, capture, self._entry(plan, value, capture)) for plan, value, capture in items]
+        writes = [
+            (plan.full_key, entry.payload, entry.ttl_ms, capture.remote)
+            for plan, _, capture, entry in entries
+            if entry is not None and entry.payload is not None and capture.remote is not None
+        ]
+        refused: set[str] = set()
+        if writes:
+            assert self._l2 is not None
+            try:
+                if self._stale_set_protection:
+                    stored = await self._l2.set_many_if_current(writes)
+                    refused = {write[0] for write, ok in zip(writes, stored, strict=True) if not ok}
+                else:
+                    await self._l2.set_many([write[:3] for write in writes])
+            except L2UnavailableError:
+                self.counters.l2_errors += 1
+        for plan, value, capture, entry in entries:
+            if entry is None:
+                continue
+            if plan.full_key in refused:
+                self.counters.stale_sets_prevented += 1
+                continue
+            self._store_l1(plan, value, capture, entry)
+
+    def _entry(self, plan: _Plan, value: Any, capture: _Capture) -> _Entry | None:
+        """How ``value`` is to be stored: its lifetimes and (with a capture from Redis) its L2 payload; None when
+        it is not stored at all (a lifetime of 0, or a capture older than the generation retention)."""
+        seconds = plan.seconds
+        if value is None:
+            seconds = min(seconds, self._null_ttl)
+        if seconds <= 0:
+            return None
+        if self._jitter > 0:
+            seconds += random.uniform(0, self._jitter)
+        retain = self._fail_safe_duration if plan.fail_safe else 0.0
+        remote = capture.remote
+        if remote is None:
+            return _Entry(seconds, retain, None, 0)
+        now = self._wall()
+        header = EntryHeader(
+            now,
+            now + seconds,
+            remote.epoch,
+            remote.generations,
+            plan.tags,
+            value is None,
+            retain=now + seconds + retain,
+        )
+        payload = encode_entry(None if value is None else plan.codec.encode(value), header, self._compress_from)
+        ttl_ms = max(1, int((seconds + retain) * 1000))
+        # No entry outlives its capture by more than the generation retention: after that, a generation
+        # bumped since the capture may have been forgotten (generations.py), and the stamp could look current.
+        life_ms = int((self._retention - (self._clock() - capture.started)) * 1000)
+        if life_ms <= 0:
+            self.counters.stale_sets_prevented += 1
+            return None
+        if ttl_ms > life_ms:
+            ttl_ms = life_ms
+            self._warn_retention_cut(plan.full_key, seconds + retain)
+        return _Entry(seconds, retain, payload, ttl_ms)
+
+    def _store_l1(self, plan: _Plan, value: Any, capture: _Capture, entry: _Entry) -> None:
+        """Put a computed value in L1 unless an invalidation applied here since its capture covers it."""
         if self._l1 is None:
             return
         if self._stale_set_protection and self._coherence.log.covers_since(
@@ -325,12 +433,14 @@ class FillPath:
         ):
             self.counters.stale_sets_prevented += 1
             return
+        remote = capture.remote
         if not self._stale_set_protection:
             remote = None  # pretend the value was computed now: the unprotected cache-aside race
             capture = _Capture(
                 None, self._table.snapshot(capture.fields), capture.mark, capture.fields, capture.started
             )
         epoch, generations = (remote.epoch, remote.generations) if remote else (self._table.epoch, capture.snapshot)
+        seconds = entry.seconds
         refresh_in = _NEVER if plan.eager_refresh is None else plan.eager_refresh * seconds
         self.put_l1(
             plan.full_key,
@@ -340,7 +450,7 @@ class FillPath:
             generations,
             capture.fields,
             refresh_in=refresh_in,
-            retain=seconds + retain,
+            retain=seconds + entry.retain,
         )
 
     def _warn_retention_cut(self, full_key: str, wanted: float) -> None:

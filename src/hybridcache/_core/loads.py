@@ -41,6 +41,15 @@ class InFlightLoads:
         """Join ``key``'s load, or start ``load()`` as it; await the result."""
         return self._flights.run(key, load)
 
+    def flight_of(self, key: str) -> asyncio.Future[Any] | None:
+        """``key``'s load in flight, or None."""
+        return self._flights.current(key)
+
+    def adopt(self, key: str, load: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """Make ``load`` (a future settled elsewhere: one key of a batch's load) ``key``'s load, unless one is in
+        flight already; returns the load now in flight, to be awaited through ``asyncio.shield``."""
+        return self._flights.start(key, lambda: load)
+
     # -- leads
 
     def lead_of(self, key: str) -> asyncio.Future[Any] | None:

@@ -292,17 +292,36 @@ class ReadPath:
                 if table.trusted
                 else await self._is_current_remotely(header, fields)
             )
-            wall = self._wall()
-            removals = self._coherence.removals
-            if current and removals and removals.refuses(full_key, header.created, wall):
-                current = False  # removed here after it was written: Redis lost the DEL (see RecentRemovals)
-            if not current:
-                self.counters.stale_reads_rejected += 1
-                return None
-            value = None if body is None else codec.decode(body)
+            return self._admit(full_key, header, body, fields, current, codec, mark, eager_refresh, plan)
         except CorruptEntryError as exc:
             await self._discard_corrupt(full_key, exc)
             return None
+
+    def _admit(
+        self,
+        full_key: str,
+        header: EntryHeader,
+        body: bytes | None,
+        fields: tuple[str, ...],
+        current: bool,
+        codec: ValueCodec,
+        mark: int,
+        eager_refresh: float | None,
+        plan: Callable[[], _Plan] | None,
+        refresh: Callable[[_Plan], None] | None = None,
+    ) -> _Found | None:
+        """What an L2 entry read after log position ``mark`` gives, now that its stamp was judged (``current``):
+        the value (decoded; :class:`CorruptEntryError` when it cannot be), promoted to L1 unless an invalidation
+        applied here since ``mark`` covers it, or a fail-safe candidate, or None. An entry past its eager-refresh
+        point hands ``plan()`` to ``refresh`` (default: one refresh of the key, ``FillPath.refresh_later``)."""
+        wall = self._wall()
+        removals = self._coherence.removals
+        if current and removals and removals.refuses(full_key, header.created, wall):
+            current = False  # removed here after it was written: Redis lost the DEL (see RecentRemovals)
+        if not current:
+            self.counters.stale_reads_rejected += 1
+            return None
+        value = None if body is None else codec.decode(body)
         remaining = header.expires - wall
         if remaining <= 0:
             retain = header.retain - wall
@@ -311,7 +330,7 @@ class ReadPath:
         if plan is not None and eager_refresh is not None:
             refresh_in = header.created + eager_refresh * (header.expires - header.created) - wall
             if refresh_in <= 0:
-                self._filler.refresh_later(plan())
+                (refresh or self._filler.refresh_later)(plan())
                 refresh_in = _NEVER
         if self._l1 is not None and not self._coherence.log.covers_since(
             mark, full_key, self._namespace_length, header.tags
@@ -327,6 +346,103 @@ class ReadPath:
                 retain=header.retain - wall,
             )
         return _Found(value, True, header.epoch, header.generations, fields, header.retain - wall)
+
+    def read_l2_many(
+        self,
+        full_keys: Sequence[str],
+        codec: ValueCodec,
+        plans: Sequence[_Plan] | None = None,
+        refresh: Callable[[_Plan], None] | None = None,
+    ) -> Awaitable[list[_Found | None]]:
+        """:meth:`read_l2` for several keys (and, with ``plans``, each key's plan: its eager refresh), judged and
+        promoted to L1 entry by entry exactly as there: the entries come in one L2 round trip (one per node on a
+        cluster); while the table is not trusted, their stamps are checked against Redis in one more.
+
+        Traced as one ``l2_read`` named by the first key, a hit when every key was; ``refresh`` receives the plan of
+        each entry past its eager-refresh point.
+        """
+        if self.tracer is None:
+            return self._read_l2_many(full_keys, codec, plans, refresh)
+        return self._read_l2_many_traced(self.tracer, full_keys, codec, plans, refresh)
+
+    async def _read_l2_many_traced(
+        self,
+        tracer: CacheTracer,
+        full_keys: Sequence[str],
+        codec: ValueCodec,
+        plans: Sequence[_Plan] | None,
+        refresh: Callable[[_Plan], None] | None,
+    ) -> list[_Found | None]:
+        with tracer.l2_read(full_keys[0][self._namespace_length :] if full_keys else "") as span:
+            found = await self._read_l2_many(full_keys, codec, plans, refresh, span)
+            span.set_hit(all(each is not None and each.fresh for each in found))
+            return found
+
+    async def _read_l2_many(
+        self,
+        full_keys: Sequence[str],
+        codec: ValueCodec,
+        plans: Sequence[_Plan] | None,
+        refresh: Callable[[_Plan], None] | None,
+        span: SpanHandle | None = None,
+    ) -> list[_Found | None]:
+        assert self._l2 is not None
+        found: list[_Found | None] = [None] * len(full_keys)
+        if not full_keys:
+            return found
+        pending = self._coherence.pending
+        if pending and not await pending.flush():  # as in read_l2: the writer never serves what it invalidated
+            self.counters.l2_errors += 1
+            report_error(span, "L2UnavailableError")
+            return found
+        mark = self._coherence.log.sequence
+        try:
+            raws = await self._l2.get_many(full_keys)
+        except L2UnavailableError:
+            self.counters.l2_errors += 1
+            report_error(span, "L2UnavailableError")
+            return found
+        entries: list[tuple[int, EntryHeader, bytes | None, tuple[str, ...]]] = []
+        for index, raw in enumerate(raws):
+            if raw is None:
+                continue
+            try:
+                header, body = decode_entry(raw)
+            except CorruptEntryError as exc:
+                await self._discard_corrupt(full_keys[index], exc)
+                continue
+            entries.append((index, header, body, fields_for(full_keys[index], self._namespace_length, header.tags)))
+        table = self._table
+        if table.trusted:
+            verdicts = [table.is_current(header.epoch, header.generations, fields) for _, header, _, fields in entries]
+        else:
+            verdicts = await self._are_current_remotely([(header, fields) for _, header, _, fields in entries])
+        for (index, header, body, fields), current in zip(entries, verdicts, strict=True):
+            plan = None if plans is None else plans[index]
+            eager, planned = (None, None) if plan is None else (plan.eager_refresh, _given(plan))
+            try:
+                found[index] = self._admit(
+                    full_keys[index], header, body, fields, current, codec, mark, eager, planned, refresh
+                )
+            except CorruptEntryError as exc:
+                await self._discard_corrupt(full_keys[index], exc)
+        return found
+
+    async def _are_current_remotely(self, entries: Sequence[tuple[EntryHeader, tuple[str, ...]]]) -> list[bool]:
+        """:meth:`_is_current_remotely` for several entries: the fields of them all read in one call."""
+        if not entries:
+            return []
+        assert self._l2 is not None
+        union = list(dict.fromkeys(field for _, fields in entries for field in fields))
+        try:
+            epoch, counters = await self._l2.current_generations(union)
+        except L2UnavailableError:
+            return [False] * len(entries)
+        return [
+            epoch == header.epoch
+            and not is_behind(header.generations, {f: counters[f] for f in fields if f in counters})
+            for header, fields in entries
+        ]
 
     async def _is_current_remotely(self, header: EntryHeader, fields: tuple[str, ...]) -> bool:
         """Check an entry's stamp against Redis itself (while the local mirror is not trusted)."""
@@ -345,3 +461,7 @@ class ReadPath:
             await self._l2.delete(full_key)
         except L2UnavailableError:
             self.counters.l2_errors += 1
+
+
+def _given(plan: _Plan) -> Callable[[], _Plan]:
+    return lambda: plan

@@ -28,7 +28,9 @@ class CacheTracer(Protocol):
     """The hooks :class:`~hybridcache.HybridCache` calls on its slow paths when ``cache.tracer`` is set.
 
     Keys are *logical* keys (no ``{ServiceName}:{CacheVersion}:`` namespace); implementations decide what of
-    them may be recorded.
+    them may be recorded. A batch call (``get_or_create_many``, ``get_many``) is one ``l2_read`` around its one L2
+    read (``set_hit(True)`` only when every key was a current entry) and one ``factory`` around its one factory
+    call, each given the batch's first key.
     """
 
     def l2_read(self, key: str) -> AbstractContextManager[SpanHandle]: ...

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import logging
 from typing import Any, Literal
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -251,7 +253,7 @@ async def _is_cluster_node(endpoint: RedisEndpointConfig, options: dict[str, Any
 def wrap_client(client: AnyRedis, *, connect_timeout: float) -> RedisClients:
     """Clients around one the application built: it serves requests; the backplane gets its own small pool."""
     if isinstance(client, RedisCluster):
-        options = dict(client.nodes_manager.connection_kwargs)
+        options = _plain_options(client.nodes_manager.connection_kwargs)
         return RedisClients(client, client, "cluster", options, owned=False)
     pool = client.connection_pool
     options = dict(pool.connection_kwargs)
@@ -262,3 +264,18 @@ def wrap_client(client: AnyRedis, *, connect_timeout: float) -> RedisClients:
         )
     )
     return RedisClients(client, background, "standalone", options, owned=False)
+
+
+def _plain_options(node_options: dict[str, Any]) -> dict[str, Any]:
+    """What of a cluster client's per-node connection options a plain ``Redis`` takes (the subscriber is one).
+
+    The cluster client keeps entries there that ``Redis()`` refuses (its connection class, response callbacks and
+    other internals): passed on, they failed every subscription of a cache given a cluster client. TLS travels as
+    the connection class there and as ``ssl=True`` here.
+    """
+    accepted = inspect.signature(Redis.__init__).parameters
+    options = {name: value for name, value in node_options.items() if name in accepted}
+    connection_class = node_options.get("connection_class")
+    if isinstance(connection_class, type) and issubclass(connection_class, SSLConnection):
+        options["ssl"] = True
+    return options

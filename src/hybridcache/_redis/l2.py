@@ -37,7 +37,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import MaxConnectionsError, RedisError, ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError, ResponseError
 from redis.typing import EncodableT
 
 from hybridcache._generations import EPOCH_FIELD, FLOOR_FIELD, new_epoch
@@ -58,6 +59,8 @@ CAPTURE_TOKEN_TTL_MS: Final = 3_600_000
 # How many fields of the generation hash one resync reads per round trip (HSCAN COUNT).
 SYNC_PAGE: Final = 2_000
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# One call of a registered script in a pipeline: the script, its keys, its arguments.
+_ScriptCall = tuple[AsyncScript, list[str], list[EncodableT]]
 
 
 def hash_tag(key: str) -> str:
@@ -331,6 +334,14 @@ class RedisL2:
 
     async def set_if_current(self, full_key: str, payload: bytes, ttl_ms: int, capture: Capture) -> bool:
         """Store the entry only if no generation it depends on moved since ``capture`` (atomically)."""
+        keys, args = self._conditional_set(full_key, payload, ttl_ms, capture)
+        stored = await self._call(lambda: self._set_if_current(keys=keys, args=args))
+        return bool(stored)
+
+    def _conditional_set(
+        self, full_key: str, payload: bytes, ttl_ms: int, capture: Capture
+    ) -> tuple[list[str], list[EncodableT]]:
+        """The keys and arguments of ``SET_IF_CURRENT`` for one entry."""
         keys = [self.redis_key(full_key), self.key_token_key(full_key)]
         args: list[EncodableT] = [payload, ttl_ms, capture.key_token]
         if not self.cluster:
@@ -339,8 +350,113 @@ class RedisL2:
             for field, generation in capture.generations.items():
                 if field != FLOOR_FIELD:
                     args += (field, generation)
-        stored = await self._call(lambda: self._set_if_current(keys=keys, args=args))
-        return bool(stored)
+        return keys, args
+
+    # -- many keys at once: one round trip per server. On a cluster redis-py sends the commands of a pipeline to
+    # each node in one write and reads the node's replies together, so a call costs one round trip per node touched.
+
+    async def get_many(self, full_keys: Sequence[str]) -> list[bytes | None]:
+        """The stored bytes of each entry, in order: None where there is none, or where the key holds a value of
+        another Redis type (``MGET`` answers nil for it; :meth:`get` raises instead).
+
+        One ``MGET`` on a server or behind Sentinel; on a cluster one ``MGET`` per hash slot, sent to each master
+        in one round trip (redis-py's ``mget_nonatomic``).
+        """
+        redis_keys = [self._instance_name + k for k in full_keys]
+        client = self.client
+        replies: list[Any]
+        if isinstance(client, RedisCluster):
+            replies = await self._call(functools.partial(client.mget_nonatomic, redis_keys))
+        else:
+            replies = await self._call(functools.partial(client.mget, redis_keys))
+        return [reply.encode() if type(reply) is str else reply for reply in replies]
+
+    async def capture_many(
+        self,
+        requests: Sequence[tuple[str, Sequence[str]]],
+        mirror: tuple[str, Sequence[dict[str, int]]] | None = None,
+    ) -> list[Capture]:
+        """:meth:`capture` for several keys, each given as ``(full_key, fields)``: one round trip per server.
+
+        On a cluster ``mirror`` is the trusted table's epoch and each key's snapshot, taken as :meth:`capture`
+        takes it; without one, the fields of every key are read by one call in the meta slot, beside the tokens.
+        """
+        calls: list[_ScriptCall]
+        if not self.cluster:
+            calls = [
+                (
+                    self._capture,
+                    [self.generations_key, self.key_token_key(full_key)],
+                    [new_epoch(), self._meta_ttl_ms, new_epoch(), CAPTURE_TOKEN_TTL_MS, *fields],
+                )
+                for full_key, fields in requests
+            ]
+            replies = await self._call(functools.partial(self._run_scripts, calls))
+            captures = []
+            for (_, fields), reply in zip(requests, replies, strict=True):
+                epoch, key_token, now_ms, *counters = (_text(item) for item in reply)
+                captures.append(Capture(epoch, key_token, self._stamp(fields, counters, int(now_ms))))
+            return captures
+        calls = [
+            (self._capture_key, [self.key_token_key(full_key)], [new_epoch(), CAPTURE_TOKEN_TTL_MS])
+            for full_key, _ in requests
+        ]
+        union = list(dict.fromkeys(field for _, fields in requests for field in fields)) if mirror is None else []
+        if mirror is None:
+            calls.append((self._capture_fields, [self.generations_key], [new_epoch(), self._meta_ttl_ms, *union]))
+        replies = await self._call(functools.partial(self._run_scripts, calls))
+        if mirror is None:
+            epoch, now_ms, *counters = (_text(item) for item in replies.pop())
+            read = dict(zip(union, counters, strict=True))
+            stamps = [self._stamp(fields, [read[f] for f in fields], int(now_ms)) for _, fields in requests]
+        else:
+            epoch, stamps = mirror[0], list(mirror[1])
+        return [Capture(epoch, _text(token), stamp) for token, stamp in zip(replies, stamps, strict=True)]
+
+    async def set_many_if_current(self, entries: Sequence[tuple[str, bytes, int, Capture]]) -> list[bool]:
+        """:meth:`set_if_current` for several entries (``(full_key, payload, ttl_ms, capture)`` each), each
+        checked and stored atomically on its own, all in one round trip per server; whether each was stored."""
+        calls: list[_ScriptCall] = [(self._set_if_current, *self._conditional_set(*entry)) for entry in entries]
+        replies = await self._call(functools.partial(self._run_scripts, calls))
+        return [bool(reply) for reply in replies]
+
+    async def set_many(self, entries: Sequence[tuple[str, bytes, int]]) -> None:
+        """Plain ``SET``s of several entries in one round trip per server, no generation checked (the store of a
+        cache built with ``stale_set_protection=False``)."""
+
+        async def send() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for full_key, payload, ttl_ms in entries:
+                pipe.set(self.redis_key(full_key), payload, px=ttl_ms)
+            await pipe.execute()
+
+        await self._call(send)
+
+    async def _run_scripts(self, calls: Sequence[_ScriptCall]) -> list[Any]:
+        """Run script calls as one pipeline of ``EVALSHA`` and return their replies in order.
+
+        A server that does not have a script (restarted, ``SCRIPT FLUSH``) answers ``NOSCRIPT``: the script is
+        loaded and only the calls it refused are sent again. Any other error reply is raised, the first one.
+        Not guarded: callers run it through :meth:`_call`.
+        """
+        replies = await self._pipelined(calls)
+        refused = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if refused:
+            for script in {calls[index][0].sha: calls[index][0] for index in refused}.values():
+                await self.client.script_load(script.script)
+            again = await self._pipelined([calls[index] for index in refused])
+            for index, reply in zip(refused, again, strict=True):
+                replies[index] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def _pipelined(self, calls: Sequence[_ScriptCall]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def invalidate(
         self,
@@ -353,10 +469,11 @@ class RedisL2:
     ) -> dict[str, Any]:
         """Remove exact keys, bump prefix/tag generations and publish one message; returns that message.
 
-        Standalone: one atomic script. Cluster: each key is removed in its own slot first, then the generations
-        are bumped and the message published (``SPUBLISH``) in the meta slot — so when the message arrives, the
-        keys are already gone. ``past_breaker`` (the retry of a queued invalidation) is not refused by an open
-        circuit (:meth:`_call_past_breaker`). ``sent_at`` (the sender's wall time) travels as the message's ``t``.
+        Standalone: one atomic script. Cluster: each key is removed in its own slot first (all of them in one
+        pipeline: one round trip per node), then the generations are bumped and the message published
+        (``SPUBLISH``) in the meta slot — so when the message arrives, the keys are already gone.
+        ``past_breaker`` (the retry of a queued invalidation) is not refused by an open circuit
+        (:meth:`_call_past_breaker`). ``sent_at`` (the sender's wall time) travels as the message's ``t``.
         """
         # Two statements, not a conditional expression: mypy 1.11 (our floor) cannot type the join of two generic
         # methods and reports it as "function of unknown type".
@@ -367,8 +484,11 @@ class RedisL2:
             call = self._call
         keys = [self.generations_key, self.sequence_key, self.sweep_key]
         if self.cluster:
-            for full_key in full_keys:
-                await call(self._removal(full_key))
+            if full_keys:  # every key in its own slot, all in one round trip per node
+                removals: list[_ScriptCall] = [
+                    (self._remove_key, [self.redis_key(k), self.key_token_key(k)], []) for k in full_keys
+                ]
+                await call(functools.partial(self._run_scripts, removals))
         else:
             for full_key in full_keys:
                 keys += (self.redis_key(full_key), self.key_token_key(full_key))
@@ -385,10 +505,6 @@ class RedisL2:
         ]
         reply = await call(lambda: self._invalidate(keys=keys, args=args))
         return parse_message(reply)
-
-    def _removal(self, full_key: str) -> Callable[[], Awaitable[Any]]:
-        keys = [self.redis_key(full_key), self.key_token_key(full_key)]
-        return lambda: self._remove_key(keys=keys)
 
     async def publish(self, payload: bytes) -> None:
         """Publish a notice on the invalidation channel (not numbered: not an invalidation)."""
