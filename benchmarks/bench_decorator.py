@@ -18,7 +18,8 @@ from typing import Any
 
 from benchmarks._common import Table, Variant, bench_main, dealership_dto, format_ns, looped, measure, paired_ratio
 from dealership.dto import DealershipDto
-from hybridcache import CacheSettings, HybridCache
+from harness.redis_server import RedisServer
+from hybridcache import CacheSettings, HybridCache, MemoryCacheSettings
 
 BATCH = 50
 TTL_SECONDS = 600
@@ -83,6 +84,61 @@ async def l1_hits(rounds: int) -> dict[str, Any]:
     }
 
 
+async def batch_of_l2_hits(rounds: int) -> dict[str, Any]:
+    """50 keys all in L2 (L1 off): one ``get_or_create_many`` vs 50 sequential ``get_or_create``, vs cashews."""
+    from cashews import Cache
+
+    ids = list(range(1, BATCH + 1))
+    keys = [f"Dealership:{i}" for i in ids]
+
+    async def load_many(missing: list[str]) -> dict[str, DealershipDto]:
+        return {key: dealership_dto(int(key.split(":")[1])) for key in missing}
+
+    with RedisServer() as server:
+        l1_off = MemoryCacheSettings(enabled=False)
+        settings = CacheSettings(service_name="bench-batch", configuration=server.url, memory_cache=l1_off)
+        async with HybridCache(settings) as cache:
+            peer = Cache()
+            peer.setup(server.url_for_db(1))
+
+            @peer(ttl=TTL_SECONDS, key="Dealership:{dealership_id}")
+            async def peer_get_dealership(dealership_id: int) -> DealershipDto:
+                return await load(dealership_id)
+
+            await cache.get_or_create_many(keys, load_many, type_=DealershipDto, ttl=TTL_SECONDS)
+            for i in ids:
+                await peer_get_dealership(i)
+
+            async def sequential() -> None:
+                for i, key in zip(ids, keys, strict=True):
+                    await cache.get_or_create(key, lambda i=i: load(i), type_=DealershipDto, ttl=TTL_SECONDS)
+
+            async def peer_sequential() -> None:
+                for i in ids:
+                    await peer_get_dealership(i)
+
+            variants = [
+                Variant(
+                    "get_or_create_many, 50 keys",
+                    looped(lambda: cache.get_or_create_many(keys, load_many, type_=DealershipDto, ttl=TTL_SECONDS)),
+                    50,
+                ),
+                Variant("50 x get_or_create", looped(sequential), 5),
+                Variant("cashews @cache (redis://), 50 calls", looped(peer_sequential), 5),
+            ]
+            warm_misses = cache.stats().misses
+            timings = await measure(variants, rounds=rounds, max_seconds=90)
+            if cache.stats().misses != warm_misses:
+                raise RuntimeError("an L2 hit was expected for every key and every call")
+            await peer.close()
+    batch, sequential_hits, peer_hits = (timings[v.name] for v in variants)
+    return {
+        "timings": {name: t.as_dict() for name, t in timings.items()},
+        "sequential_over_batch": round(paired_ratio(sequential_hits, batch), 2),
+        "cashews_over_batch": round(paired_ratio(peer_hits, batch), 2),
+    }
+
+
 def tables(document: dict[str, Any]) -> list[Table]:
     l1 = document["l1_hit"]
     rows = [[name, format_ns(t["median_ns"]), format_ns(t["p90_ns"])] for name, t in l1["timings"].items()]
@@ -91,7 +147,16 @@ def tables(document: dict[str, Any]) -> list[Table]:
         f"(paired ratio {l1['decorated_over_get_or_create']}); decorated / by hand {l1['decorated_over_by_hand']}; "
         f"cashews / decorated {l1['cashews_over_decorated']}"
     )
-    return [Table(["L1 hit, dealership DTO", "median", "p90"], rows, note=note)]
+    batch = document["batch"]
+    batch_rows = [[name, format_ns(t["median_ns"]), format_ns(t["p90_ns"])] for name, t in batch["timings"].items()]
+    batch_note = (
+        f"50 sequential get_or_create / get_or_create_many: {batch['sequential_over_batch']}x (paired); "
+        f"cashews / get_or_create_many: {batch['cashews_over_batch']}x"
+    )
+    return [
+        Table(["L1 hit, dealership DTO", "median", "p90"], rows, note=note),
+        Table(["50 dealerships, all in L2 (L1 off)", "median", "p90"], batch_rows, note=batch_note),
+    ]
 
 
 OPTIONS = {"rounds": (30, "measurement rounds (each times every variant)")}
@@ -99,7 +164,7 @@ OPTIONS = {"rounds": (30, "measurement rounds (each times every variant)")}
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     logging.getLogger("hybridcache").setLevel(logging.WARNING)
-    return {"method": __doc__, "l1_hit": await l1_hits(args.rounds)}
+    return {"method": __doc__, "l1_hit": await l1_hits(args.rounds), "batch": await batch_of_l2_hits(args.rounds)}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
