@@ -1,5 +1,5 @@
-"""Cap processes at a share of one CPU core with a Linux cgroup CPU quota (v1 ``cpu`` controller, else v2
-``cpu.max``), modelling servers with a core each on a machine with too few. Needs root; undone on exit.
+"""Cap processes at a share of one CPU core with a Linux cgroup v1 ``cpu`` controller quota, modelling servers
+with a core each on a machine with too few. Needs root; undone on exit.
 """
 
 from __future__ import annotations
@@ -30,26 +30,18 @@ class Throttling:
     throttled_periods: int
 
 
-def _hierarchy() -> tuple[int, Path, str]:
-    """Version, mount point and root path (inside the hierarchy) of the cgroup hierarchy with the cpu controller."""
+def _hierarchy() -> tuple[Path, str]:
+    """Mount point and root path (inside the hierarchy) of the cgroup v1 hierarchy with the cpu controller."""
     try:
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError as exc:
         raise CpuCapUnavailable(f"cannot read /proc/self/mountinfo ({exc})") from exc
-    found = None
     for line in mounts:
         before, _, after = line.partition(" - ")
         fields, tail = before.split(), after.split()
-        if len(fields) < 5 or len(tail) < 3:
-            continue
-        if tail[0] == "cgroup" and "cpu" in tail[2].split(","):
-            return 1, Path(fields[4]), fields[3]
-        if tail[0] == "cgroup2" and found is None:
-            found = 2, Path(fields[4]), fields[3]
-    with contextlib.suppress(OSError):
-        if found is not None and "cpu" in (found[1] / "cgroup.controllers").read_text().split():
-            return found
-    raise CpuCapUnavailable("no cgroup v1 hierarchy with the cpu controller, and no cgroup2 mount that has it")
+        if len(fields) >= 5 and len(tail) >= 3 and tail[0] == "cgroup" and "cpu" in tail[2].split(","):
+            return Path(fields[4]), fields[3]
+    raise CpuCapUnavailable("no cgroup v1 hierarchy with the cpu controller (cgroup v2 is not supported)")
 
 
 def period_for(percent: float) -> int:
@@ -68,14 +60,10 @@ class CpuCap:
         self.quota_us = round(period_us * percent / 100)
         if self.quota_us < MIN_QUOTA_US:
             raise ValueError(f"{percent}% of {period_us} µs is below the kernel's {MIN_QUOTA_US} µs minimum quota")
-        self.version, self.mount, self.root = 0, Path("/"), "/"
+        self.mount, self.root = Path("/"), "/"
         self._groups: dict[int, Path] = {}  # pid -> its group
         self._origins: dict[int, Path] = {}  # pid -> the group it was in
         self._parent = Path("/")
-
-    @property
-    def hierarchy(self) -> str:
-        return f"cgroup v{self.version}" if self.version else "not entered"
 
     def throttling(self) -> dict[int, Throttling]:
         """Per capped pid: its group's cumulative CFS periods and throttled periods."""
@@ -87,11 +75,11 @@ class CpuCap:
         return out
 
     def _group_of(self, pid: int) -> Path | None:
-        """The directory of the group ``pid`` is in, or None if it is not visible under the mount."""
+        """The directory of the cpu group ``pid`` is in, or None if it is not visible under the mount."""
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
                 _, controllers, path = line.split(":", 2)
-                if (controllers != "") if self.version == 2 else "cpu" not in controllers.split(","):
+                if "cpu" not in controllers.split(","):
                     continue
                 if self.root != "/":
                     if not (path == self.root or path.startswith(self.root + "/")):
@@ -102,28 +90,21 @@ class CpuCap:
         return None
 
     def __enter__(self) -> CpuCap:
-        self.version, self.mount, self.root = _hierarchy()
-        # cgroup v2: under the root, exempt from the "no processes in inner groups" rule.
-        self._parent = self.mount if self.version == 2 else self._group_of(os.getpid()) or self.mount
+        self.mount, self.root = _hierarchy()
+        self._parent = self._group_of(os.getpid()) or self.mount
         try:
-            control = self.mount / "cgroup.subtree_control"
-            if self.version == 2 and "cpu" not in control.read_text().split():
-                control.write_text("+cpu")
             for index, pid in enumerate(self.pids):
                 group = self._groups[pid] = self._parent / f"hybridcache-bench-{os.getpid()}-{index}"
                 group.mkdir()
-                if self.version == 1:
-                    (group / "cpu.cfs_period_us").write_text(str(self.period_us))
-                    (group / "cpu.cfs_quota_us").write_text(str(self.quota_us))
-                else:
-                    (group / "cpu.max").write_text(f"{self.quota_us} {self.period_us}")
+                (group / "cpu.cfs_period_us").write_text(str(self.period_us))
+                (group / "cpu.cfs_quota_us").write_text(str(self.quota_us))
                 self._origins[pid] = self._group_of(pid) or self._parent
                 (group / "cgroup.procs").write_text(str(pid))
         except OSError as exc:
             leftovers = self._release()
             where = f" (and could not remove {', '.join(leftovers)})" if leftovers else ""
             raise CpuCapUnavailable(
-                f"{self.hierarchy} at {self.mount}: cannot set a CPU quota: {exc.__class__.__name__}: {exc}{where}"
+                f"cgroup v1 at {self.mount}: cannot set a CPU quota: {exc.__class__.__name__}: {exc}{where}"
             ) from exc
         return self
 

@@ -281,7 +281,6 @@ def throughput_server_bound(topologies: dict[str, Topology], load: Load, percent
     pids = [pid for _, nodes in topologies.values() for _, pid in nodes]
     try:
         with CpuCap(pids, percent=percent, period_us=period_us) as cap:
-            setup["cgroup"] = cap.hierarchy
             result = throughput(topologies, load, repeats, cap)
     except CpuCapUnavailable as exc:
         return {"setup": setup, "skipped": str(exc)}
