@@ -352,10 +352,13 @@ def bench_main(
     work: Callable[[argparse.Namespace], Any],
     tables: Callable[[dict[str, Any]], Sequence[Table]],
     options: Mapping[str, tuple[Any, str]],
+    *,
+    per_file: bool = False,
 ) -> dict[str, Any]:
     """Parse ``argv`` (each ``options`` entry ``name: (default, help)`` is an option ``--name`` of its default's
     type, a list given comma-separated), run ``work(args)`` (awaited when async), print ``tables`` and write
-    ``results/<name>.json`` with the load average at the start and the elapsed seconds; the payload."""
+    ``results/<name>.json`` with the load average at the start and the elapsed seconds; the payload. With
+    ``per_file``, ``work`` returns ``{file name: payload}`` and each is written to ``results/<file name>.json``."""
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.bench_{name}", description=doc)
     for option, (default, text) in options.items():
         kind = type(default)
@@ -370,7 +373,9 @@ def bench_main(
     if inspect.isawaitable(payload):
         payload = asyncio.run(payload)
     elapsed = round(time.monotonic() - started, 1)
-    path = write_results(name, {**payload, "load_average_at_start": load_at_start, "elapsed_seconds": elapsed})
-    print("\n\n".join(t.text() for t in tables(json.loads(path.read_text()))))  # what make_report shows
-    print(f"\n{elapsed:.0f} s; wrote {path}")
+    for file, result in (payload if per_file else {name: payload}).items():
+        path = write_results(file, {**result, "load_average_at_start": load_at_start, "elapsed_seconds": elapsed})
+        print("\n\n".join(t.text() for t in tables(json.loads(path.read_text()))))  # what make_report shows
+        print(f"\nwrote {path}\n")
+    print(f"{elapsed:.0f} s")
     return dict(payload)

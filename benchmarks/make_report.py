@@ -30,7 +30,12 @@ TITLES = {
     "memory": "Memory per entry: L1 and L2, and whether compression would pay",
 }
 #: The module whose ``tables`` renders a result file, where it is not ``benchmarks.bench_<name>``.
-RENDERERS = {"run": "benchmarks.__main__", "ab_cache": "benchmarks.ab"}
+RENDERERS = {
+    "run": "benchmarks.__main__",
+    "ab_cache": "benchmarks.ab",
+    "latency_table": "benchmarks.bench_service",
+    "service_load": "benchmarks.bench_service",
+}
 
 Document = dict[str, Any]
 Documents = Mapping[str, Mapping[str, Any]]
@@ -256,7 +261,7 @@ def service_page(documents: dict[str, Document], page: str) -> str:
             parts[f"{path}_hits"] = f"{ms(min(hits))} to {ms(max(hits))}"
     for name in ("latency_table", "service_load"):
         if (document := documents.get(name)) is None:
-            parts[name] = f"*No `benchmarks/results/{name}.json` yet: run `python -m benchmarks {name}`.*"
+            parts[name] = f"*No `benchmarks/results/{name}.json` yet: run `python -m benchmarks service`.*"
             continue
         lines = [t.markdown() + "\n" for t in renderer(name)(document)] + provenance(name, document)
         if name == "service_load":
