@@ -48,6 +48,8 @@ RAW_STANDALONE = "raw GET, standalone client"
 RAW_CLUSTER = "raw GET, RedisCluster client"
 L2_CLUSTER_ONE = "get_or_create L2 hit, cluster, keys of one master"
 RAW_CLUSTER_ONE = "raw GET, RedisCluster client, keys of one master"
+#: Run figures summarized by their median over the runs of a topology, and the digits kept.
+MEDIANS = {"ops_per_s": None, "client_cpu_us_per_op": 1, "master_cpu_us_per_get": 2, "busiest_master_core_share": 3}
 #: A topology under load: its configuration, and (port, pid) of each master that answers its GETs.
 Topology = tuple[str, tuple[tuple[int, int], ...]]
 OPTIONS = {
@@ -102,8 +104,9 @@ def cycling(name: str, op: Callable[[str], Awaitable[Any]], keys: Sequence[str])
     return Variant(name, run, REDIS_OPS)
 
 
-async def latency(configurations: dict[str, str], args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    """Median L2-hit latency per topology (and raw GET references), measured round-robin in one loop."""
+async def latency(configurations: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """L2-hit latency per topology (and raw GET references), measured round-robin in one loop; paired ratios to
+    the standalone L2 hit, and of the cluster client's raw GET to the standalone client's."""
     async with AsyncExitStack() as stack:
         caches = {}
         for name, configuration in configurations.items():
@@ -128,12 +131,23 @@ async def latency(configurations: dict[str, str], args: argparse.Namespace) -> t
             cycling(RAW_CLUSTER, cluster.client.get, redis_keys),
             cycling(RAW_CLUSTER_ONE, cluster.client.get, [redis_keys[i] for i in one]),
         ]
-        results = await measure(variants, rounds=args.rounds, max_seconds=args.max_seconds)
+        timings = await measure(variants, rounds=args.rounds, max_seconds=args.max_seconds)
         stats = {name: cache.stats().as_dict() for name, cache in caches.items()}
     for name, cache_stats in stats.items():
         if cache_stats["misses"] or cache_stats["l2Errors"]:
             raise AssertionError(f"{name}: the latency run was not all L2 hits: {cache_stats}")
-    return results, stats
+    client_ratios = {
+        f"raw GET, RedisCluster / standalone client, keys on {where}": round(
+            paired_ratio(timings[raw], timings[RAW_STANDALONE]), 3
+        )
+        for where, raw in (("3 masters", RAW_CLUSTER), ("1 master", RAW_CLUSTER_ONE))
+    }
+    return {
+        "results": {name: t.as_dict() for name, t in timings.items()},
+        "ratios": {name: round(paired_ratio(t, timings[L2_STANDALONE]), 3) for name, t in timings.items()},
+        "client_ratios": client_ratios,
+        "cache_stats": stats,
+    }
 
 
 @dataclass(frozen=True)
@@ -246,15 +260,9 @@ def throughput(topologies: dict[str, Topology], load: Load, repeats: int, cap: C
     for name in topologies:
         mine = [r for r in runs if r["topology"] == name]
 
-        def median(key: str, digits: int | None = None, rows: list[dict[str, Any]] = mine) -> Any:
-            return round(statistics.median(r[key] for r in rows), digits)
-
-        summary[name] = {
-            "ops_per_s_median": median("ops_per_s"),
+        summary[name] = {f"{k}_median": round(statistics.median(r[k] for r in mine), d) for k, d in MEDIANS.items()}
+        summary[name] |= {
             "ops_per_s_runs": [r["ops_per_s"] for r in mine],
-            "client_cpu_us_per_op_median": median("client_cpu_us_per_op", 1),
-            "master_cpu_us_per_get_median": median("master_cpu_us_per_get", 2),
-            "busiest_master_core_share_median": median("busiest_master_core_share", 3),
             "gets_share_per_master": mine[-1]["gets_share_per_master"],
             "misses": sum(r["misses"] for r in mine),
             "errors": sum(r["errors"] for r in mine),
@@ -269,28 +277,30 @@ def throughput(topologies: dict[str, Topology], load: Load, repeats: int, cap: C
 
 
 def throughput_server_bound(topologies: dict[str, Topology], load: Load, percent: float, repeats: int) -> Any:
-    """``throughput`` with every master capped at ``percent`` of one core (or why it was skipped)."""
-    period_us = period_for(percent)
+    """``throughput`` with every master capped at ``percent`` of one core (or why it was skipped), and its target:
+    3 masters beat 1 while the 1-master run is server-bound."""
     load = dataclasses.replace(load, operation_timeout_ms=CAPPED_OPERATION_TIMEOUT_MS)
-    quota = round(period_us * percent / 100)
-    setup = {"master_cpu_percent": percent, "cfs_period_us": period_us, "cfs_quota_us": quota, **load.setup(repeats)}
-    setup |= {
+    pids = [pid for _, nodes in topologies.values() for _, pid in nodes]
+    cap = CpuCap(pids, percent=percent, period_us=period_for(percent))
+    setup = {"master_cpu_percent": percent, "cfs_period_us": cap.period_us, "cfs_quota_us": cap.quota_us}
+    setup |= load.setup(repeats) | {
         "operation_timeout_ms": load.operation_timeout_ms,
         "master_cpu_clock": "scheduler runtime (/proc/<pid>/task/*/sched)",
     }
-    pids = [pid for _, nodes in topologies.values() for _, pid in nodes]
     try:
-        with CpuCap(pids, percent=percent, period_us=period_us) as cap:
+        with cap:
             result = throughput(topologies, load, repeats, cap)
     except CpuCapUnavailable as exc:
-        return {"setup": setup, "skipped": str(exc)}
+        return {"setup": setup, "skipped": str(exc)}, {"skipped": str(exc), "met": None}
     share_of_cap = result["summary"][CLUSTER_1]["busiest_master_share_of_cap_median"]
-    return {
-        "setup": setup,
-        **result,
+    bound = share_of_cap >= SERVER_BOUND_SHARE_OF_CAP
+    target = {
+        "ratio": result["ratio_3_vs_1_masters"],
+        "mode": f"each master capped at {percent:g}% of one core",
         "one_master_share_of_cap": share_of_cap,
-        "one_master_server_bound": share_of_cap >= SERVER_BOUND_SHARE_OF_CAP,
+        "met": bound and result["ratio_3_vs_1_masters"] > 1.0,
     }
+    return {"setup": setup, **result, "one_master_share_of_cap": share_of_cap, "one_master_server_bound": bound}, target
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -303,7 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sentinel = stack.enter_context(RedisSentinelSetup())
         print(f"latency: {args.rounds} rounds of {REDIS_OPS} L2 hits per operation ...")
         configurations = {STANDALONE: standalone.url, CLUSTER_3: cluster3.url, SENTINEL: sentinel.configuration}
-        timings, latency_stats = asyncio.run(latency(configurations, args))
+        latencies = asyncio.run(latency(configurations, args))
         print(f"throughput: filling {args.keys:,} keys on each topology ...")
         topologies = {STANDALONE: (standalone.url, ((standalone.port, standalone.pid),))}
         for name, cluster in ((CLUSTER_1, cluster1), (CLUSTER_3, cluster3)):
@@ -317,42 +327,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         asyncio.run(fill_all())
         client_bound = throughput(topologies, load, args.repeats)
         print(f"server-bound throughput: every master capped at {args.master_cpu_percent:g}% of one core ...")
-        server_bound = throughput_server_bound(topologies, load, args.master_cpu_percent, args.server_bound_repeats)
-
-    ratios = {name: round(paired_ratio(timings[name], timings[L2_STANDALONE]), 3) for name in timings}
-    client_ratios = {}
-    for n, raw in ((3, RAW_CLUSTER), (1, RAW_CLUSTER_ONE)):
-        key = f"raw GET, RedisCluster / standalone client, keys on {n} master{'s' if n > 1 else ''}"
-        client_ratios[key] = round(paired_ratio(timings[raw], timings[RAW_STANDALONE]), 3)
-    scaling, cores = client_bound["ratio_3_vs_1_masters"], os.cpu_count() or 0
-    if "skipped" in server_bound:
-        bound_target = {"skipped": server_bound["skipped"], "met": None}
-    else:
-        bound_target = {
-            "ratio": server_bound["ratio_3_vs_1_masters"],
-            "mode": f"each master capped at {args.master_cpu_percent:g}% of one core",
-            "one_master_share_of_cap": server_bound["one_master_share_of_cap"],
-            "met": server_bound["one_master_server_bound"] and server_bound["ratio_3_vs_1_masters"] > 1.0,
-        }
+        server_bound, bound_target = throughput_server_bound(
+            topologies, load, args.master_cpu_percent, args.server_bound_repeats
+        )
+    ratio, scaling = latencies["ratios"][L2_CLUSTER], client_bound["ratio_3_vs_1_masters"]
     return {
         "unit": "ns per operation (latency); operations per second (throughput)",
-        "latency": {
-            "results": {name: t.as_dict() for name, t in timings.items()},
-            "ratios": ratios,
-            "client_ratios": client_ratios,
-            "cache_stats": latency_stats,
-        },
+        "latency": latencies,
         "throughput": {"setup": load.setup(args.repeats), **client_bound},
         "throughput_server_bound": server_bound,
         "targets": {
             "cluster L2 hit vs standalone": {
-                "ratio": ratios[L2_CLUSTER],
+                "ratio": ratio,
                 "limit": LATENCY_TARGET_RATIO,
-                "met": ratios[L2_CLUSTER] <= LATENCY_TARGET_RATIO,
+                "met": ratio <= LATENCY_TARGET_RATIO,
             },
             "throughput 3 vs 1 masters": {
                 "ratio": scaling,
-                "cores": cores,
+                "cores": os.cpu_count() or 0,
                 "mode": "uncapped: clients and masters share the cores (client-bound)",
                 "met": scaling > 1.0,
             },
