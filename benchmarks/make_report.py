@@ -35,6 +35,7 @@ RENDERERS = {
     "ab_cache": "benchmarks.ab",
     "latency_table": "benchmarks.bench_service",
     "service_load": "benchmarks.bench_service",
+    "pipeline": "benchmarks.bench_cache",
 }
 
 Document = dict[str, Any]
