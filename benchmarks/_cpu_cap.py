@@ -10,7 +10,6 @@ import os
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -20,14 +19,6 @@ SHORTEST_PERIOD_US = 10_000  # short periods keep each throttling stall short
 
 class CpuCapUnavailable(RuntimeError):
     """CPU-quota groups cannot be created on this machine or by this user; the message says why."""
-
-
-@dataclass(frozen=True)
-class Throttling:
-    """Cumulative CFS figures of one group (``cpu.stat``)."""
-
-    periods: int
-    throttled_periods: int
 
 
 def _hierarchy() -> tuple[Path, str]:
@@ -65,13 +56,12 @@ class CpuCap:
         self._origins: dict[int, Path] = {}  # pid -> the group it was in
         self._parent = Path("/")
 
-    def throttling(self) -> dict[int, Throttling]:
-        """Per capped pid: its group's cumulative CFS periods and throttled periods."""
+    def throttling(self) -> dict[int, tuple[int, int]]:
+        """Per capped pid: its group's cumulative CFS periods and throttled periods (``cpu.stat``)."""
         out = {}
         for pid, group in self._groups.items():
-            lines = (group / "cpu.stat").read_text().splitlines()
-            fields = dict(line.split(" ", 1) for line in lines if " " in line)
-            out[pid] = Throttling(int(fields.get("nr_periods", 0)), int(fields.get("nr_throttled", 0)))
+            fields = dict(line.split(" ", 1) for line in (group / "cpu.stat").read_text().splitlines() if " " in line)
+            out[pid] = int(fields.get("nr_periods", 0)), int(fields.get("nr_throttled", 0))
         return out
 
     def _group_of(self, pid: int) -> Path | None:

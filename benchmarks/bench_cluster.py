@@ -227,8 +227,7 @@ def run_load(name: str, topology: Topology, load: Load, seed: int, cap: CpuCap |
         cpu, gets = after[port][0] - before[port][0], after[port][1] - before[port][1]
         per_master[str(port)] = {"cpu_seconds": round(cpu, 3), "gets": gets}
         if pid in throttled_after:
-            periods = throttled_after[pid].periods - throttled_before[pid].periods
-            throttled = throttled_after[pid].throttled_periods - throttled_before[pid].throttled_periods
+            periods, throttled = (a - b for a, b in zip(throttled_after[pid], throttled_before[pid], strict=True))
             per_master[str(port)]["throttled_periods_share"] = round(throttled / max(periods, 1), 3)
     gets = sum(m["gets"] for m in per_master.values())
     master_cpu = sum(m["cpu_seconds"] for m in per_master.values())
