@@ -281,21 +281,6 @@ def run_wrk(base_url: str, script: Path, args: argparse.Namespace, seconds: int)
     }
 
 
-def with_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per route and database: throughput with the cache on divided by throughput with it off."""
-    index = {(r["route"], r["database"], r["cache"]): r for r in rows}
-    return [
-        {
-            "route": route,
-            "database": database,
-            "throughput_ratio": round(row["requests_per_s"] / off["requests_per_s"], 2),
-            "p50_ratio": round(off["p50_ms"] / row["p50_ms"], 2) if row["p50_ms"] else None,
-        }
-        for (route, database, cache), row in index.items()
-        if cache == "on" and (off := index.get((route, database, "off")))
-    ]
-
-
 def service_runs(
     database: str, url: str, redis: RedisServer, args: argparse.Namespace, workdir: Path
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -396,7 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "routes": {name: routes(args.ids)[name][0] for name in args.routes},
             "note": "2 CPU cores shared by wrk, the service, redis-server and PostgreSQL",
         }
-        results["service_load"] = {"settings": settings, "skipped": skipped, "rows": rows, "ratios": with_ratios(rows)}
+        results["service_load"] = {"settings": settings, "skipped": skipped, "rows": rows}
     return results
 
 
@@ -501,12 +486,13 @@ def latency_tables(document: Mapping[str, Any]) -> list[Table]:
 
 
 def load_tables(document: Mapping[str, Any]) -> list[Table]:
-    """The load table of a ``service_load.json`` document."""
-    ratio_of = {(r["route"], r["database"]): r["throughput_ratio"] for r in document["ratios"]}
+    """The load table of a ``service_load.json`` document, with each route's req/s cache on over cache off."""
+    off = {(r["route"], r["database"]): r["requests_per_s"] for r in document["rows"] if r["cache"] == "off"}
     order = {"by-id": 0, "list": 1, "search": 2, "sqlite": 0, "postgresql": 1, "on": 0, "off": 1}
     rows = []
     for row in sorted(document["rows"], key=lambda r: (order[r["route"]], order[r["database"]], order[r["cache"]])):
-        ratio = ratio_of.get((row["route"], row["database"])) if row["cache"] == "on" else None
+        base = off.get((row["route"], row["database"])) if row["cache"] == "on" else None
+        ratio = row["requests_per_s"] / base if base else None
         rows.append(
             [
                 document["settings"]["routes"][row["route"]], row["database"], row["cache"],
