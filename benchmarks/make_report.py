@@ -36,6 +36,7 @@ RENDERERS = {
     "latency_table": "benchmarks.bench_service",
     "service_load": "benchmarks.bench_service",
     "pipeline": "benchmarks.bench_cache",
+    "generations": "benchmarks.bench_invalidation",
 }
 
 Document = dict[str, Any]
