@@ -1,24 +1,29 @@
-"""Hit rates under a Zipf workload with the seed's settings, keys and writes (1%, 0.1%, none), three instances,
-simulated time, beside the seed's claims. Target reported: entity hit rate >= 95%. Method: docs/benchmarks.md.
+"""Hit rates under Zipf traffic. ``hit_rates.json``: the seed's settings, keys and writes (1%, 0.1%, none), three
+instances, simulated time, beside the seed's claims; target reported: entity hit rate >= 95%. ``l1_policy.json``:
+the SIEVE ``MemoryStore`` against a plain LRU on the same Zipf traces, and the cost of a hit on a full store.
+Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import random
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from benchmarks._common import Table, bench_main, connected, dealership_dto, zipf
+from benchmarks._common import Table, Variant, bench_main, connected, dealership_dto, format_ns, measure, zipf
 from dealership.dto import DealershipDto, DealershipPage
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings
+from hybridcache._memory import L1Entry, MemoryStore
 from hybridcache.keys import CacheKey
 
 ENTITY_TTL = timedelta(minutes=30)
@@ -37,10 +42,17 @@ SCENARIOS = {"writes-1pct": 0.01, "writes-0.1pct": 0.001, "reads-only": 0.0}
 TARGET_ENTITY_HIT_RATE = 0.95
 # The seed's "Cache Hit Rates" section: (low, high) per query kind.
 SEED_CLAIMS = {"entity": (0.95, 0.99), "search": (0.80, 0.90), "list": (0.85, 0.95)}
+# The L1 policy traces: keys, the store's capacity (the seed's SizeLimit), Zipf alphas, a fixed seed.
+POLICY_KEYS = 100_000
+CAPACITY = 1_024
+ALPHAS = (0.8, 1.0, 1.2)
+POLICY_SEED = 20240611
 OPTIONS = {
-    "requests": (200_000, "requests per scenario"),
+    "requests": (200_000, "requests per hit-rate scenario"),
     "rate": (300.0, "simulated requests per second, all instances"),
-    "seed": (7, "random seed of the workload"),
+    "seed": (7, "random seed of the hit-rate workload"),
+    "trace_requests": (1_000_000, "requests per alpha replayed through SIEVE and LRU"),
+    "rounds": (30, "batches per hit-cost variant"),
 }
 
 
@@ -187,7 +199,7 @@ async def run_scenario(name: str, write_ratio: float, redis_url: str, args: argp
     }
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def hit_rates(args: argparse.Namespace) -> dict[str, Any]:
     outcomes = []
     with RedisServer() as server:
         for index, (name, write_ratio) in enumerate(SCENARIOS.items()):
@@ -232,7 +244,118 @@ def _seed_claims(outcomes: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class LruStore:
+    """The baseline: a plain LRU over ``OrderedDict``, with the ``MemoryStore`` calls the replay makes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.entries: OrderedDict[str, object] = OrderedDict()
+
+    def get(self, key: str, _now: float = 0.0) -> object | None:
+        value = self.entries.get(key)
+        if value is not None:
+            self.entries.move_to_end(key)
+        return value
+
+    def put(self, entry: L1Entry) -> None:
+        self.entries[entry.key] = entry
+        self.entries.move_to_end(entry.key)
+        if len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+
+def new_entry(key: str) -> L1Entry:
+    return L1Entry(key, key, math.inf, 0.0, "", {}, (), 0)
+
+
+def replay(store: MemoryStore | LruStore, trace: Sequence[str]) -> tuple[int, float]:
+    """Hits and seconds for replaying ``trace`` through ``store`` (a miss inserts; no expiry)."""
+    get, put, hits, started = store.get, store.put, 0, time.perf_counter()
+    for key in trace:
+        if get(key, 0.0) is not None:
+            hits += 1
+        else:
+            put(new_entry(key))
+    return hits, time.perf_counter() - started
+
+
+def hit_ratios(requests: int) -> list[dict[str, Any]]:
+    """Per alpha: both stores replay the same Zipf trace (ranks shuffled onto the key names)."""
+    keys = [f"svc:v1:Dealership:{i}" for i in range(POLICY_KEYS)]
+    rows = []
+    for alpha in ALPHAS:
+        rng, by_rank = random.Random(POLICY_SEED), list(keys)
+        rng.shuffle(by_rank)
+        draw = zipf(len(keys), alpha, rng)
+        trace = [by_rank[draw()] for _ in range(requests)]
+        sieve_hits, sieve_seconds = replay(MemoryStore(CAPACITY, clock=lambda: 0.0), trace)
+        lru_hits, lru_seconds = replay(LruStore(CAPACITY), trace)
+        sieve_ratio, lru_ratio = sieve_hits / requests, lru_hits / requests
+        rows.append(
+            {
+                "alpha": alpha,
+                "requests": requests,
+                "distinct_keys_requested": len(set(trace)),
+                "sieve_hit_ratio": round(sieve_ratio, 4),
+                "lru_hit_ratio": round(lru_ratio, 4),
+                "hit_ratio_gain_points": round(100 * (sieve_ratio - lru_ratio), 2),
+                # Fewer misses is what the database sees: 1 - SIEVE misses / LRU misses.
+                "miss_reduction": round(1 - (1 - sieve_ratio) / (1 - lru_ratio), 4),
+                "sieve_ns_per_request": round(sieve_seconds * 1e9 / requests, 1),
+                "lru_ns_per_request": round(lru_seconds * 1e9 / requests, 1),
+            }
+        )
+    return rows
+
+
+async def hit_costs(rounds: int) -> dict[str, Any]:
+    """Per-hit cost of each store when full (every lookup a hit), beside a plain dict."""
+    resident = [f"svc:v1:Dealership:{i}" for i in range(CAPACITY)]
+    sieve = MemoryStore(CAPACITY, clock=lambda: 0.0)
+    lru = LruStore(CAPACITY)
+    for key in resident:
+        sieve.put(new_entry(key))
+        lru.put(new_entry(key))
+    assert len(sieve) == len(lru.entries) == CAPACITY
+
+    def sieve_hits(ops: int) -> None:
+        get, keys, n = sieve.get, resident, CAPACITY
+        for i in range(ops):
+            get(keys[i % n], 0.0)
+
+    def lookups(get: Callable[[str], object]) -> Callable[[int], None]:
+        def batch(ops: int) -> None:
+            keys, n = resident, CAPACITY
+            for i in range(ops):
+                get(keys[i % n])
+
+        return batch
+
+    variants = [
+        Variant("SIEVE MemoryStore.get (hit)", sieve_hits, 100_000),
+        Variant("LRU OrderedDict get + move_to_end (hit)", lookups(lru.get), 100_000),
+        Variant("plain dict.get (reference)", lookups(dict.fromkeys(resident).get), 100_000),
+    ]
+    timings = await measure(variants, rounds=rounds, max_seconds=60)
+    assert sieve.evictions == 0, "every measured SIEVE lookup was a hit"
+    assert len(lru.entries) == CAPACITY, "every measured LRU lookup was a hit"
+    return {name: t.as_dict() for name, t in timings.items()}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    workload = {"keys": POLICY_KEYS, "capacity": CAPACITY, "requests_per_alpha": args.trace_requests}
+    policy = {
+        "workload": workload | {"seed": POLICY_SEED},
+        "hit_ratio": hit_ratios(args.trace_requests),
+        "hit_cost": await hit_costs(args.rounds),
+        "unit": "hit ratios over all requests (cold start included); costs in ns per lookup, median of batches",
+    }
+    return {"hit_rates": await hit_rates(args), "l1_policy": policy}
+
+
 def tables(result: dict[str, Any]) -> list[Table]:
+    if result["benchmark"] == "l1_policy":
+        return policy_tables(result)
     out = [Table(["setting", "value"], list(result["settings"].items()))]
     for outcome in result["scenarios"]:
         s = outcome["scenario"]
@@ -271,8 +394,30 @@ def tables(result: dict[str, Any]) -> list[Table]:
     return [*out, Table(["query", "seed claims", *names], rows, title, note)]
 
 
+def policy_tables(result: dict[str, Any]) -> list[Table]:
+    w = result["workload"]
+    ratios = [
+        [
+            r["alpha"], f"{r['sieve_hit_ratio']:.2%}", f"{r['lru_hit_ratio']:.2%}",
+            f"{r['hit_ratio_gain_points']:+.2f}", f"{r['miss_reduction']:.1%}",
+            f"{r['sieve_ns_per_request']:.0f}", f"{r['lru_ns_per_request']:.0f}",
+        ]
+        for r in result["hit_ratio"]
+    ]  # fmt: skip
+    costs = [[n, *(format_ns(c[k]) for k in ("median_ns", "p10_ns", "p90_ns"))] for n, c in result["hit_cost"].items()]
+    return [
+        Table(
+            ["alpha", "SIEVE", "LRU", "gain (points)", "fewer misses", "SIEVE ns/req", "LRU ns/req"],
+            ratios,
+            f"Hit ratio, {w['keys']:,} keys, capacity {w['capacity']:,}, {w['requests_per_alpha']:,} Zipf requests "
+            "per alpha (cold start included):",
+        ),
+        Table(["operation", "median", "p10", "p90"], costs, "Per-hit cost on a full store (loop overhead included):"),
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    bench_main("hit_rates", argv, __doc__, run, tables, OPTIONS)
+    bench_main("hit_rates", argv, __doc__, run, tables, OPTIONS, per_file=True)
 
 
 if __name__ == "__main__":

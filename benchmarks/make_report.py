@@ -37,6 +37,7 @@ RENDERERS = {
     "service_load": "benchmarks.bench_service",
     "pipeline": "benchmarks.bench_cache",
     "generations": "benchmarks.bench_invalidation",
+    "l1_policy": "benchmarks.bench_hit_rates",
 }
 
 Document = dict[str, Any]
