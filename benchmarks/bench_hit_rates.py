@@ -1,7 +1,6 @@
 """Hit rates under Zipf traffic. ``hit_rates.json``: the seed's settings, keys and writes (1%, 0.1%, none), three
 instances, simulated time, beside the seed's claims; target reported: entity hit rate >= 95%. ``l1_policy.json``:
-the SIEVE ``MemoryStore`` against a plain LRU on the same Zipf traces, and the cost of a hit on a full store.
-Method: docs/benchmarks.md.
+the SIEVE ``MemoryStore`` against a plain LRU on the same Zipf traces. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -12,14 +11,14 @@ import math
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from benchmarks._common import Table, Variant, bench_main, connected, dealership_dto, format_ns, measure, zipf
+from benchmarks._common import Table, bench_main, connected, dealership_dto, zipf
 from dealership.dto import DealershipDto, DealershipPage
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings
@@ -52,7 +51,6 @@ OPTIONS = {
     "rate": (300.0, "simulated requests per second, all instances"),
     "seed": (7, "random seed of the hit-rate workload"),
     "trace_requests": (1_000_000, "requests per alpha replayed through SIEVE and LRU"),
-    "rounds": (30, "batches per hit-cost variant"),
 }
 
 
@@ -308,47 +306,12 @@ def hit_ratios(requests: int) -> list[dict[str, Any]]:
     return rows
 
 
-async def hit_costs(rounds: int) -> dict[str, Any]:
-    """Per-hit cost of each store when full (every lookup a hit), beside a plain dict."""
-    resident = [f"svc:v1:Dealership:{i}" for i in range(CAPACITY)]
-    sieve = MemoryStore(CAPACITY, clock=lambda: 0.0)
-    lru = LruStore(CAPACITY)
-    for key in resident:
-        sieve.put(new_entry(key))
-        lru.put(new_entry(key))
-    assert len(sieve) == len(lru.entries) == CAPACITY
-
-    def sieve_hits(ops: int) -> None:
-        get, keys, n = sieve.get, resident, CAPACITY
-        for i in range(ops):
-            get(keys[i % n], 0.0)
-
-    def lookups(get: Callable[[str], object]) -> Callable[[int], None]:
-        def batch(ops: int) -> None:
-            keys, n = resident, CAPACITY
-            for i in range(ops):
-                get(keys[i % n])
-
-        return batch
-
-    variants = [
-        Variant("SIEVE MemoryStore.get (hit)", sieve_hits, 100_000),
-        Variant("LRU OrderedDict get + move_to_end (hit)", lookups(lru.get), 100_000),
-        Variant("plain dict.get (reference)", lookups(dict.fromkeys(resident).get), 100_000),
-    ]
-    timings = await measure(variants, rounds=rounds, max_seconds=60)
-    assert sieve.evictions == 0, "every measured SIEVE lookup was a hit"
-    assert len(lru.entries) == CAPACITY, "every measured LRU lookup was a hit"
-    return {name: t.as_dict() for name, t in timings.items()}
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workload = {"keys": POLICY_KEYS, "capacity": CAPACITY, "requests_per_alpha": args.trace_requests}
     policy = {
         "workload": workload | {"seed": POLICY_SEED},
         "hit_ratio": hit_ratios(args.trace_requests),
-        "hit_cost": await hit_costs(args.rounds),
-        "unit": "hit ratios over all requests (cold start included); costs in ns per lookup, median of batches",
+        "unit": "hit ratios over all requests (cold start included)",
     }
     return {"hit_rates": await hit_rates(args), "l1_policy": policy}
 
@@ -404,16 +367,12 @@ def policy_tables(result: dict[str, Any]) -> list[Table]:
         ]
         for r in result["hit_ratio"]
     ]  # fmt: skip
-    costs = [[n, *(format_ns(c[k]) for k in ("median_ns", "p10_ns", "p90_ns"))] for n, c in result["hit_cost"].items()]
-    return [
-        Table(
-            ["alpha", "SIEVE", "LRU", "gain (points)", "fewer misses", "SIEVE ns/req", "LRU ns/req"],
-            ratios,
-            f"Hit ratio, {w['keys']:,} keys, capacity {w['capacity']:,}, {w['requests_per_alpha']:,} Zipf requests "
-            "per alpha (cold start included):",
-        ),
-        Table(["operation", "median", "p10", "p90"], costs, "Per-hit cost on a full store (loop overhead included):"),
-    ]
+    title = (
+        f"Hit ratio, {w['keys']:,} keys, capacity {w['capacity']:,}, {w['requests_per_alpha']:,} Zipf requests per "
+        "alpha (cold start included):"
+    )
+    headers = ["alpha", "SIEVE", "LRU", "gain (points)", "fewer misses", "SIEVE ns/req", "LRU ns/req"]
+    return [Table(headers, ratios, title)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
