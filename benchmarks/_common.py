@@ -225,8 +225,6 @@ class Table:
 
 
 SEED_COUNT = 2000  # the service's default seed count: dealerships seeded into its database; ids beyond reuse rows
-#: Brand names each matching at least 10 of the 2000 seeded dealerships (the search route's terms).
-SEARCH_TERMS = ("ford", "toyota", "honda", "chevrolet", "nissan", "hyundai", "kia", "subaru", "mazda", "jeep")
 
 
 @functools.cache
@@ -279,25 +277,19 @@ def database_urls(names: Sequence[str], workdir: Path) -> Iterator[tuple[dict[st
         yield {**urls, "postgresql": url}, skipped
 
 
-def stats_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:
-    """What the cache did between two ``/api/cache/stats`` readings (hits by level, misses, handler runs)."""
-    return {k: int(after[k]) - int(before[k]) for k in ("l1Hits", "l2Hits", "misses", "handlerRuns")}
-
-
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages now: the figures are only as quiet as the machine was."""
     return [round(x, 2) for x in os.getloadavg()]
 
 
 def package_versions(*names: str) -> dict[str, str]:
-    return {name: _version(name) for name in names}
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def _run(*command: str) -> str:
@@ -309,7 +301,10 @@ def _run(*command: str) -> str:
 
 def machine_info() -> dict[str, Any]:
     """What the figures depend on: CPU, load, OS, Python, redis-server, library versions, the git commit."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo") if line.startswith("model name")), "")
+    cpu = ""
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
     dirty = _run("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no")
     return {
         "cpu": cpu or platform.processor() or "unknown",
@@ -321,13 +316,6 @@ def machine_info() -> dict[str, Any]:
         "packages": package_versions(*_PACKAGES),
         "git_commit": _run("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD") + ("-dirty" if dirty else ""),
     }
-
-
-def _lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
 
 
 def write_results(name: str, payload: Mapping[str, Any]) -> Path:

@@ -43,8 +43,9 @@ def period_for(percent: float) -> int:
 
 
 class CpuCap:
-    """Each of ``pids`` in a group of its own, capped at ``percent`` of one core. Entry raises ``CpuCapUnavailable``
-    (after undoing what it did) when that cannot be done; exit moves the processes back and removes the groups."""
+    """Each of ``pids`` (children of this process, in its cpu group) in a group of its own under that group, capped
+    at ``percent`` of one core. Entry raises ``CpuCapUnavailable`` (after undoing what it did) when that cannot be
+    done; exit moves the processes back to this process's group and removes the groups."""
 
     def __init__(self, pids: Iterable[int], *, percent: float, period_us: int) -> None:
         self.pids, self.percent, self.period_us = tuple(pids), percent, period_us
@@ -53,8 +54,7 @@ class CpuCap:
             raise ValueError(f"{percent}% of {period_us} µs is below the kernel's {MIN_QUOTA_US} µs minimum quota")
         self.mount, self.root = Path("/"), "/"
         self._groups: dict[int, Path] = {}  # pid -> its group
-        self._origins: dict[int, Path] = {}  # pid -> the group it was in
-        self._parent = Path("/")
+        self._parent = Path("/")  # this process's group
 
     def throttling(self) -> dict[int, tuple[int, int]]:
         """Per capped pid: its group's cumulative CFS periods and throttled periods (``cpu.stat``)."""
@@ -64,31 +64,25 @@ class CpuCap:
             out[pid] = int(fields.get("nr_periods", 0)), int(fields.get("nr_throttled", 0))
         return out
 
-    def _group_of(self, pid: int) -> Path | None:
-        """The directory of the cpu group ``pid`` is in, or None if it is not visible under the mount."""
+    def _own_group(self) -> Path:
+        """The directory of this process's cpu group, or the mount's root if it is not visible under the mount."""
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            for line in Path("/proc/self/cgroup").read_text().splitlines():
                 _, controllers, path = line.split(":", 2)
-                if "cpu" not in controllers.split(","):
-                    continue
-                if self.root != "/":
-                    if not (path == self.root or path.startswith(self.root + "/")):
-                        return None
-                    path = path[len(self.root) :]
-                directory = self.mount / path.lstrip("/")
-                return directory if directory.is_dir() else None
-        return None
+                if "cpu" in controllers.split(",") and (path + "/").startswith(self.root.rstrip("/") + "/"):
+                    directory = self.mount / path[len(self.root.rstrip("/")) :].lstrip("/")
+                    return directory if directory.is_dir() else self.mount
+        return self.mount
 
     def __enter__(self) -> CpuCap:
         self.mount, self.root = _hierarchy()
-        self._parent = self._group_of(os.getpid()) or self.mount
+        self._parent = self._own_group()
         try:
             for index, pid in enumerate(self.pids):
                 group = self._groups[pid] = self._parent / f"hybridcache-bench-{os.getpid()}-{index}"
                 group.mkdir()
                 (group / "cpu.cfs_period_us").write_text(str(self.period_us))
                 (group / "cpu.cfs_quota_us").write_text(str(self.quota_us))
-                self._origins[pid] = self._group_of(pid) or self._parent
                 (group / "cgroup.procs").write_text(str(pid))
         except OSError as exc:
             leftovers = self._release()
@@ -114,9 +108,8 @@ class CpuCap:
             for attempt in range(20):  # a process being moved or exiting can make rmdir fail for a moment
                 try:
                     for member in (group / "cgroup.procs").read_text().split():
-                        origin = self._origins.get(int(member), self._parent)
                         with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
-                            (origin if origin.is_dir() else self._parent).joinpath("cgroup.procs").write_text(member)
+                            (self._parent / "cgroup.procs").write_text(member)
                     group.rmdir()
                     break
                 except FileNotFoundError:

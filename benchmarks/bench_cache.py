@@ -14,17 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import TypeAdapter
 
-from benchmarks._common import (
-    Table,
-    Variant,
-    bench_main,
-    dealership_dto,
-    fmt,
-    format_ns,
-    looped,
-    measure,
-    paired_ratio,
-)
+from benchmarks._common import Table, Variant, bench_main, dealership_dto, format_ns, looped, measure, paired_ratio
 from dealership.dto import DealershipDto
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
@@ -216,7 +206,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
 def pipeline_tables(document: dict[str, Any]) -> list[Table]:
     results = document["results"]
     rows = [
-        [n, fmt(r["median_ns"], 0), fmt(r["min_ns"], 0), fmt(r.get("p90_ns"), 0), r["ratio_to_bare"]]
+        [n, *(f"{r[k]:,.0f}" for k in ("median_ns", "min_ns", "p90_ns")), r["ratio_to_bare"]]
         for n, r in results.items()
     ]
     note = (

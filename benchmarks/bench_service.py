@@ -24,16 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.util import await_
 
-from benchmarks._common import (
-    SEARCH_TERMS,
-    SEED_COUNT,
-    Table,
-    bench_main,
-    database_urls,
-    format_ns,
-    stats_delta,
-    summarize,
-)
+from benchmarks._common import SEED_COUNT, Table, bench_main, database_urls, format_ns, summarize
 from dealership.bootstrap import ServiceConfig, bootstrap
 from dealership.database import prepare_database
 from dealership.queries import GetDealershipById, GetDealershipsList, SearchDealerships
@@ -50,6 +41,8 @@ ENTITY_IDS = range(1, 101)
 LIST_PAGES = range(1, 11)
 WRK_LIST_PAGES = 50
 SERVICE_NAME = "dealership-bench"
+#: Brand names each matching at least 10 of the 2000 seeded dealerships (the search terms).
+SEARCH_TERMS = ("ford", "toyota", "honda", "chevrolet", "nissan", "hyundai", "kia", "subaru", "mazda", "jeep")
 #: The seed's "Latency Comparison" figures (no cache, L2 only, L1+L2), quoted beside ours.
 SEED_FIGURES = {
     "single entity": ("50 ms", "5 ms", "0.5 ms"),
@@ -236,6 +229,11 @@ async def mediator_cells(database: str, url: str, redis: RedisServer, args: argp
             with simulated_latency(delay):
                 cells += await measure_cells("mediator", database, delay, subjects, args.requests, args.cell_seconds)
     return cells
+
+
+def stats_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:
+    """What the cache did between two ``/api/cache/stats`` readings (hits by level, misses, handler runs)."""
+    return {k: int(after[k]) - int(before[k]) for k in ("l1Hits", "l2Hits", "misses", "handlerRuns")}
 
 
 def routes(ids: int) -> dict[str, tuple[str, list[str]]]:
