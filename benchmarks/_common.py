@@ -96,15 +96,11 @@ class Timing:
     def cpu_median_ns(self) -> float:
         return statistics.median(self.cpu_samples)
 
-    @property
-    def batches(self) -> int:
-        return len(self.samples)
-
     def as_dict(self) -> dict[str, Any]:
         figures = summarize(self.samples, ("median", "p10", "p90", "min"), unit="ns")
         return figures | {
             "cpu_median_ns": round(self.cpu_median_ns, 1),
-            "batches": self.batches,
+            "batches": len(self.samples),
             "ops_per_batch": self.ops,
         }
 

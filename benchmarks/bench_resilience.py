@@ -118,10 +118,7 @@ async def _broken(server: RedisServer, fault: str, break_seconds: float) -> Asyn
     )
     async with cache:
         await cache.wait_until_connected(5)
-        if fault == "killed":
-            server.kill()
-        else:
-            server.pause()
+        server.kill() if fault == "killed" else server.pause()
         for n in range(100):
             if cache.breaker.state is CircuitState.OPEN:
                 break
@@ -140,10 +137,7 @@ async def _time_to_close(fault: str, repeats: int) -> list[float]:
             async with _broken(server, fault, BREAK) as cache:
                 # Let part of a break pass, so recovery lands at a different phase of the break each time.
                 await asyncio.sleep(BREAK * repeat / repeats)
-                if fault == "killed":
-                    server.restart()
-                else:
-                    server.resume()
+                server.restart() if fault == "killed" else server.resume()
                 back = time.monotonic()
                 for n in range(10_000):
                     if cache.breaker.state is CircuitState.CLOSED or time.monotonic() - back > 10:

@@ -39,7 +39,7 @@ MODES = {"none": "no cache", "l2": "L2 only", "l1+l2": "L1 + L2"}
 SERVED_BY = {"none": "handlerRuns", "l2": "l2Hits", "l1+l2": "l1Hits"}
 ENTITY_IDS = range(1, 101)
 LIST_PAGES = range(1, 11)
-WRK_LIST_PAGES = 50
+WRK_IDS, WRK_LIST_PAGES = 500, 50  # wrk spreads its by-id route over ids 1..500, its list route over 50 pages
 SERVICE_NAME = "dealership-bench"
 #: Brand names each matching at least 10 of the 2000 seeded dealerships (the search terms).
 SEARCH_TERMS = ("ford", "toyota", "honda", "chevrolet", "nissan", "hyundai", "kia", "subaru", "mazda", "jeep")
@@ -60,7 +60,6 @@ OPTIONS = {
     "warmup": (2, "seconds of wrk warm-up per route"),
     "threads": (2, "wrk threads"),
     "connections": (32, "wrk connections"),
-    "ids": (500, "wrk's by-id route spreads over ids 1..IDS"),
     "routes": (["by-id", "list", "search"], "wrk routes, comma-separated: by-id,list,search"),
 }
 _WRK_MARKER = "WRKJSON "
@@ -110,6 +109,21 @@ OPERATIONS: dict[str, tuple[int, Callable[[int], Request[Any]], Callable[[int], 
         len(LIST_PAGES),
         lambda i: GetDealershipsList(i + 1, 50),
         lambda i: f"/api/dealership?page={i + 1}&size=50",
+    ),
+}
+#: The wrk routes: name -> (description, the request targets wrk cycles through).
+ROUTES = {
+    "by-id": (
+        f"GET /api/dealership/{{id}}, id in 1..{WRK_IDS}",
+        [f"/api/dealership/{i}" for i in range(1, WRK_IDS + 1)],
+    ),
+    "list": (
+        f"GET /api/dealership?page={{1..{WRK_LIST_PAGES}}}&size=10",
+        [f"/api/dealership?page={p}&size=10" for p in range(1, WRK_LIST_PAGES + 1)],
+    ),
+    "search": (
+        f"GET /api/dealership/search?term={{{len(SEARCH_TERMS)} brands}}&size=10",
+        [f"/api/dealership/search?term={t}&size=10" for t in SEARCH_TERMS],
     ),
 }
 #: The delay before each SQL statement, how many simulated round trips ran in this process, and how long they
@@ -236,21 +250,6 @@ def stats_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str
     return {k: int(after[k]) - int(before[k]) for k in ("l1Hits", "l2Hits", "misses", "handlerRuns")}
 
 
-def routes(ids: int) -> dict[str, tuple[str, list[str]]]:
-    """The routes measured: name -> (description, the request targets wrk cycles through)."""
-    return {
-        "by-id": (f"GET /api/dealership/{{id}}, id in 1..{ids}", [f"/api/dealership/{i}" for i in range(1, ids + 1)]),
-        "list": (
-            f"GET /api/dealership?page={{1..{WRK_LIST_PAGES}}}&size=10",
-            [f"/api/dealership?page={p}&size=10" for p in range(1, WRK_LIST_PAGES + 1)],
-        ),
-        "search": (
-            f"GET /api/dealership/search?term={{{len(SEARCH_TERMS)} brands}}&size=10",
-            [f"/api/dealership/search?term={t}&size=10" for t in SEARCH_TERMS],
-        ),
-    }
-
-
 def run_wrk(base_url: str, script: Path, args: argparse.Namespace, seconds: int) -> dict[str, Any]:
     """Run wrk once (killed if it has not exited 30 s after ``seconds``); its figures, latencies in ms."""
     options = [f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--timeout=5s", "--latency"]
@@ -333,7 +332,7 @@ def wrk_route(
 ) -> dict[str, Any]:
     """One route under wrk: every path requested once, a warm-up run, then the measured run."""
     print(f"  wrk {service.name:22} {route:6} ...", end=" ", flush=True)
-    paths = routes(args.ids)[route][1]
+    paths = ROUTES[route][1]
     script = workdir / f"{route}.lua"
     quoted = ", ".join(json.dumps(p) for p in paths)  # JSON strings are Lua literals here
     script.write_text(_LUA_TEMPLATE % {"paths": quoted, "marker": _WRK_MARKER})
@@ -349,8 +348,8 @@ def wrk_route(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if any(0 < d < 1 for d in args.delays_ms):  # epoll timeouts are whole milliseconds
         raise SystemExit("--delays-ms: 0, or at least 1")
-    if set(args.routes) - set(routes(1)) or not 1 <= args.ids <= SEED_COUNT:
-        raise SystemExit("--routes: by-id,list,search; --ids 1..2000")
+    if set(args.routes) - set(ROUTES):
+        raise SystemExit("--routes: by-id,list,search")
     if "wrk" in args.paths and (0 not in args.delays_ms or shutil.which("wrk") is None):
         raise SystemExit("--paths wrk: needs 0 in --delays-ms, and wrk on PATH (`apt-get install -y wrk`)")
     cells: list[dict[str, Any]] = []
@@ -376,7 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "warmup_seconds": args.warmup,
             "seed_count": SEED_COUNT,
             "server": "one uvicorn worker (python -m dealership), asyncio loop, h11, access log off",
-            "routes": {name: routes(args.ids)[name][0] for name in args.routes},
+            "routes": {name: ROUTES[name][0] for name in args.routes},
             "note": "2 CPU cores shared by wrk, the service, redis-server and PostgreSQL",
         }
         results["service_load"] = {"settings": settings, "skipped": skipped, "rows": rows}

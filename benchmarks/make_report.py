@@ -198,10 +198,8 @@ def provenance(name: str, doc: Document) -> list[str]:
 
 
 def renderer(name: str) -> Callable[[Document], Sequence[Table]]:
-    tables: Callable[[Document], Sequence[Table]] = importlib.import_module(
-        RENDERERS.get(name, f"benchmarks.bench_{name}")
-    ).tables
-    return tables
+    module = importlib.import_module(RENDERERS.get(name, f"benchmarks.bench_{name}"))
+    return module.tables  # type: ignore[no-any-return]
 
 
 def section(name: str, doc: Document) -> list[str]:
@@ -240,10 +238,6 @@ def build(documents: dict[str, Document]) -> str:
 GENERATED = re.compile(r"(<!-- generated: (\w+) -->)(.*?)(<!-- end -->)", re.DOTALL)
 
 
-def ms(us: float) -> str:
-    return format_ns(us * 1000)
-
-
 def service_page(documents: dict[str, Document], page: str) -> str:
     """``page`` with its generated regions rewritten; a region with no figure keeps its text."""
     parts: dict[str, str] = {}
@@ -255,13 +249,13 @@ def service_page(documents: dict[str, Document], page: str) -> str:
     ]
     if delayed:
         c = max(delayed, key=lambda c: (c["delay_ms"], c["database"] == "postgresql"))
-        slept = ms(c["simulated_per_request"]["slept_us"])
+        slept = format_ns(1000 * c["simulated_per_request"]["slept_us"])
         parts["slept"] = (
             f"e.g. +{c['delay_ms']:g} ms on {c['database']}: {slept} slept per single-entity read, on average"
         )
     for path in ("mediator", "http"):
         if hits := [c["median_us"] for c in cells if c["path"] == path and c["cache"] == "l1+l2"]:
-            parts[f"{path}_hits"] = f"{ms(min(hits))} to {ms(max(hits))}"
+            parts[f"{path}_hits"] = f"{format_ns(1000 * min(hits))} to {format_ns(1000 * max(hits))}"
     for name in ("latency_table", "service_load"):
         if (document := documents.get(name)) is None:
             parts[name] = f"*No `benchmarks/results/{name}.json` yet: run `python -m benchmarks service`.*"
