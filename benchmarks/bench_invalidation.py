@@ -262,21 +262,15 @@ async def _generation_costs(client: Redis, l2: RedisL2, size: int) -> dict[str, 
 async def generations(sizes: Sequence[int]) -> dict[str, Any]:
     """Each size in a fresh hash of a private redis-server (``_generation_costs``)."""
     with RedisServer() as server:
-        client = server.client()
-        try:
+        async with server.client() as client:
             await client.config_set("slowlog-log-slower-than", 0)
             await client.config_set("slowlog-max-len", 100_000)
+            breaker = CircuitBreaker(failure_threshold=5, break_duration=60.0, name="bench")
             l2 = RedisL2(
-                client,
-                instance_name="bench:",
-                namespace="generations:v1:",
-                breaker=CircuitBreaker(failure_threshold=5, break_duration=60.0, name="bench"),
-                retention_ms=RETENTION_MS,
+                client, instance_name="bench:", namespace="generations:v1:", breaker=breaker, retention_ms=RETENTION_MS
             )
             rows = [await _generation_costs(client, l2, size) for size in sizes]
-            return {"sync_page": SYNC_PAGE, "sweep_count": SWEEP_COUNT, "rows": rows}
-        finally:
-            await client.aclose()
+    return {"sync_page": SYNC_PAGE, "sweep_count": SWEEP_COUNT, "rows": rows}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

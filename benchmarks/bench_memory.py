@@ -102,8 +102,7 @@ async def measure_l2(server: RedisServer, db: int, sample: int) -> list[dict[str
     }
     settings = CacheSettings(service_name="memory-l2", instance_name="Bench:", configuration=server.url_for_db(db))
     rows = []
-    client = server.client(db=db)
-    async with HybridCache(settings) as cache:
+    async with HybridCache(settings) as cache, server.client(db=db) as client:
         for kind, (value, type_) in values.items():
             keys = [f"Memory:{kind.split()[0]}:{i}" for i in range(sample)]
             for key in keys:
@@ -133,7 +132,6 @@ async def measure_l2(server: RedisServer, db: int, sample: int) -> list[dict[str
             body, codec = payload[header:], TypeAdapter(type_)
             row["json_decode_us"] = median_us(lambda c=codec, b=body: c.validate_json(b))
             rows.append(row)
-    await client.aclose()
     return rows
 
 
