@@ -24,7 +24,7 @@ import redis
 from redis.asyncio.cluster import RedisCluster
 
 from benchmarks._common import Table, Variant, bench_main, connected, dealership_dto, format_ns, measure, paired_ratio
-from benchmarks._cpu_cap import CpuCap, CpuCapUnavailable, period_for
+from benchmarks._cpu_cap import CpuCapUnavailable, Throttling, cpu_cap, period_and_quota
 from dealership.dto import DealershipDto
 from harness.redis_cluster import RedisClusterProcess
 from harness.redis_sentinel import RedisSentinelSetup
@@ -210,16 +210,16 @@ def _masters_now(nodes: Sequence[tuple[int, int]]) -> dict[int, tuple[float, int
     return out
 
 
-def run_load(name: str, topology: Topology, load: Load, seed: int, cap: CpuCap | None) -> dict[str, Any]:
+def run_load(name: str, topology: Topology, load: Load, seed: int, throttling: Throttling | None) -> dict[str, Any]:
     """One window of ``load`` against one topology, with each master's CPU, GETs and throttling."""
     configuration, nodes = topology
     start_at = time.time() + 4.0  # spawning and connecting take a few seconds on a busy 2-core machine
     with ProcessPoolExecutor(load.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         clients = [pool.submit(_client, configuration, load, start_at, seed + i) for i in range(load.processes)]
         time.sleep(max(0.0, start_at - time.time()))
-        before, throttled_before = _masters_now(nodes), cap.throttling() if cap else {}
+        before, throttled_before = _masters_now(nodes), throttling() if throttling else {}
         time.sleep(load.duration)
-        after, throttled_after = _masters_now(nodes), cap.throttling() if cap else {}
+        after, throttled_after = _masters_now(nodes), throttling() if throttling else {}
         results = [client.result(timeout=load.duration + 60) for client in clients]
     ops, client_cpu, l2_hits, misses, errors = (sum(column) for column in zip(*results, strict=True))
     per_master: dict[str, dict[str, Any]] = {}
@@ -248,12 +248,15 @@ def run_load(name: str, topology: Topology, load: Load, seed: int, cap: CpuCap |
     }
 
 
-def throughput(topologies: dict[str, Topology], load: Load, repeats: int, cap: CpuCap | None = None) -> dict[str, Any]:
-    """``repeats`` interleaved ``run_load`` rounds per topology: the runs and a summary of medians."""
+def throughput(
+    topologies: dict[str, Topology], load: Load, repeats: int, throttling: Throttling | None = None, percent: float = 0
+) -> dict[str, Any]:
+    """``repeats`` interleaved ``run_load`` rounds per topology: the runs and a summary of medians (with each
+    master's share of its cap, when ``throttling`` reads the caps of ``percent`` of a core)."""
     runs = []
     for repeat in range(repeats):
         for name in list(topologies) if repeat % 2 == 0 else list(reversed(topologies)):
-            runs.append(run_load(name, topologies[name], load, seed=repeat * 100, cap=cap) | {"repeat": repeat})
+            runs.append(run_load(name, topologies[name], load, repeat * 100, throttling) | {"repeat": repeat})
             print(f"  {name:<20} repeat {repeat}: {runs[-1]['ops_per_s']:>7,} ops/s", flush=True)
     summary = {}
     for name in topologies:
@@ -266,8 +269,8 @@ def throughput(topologies: dict[str, Topology], load: Load, repeats: int, cap: C
             "misses": sum(r["misses"] for r in mine),
             "errors": sum(r["errors"] for r in mine),
         }
-        if cap is not None:
-            share = summary[name]["busiest_master_core_share_median"] / (cap.percent / 100)
+        if throttling is not None:
+            share = summary[name]["busiest_master_core_share_median"] / (percent / 100)
             throttled = [max(m.get("throttled_periods_share", 0.0) for m in r["per_master"].values()) for r in mine]
             summary[name]["busiest_master_share_of_cap_median"] = round(share, 3)
             summary[name]["busiest_master_throttled_periods_share_median"] = round(statistics.median(throttled), 3)
@@ -280,15 +283,15 @@ def throughput_server_bound(topologies: dict[str, Topology], load: Load, percent
     3 masters beat 1 while the 1-master run is server-bound."""
     load = dataclasses.replace(load, operation_timeout_ms=CAPPED_OPERATION_TIMEOUT_MS)
     pids = [pid for _, nodes in topologies.values() for _, pid in nodes]
-    cap = CpuCap(pids, percent=percent, period_us=period_for(percent))
-    setup = {"master_cpu_percent": percent, "cfs_period_us": cap.period_us, "cfs_quota_us": cap.quota_us}
+    period, quota = period_and_quota(percent)
+    setup = {"master_cpu_percent": percent, "cfs_period_us": period, "cfs_quota_us": quota}
     setup |= load.setup(repeats) | {
         "operation_timeout_ms": load.operation_timeout_ms,
         "master_cpu_clock": "scheduler runtime (/proc/<pid>/task/*/sched)",
     }
     try:
-        with cap:
-            result = throughput(topologies, load, repeats, cap)
+        with cpu_cap(pids, percent) as throttling:
+            result = throughput(topologies, load, repeats, throttling, percent)
     except CpuCapUnavailable as exc:
         return {"setup": setup, "skipped": str(exc)}, {"skipped": str(exc), "met": None}
     share_of_cap = result["summary"][CLUSTER_1]["busiest_master_share_of_cap_median"]
