@@ -87,11 +87,12 @@ def l2_hit(cache: HybridCache) -> Callable[[str], Awaitable[Any]]:
     return lambda key: cache.get_or_create(key, _never, ttl=TTL, type_=DealershipDto)
 
 
-async def fill(cache: HybridCache, count: int) -> None:
-    """Store ``count`` dealerships (keys ``Dealership:0..count-1``), 64 at a time."""
-    for start in range(0, count, 64):
-        ids = range(start, min(count, start + 64))
-        await asyncio.gather(*(cache.set(key_of(n), dealership_dto(n), ttl=TTL, type_=DealershipDto) for n in ids))
+async def fill(configuration: str, count: int) -> None:
+    """Store ``count`` dealerships (keys ``Dealership:0..count-1``) in a topology, 64 at a time."""
+    async with HybridCache(settings_for(configuration)) as cache:
+        for start in range(0, count, 64):
+            ids = range(start, min(count, start + 64))
+            await asyncio.gather(*(cache.set(key_of(n), dealership_dto(n), ttl=TTL, type_=DealershipDto) for n in ids))
 
 
 def cycling(name: str, op: Callable[[str], Awaitable[Any]], keys: Sequence[str]) -> Variant:
@@ -110,8 +111,8 @@ async def latency(configurations: dict[str, str], args: argparse.Namespace) -> d
     async with AsyncExitStack() as stack:
         caches = {}
         for name, configuration in configurations.items():
+            await fill(configuration, LATENCY_KEYS)
             caches[name] = await connected(stack, settings_for(configuration))
-            await fill(caches[name], LATENCY_KEYS)
         standalone, cluster = caches[STANDALONE].internals.l2, caches[CLUSTER_3].internals.l2
         assert standalone is not None
         assert cluster is not None
@@ -261,7 +262,6 @@ def throughput(
     summary = {}
     for name in topologies:
         mine = [r for r in runs if r["topology"] == name]
-
         summary[name] = {f"{k}_median": round(statistics.median(r[k] for r in mine), d) for k, d in MEDIANS.items()}
         summary[name] |= {
             "ops_per_s_runs": [r["ops_per_s"] for r in mine],
@@ -321,12 +321,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, cluster in ((CLUSTER_1, cluster1), (CLUSTER_3, cluster3)):
             topologies[name] = (cluster.url, tuple((p, cluster.nodes[p].pid) for _, p in cluster.masters()))
 
-        async def fill_all() -> None:
-            for configuration, _ in topologies.values():
-                async with HybridCache(settings_for(configuration)) as cache:
-                    await fill(cache, args.keys)
-
-        asyncio.run(fill_all())
+        for configuration, _ in topologies.values():
+            asyncio.run(fill(configuration, args.keys))
         client_bound = throughput(topologies, load, args.repeats)
         print(f"server-bound throughput: every master capped at {args.master_cpu_percent:g}% of one core ...")
         server_bound, bound_target = throughput_server_bound(
@@ -374,7 +370,7 @@ def _throughput_rows(summary: dict[str, Any], *, capped: bool) -> list[list[Any]
 
 def tables(document: dict[str, Any]) -> list[Table]:
     """The latency and throughput tables of a ``cluster.json`` document."""
-    lat, thr, bound = document["latency"], document["throughput"], document.get("throughput_server_bound")
+    lat, thr, bound = document["latency"], document["throughput"], document["throughput_server_bound"]
     latency = [
         [name, format_ns(t["median_ns"]), format_ns(t["p90_ns"]), f"{lat['ratios'][name]:.2f}x"]
         for name, t in lat["results"].items()
@@ -399,9 +395,8 @@ def tables(document: dict[str, Any]) -> list[Table]:
             f"3 masters / 1 master: **{thr['ratio_3_vs_1_masters']:.2f}x** (client-bound).",
         ),
     ]
-    if bound is None or "skipped" in bound:
-        reason = "no result" if bound is None else bound["skipped"]
-        return [*out, Table(["server-bound throughput (masters CPU-capped)"], [[f"skipped — {reason}"]])]
+    if "skipped" in bound:
+        return [*out, Table(["server-bound throughput (masters CPU-capped)"], [[f"skipped — {bound['skipped']}"]])]
     setup = bound["setup"]
     verdict = "server-bound" if bound["one_master_server_bound"] else "**not** server-bound"
     title = (

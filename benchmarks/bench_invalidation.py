@@ -15,14 +15,12 @@ import sys
 import time
 import tracemalloc
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
 
-import hybridcache
 from benchmarks._common import Table, bench_main, connected, percentile, summarize
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
@@ -32,12 +30,16 @@ from hybridcache._redis.scripts import SWEEP_COUNT
 from hybridcache._resilience import CircuitBreaker
 
 KEY, PREFIX, TAG = "Bench:Search:item", "Bench:Search", "bench"
-KINDS = ("key", "prefix", "tag")
+#: How the writer invalidates the observer's key, in rotation: by exact key, by a prefix above it, by its tag.
+INVALIDATIONS: dict[str, Callable[[HybridCache], Awaitable[Any]]] = {
+    "key": lambda cache: cache.remove(KEY),
+    "prefix": lambda cache: cache.remove_by_prefix(PREFIX),
+    "tag": lambda cache: cache.remove_by_tag(TAG),
+}
+KINDS = tuple(INVALIDATIONS)
 RETENTION_MS = 3_600_000  # the generation hash's retention in these runs
 FILL_BATCH = 10_000
 POLL_LIMIT = 1.0  # seconds the observer polls before counting an invalidation as never seen
-# The git commit in "machine" may be "-dirty" from others' work in progress: say which code was measured.
-SOURCE = str(Path(hybridcache.__file__).resolve().parent)
 
 _FILL = """
 for i = tonumber(ARGV[4]), tonumber(ARGV[5]) do
@@ -53,15 +55,6 @@ OPTIONS = {
     "large_keys": (1_000_000, "keys in the large server"),
     "sizes": ([10_000, 100_000, 1_000_000], "generation hash sizes, comma-separated"),
 }
-
-
-async def invalidate(cache: HybridCache, kind: str) -> None:
-    if kind == "key":
-        await cache.remove(KEY)
-    elif kind == "prefix":
-        await cache.remove_by_prefix(PREFIX)
-    else:
-        await cache.remove_by_tag(TAG)
 
 
 async def observe(url: str, service: str) -> None:
@@ -124,7 +117,7 @@ async def propagation(server: RedisServer, iterations: int) -> dict[str, Any]:
                 await child.stdin.drain()
                 await expect("warm", str(i))
                 called = time.perf_counter()
-                await invalidate(writer, KINDS[i % len(KINDS)])
+                await INVALIDATIONS[KINDS[i % len(KINDS)]](writer)
                 returned = time.perf_counter()
                 if (seen := await expect("seen", str(i))) != "None":
                     records.append((KINDS[i % len(KINDS)], float(seen) - returned, float(seen) - called))
@@ -279,7 +272,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         modes = {"two-process, 1 observer": await propagation(server, args.iterations)}
     cost = await prefix_cost(args.small_keys, args.large_keys, args.rounds)
     return {
-        "invalidation": {"method": __doc__, "propagation": modes, "prefix_cost": cost, "hybridcache_source": SOURCE},
+        "invalidation": {"method": __doc__, "propagation": modes, "prefix_cost": cost},
         "generations": await generations(args.sizes),
     }
 

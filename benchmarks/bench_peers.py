@@ -311,7 +311,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "peer_versions": package_versions("cashews", "aiocache"),
         "parameters": {
             "max_rounds": args.rounds,
-            "memory_hit_batches": {name: t.as_dict() for name, t in timings.items()},
             "redis_keys": args.keys,
             "redis_chunks": args.chunks,
             "stampede_callers": STAMPEDE_CALLERS,

@@ -353,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "wrk" in args.paths and (0 not in args.delays_ms or shutil.which("wrk") is None):
         raise SystemExit("--paths wrk: needs 0 in --delays-ms, and wrk on PATH (`apt-get install -y wrk`)")
     cells: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
+    load_rows: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory(prefix="hc-bench-service-") as tmp,
         RedisServer() as redis,
@@ -365,10 +365,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "mediator" in args.paths:
                 cells += asyncio.run(mediator_cells(database, url, redis, args))
             http, load = service_runs(database, url, redis, args, Path(tmp))
-            cells, rows = cells + http, rows + load
+            cells, load_rows = cells + http, load_rows + load
     results = {}
     if {"mediator", "http"} & set(args.paths):
-        results["latency_table"] = latency_document(cells, skipped, args)
+        settings = {
+            "delays_ms": args.delays_ms,
+            "delay_applies_to": "every SQL statement (1 for by-id and search, 2 for a list page); "
+            "not BEGIN/ROLLBACK/pre-ping; cached hits never reach the database",
+            "requests_per_cell": {"mediator": args.requests, "http": args.http_requests},
+            "cell_seconds": args.cell_seconds,
+            "seed_count": SEED_COUNT,
+            "keys": {
+                "single entity": f"ids {ENTITY_IDS.start}..{ENTITY_IDS.stop - 1}",
+                "search (10 results)": list(SEARCH_TERMS),
+                "list (50 results)": f"pages {LIST_PAGES.start}..{LIST_PAGES.stop - 1} of 50",
+            },
+            "modes": MODES,
+            "note": "2 CPU cores shared by this process, the service, redis-server and PostgreSQL",
+        }
+        rows = comparison_rows(cells)
+        document = {"settings": settings, "skipped": skipped, "rows": rows, "target": target(rows), "cells": cells}
+        results["latency_table"] = document
     if "wrk" in args.paths:
         settings = {
             "wrk": f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency -s <route>.lua",
@@ -378,28 +395,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "routes": {name: ROUTES[name][0] for name in args.routes},
             "note": "2 CPU cores shared by wrk, the service, redis-server and PostgreSQL",
         }
-        results["service_load"] = {"settings": settings, "skipped": skipped, "rows": rows}
+        results["service_load"] = {"settings": settings, "skipped": skipped, "rows": load_rows}
     return results
-
-
-def latency_document(cells: list[dict[str, Any]], skipped: dict[str, str], args: argparse.Namespace) -> Any:
-    rows = comparison_rows(cells)
-    settings = {
-        "delays_ms": args.delays_ms,
-        "delay_applies_to": "every SQL statement (1 for by-id and search, 2 for a list page); "
-        "not BEGIN/ROLLBACK/pre-ping; cached hits never reach the database",
-        "requests_per_cell": {"mediator": args.requests, "http": args.http_requests},
-        "cell_seconds": args.cell_seconds,
-        "seed_count": SEED_COUNT,
-        "keys": {
-            "single entity": f"ids {ENTITY_IDS.start}..{ENTITY_IDS.stop - 1}",
-            "search (10 results)": list(SEARCH_TERMS),
-            "list (50 results)": f"pages {LIST_PAGES.start}..{LIST_PAGES.stop - 1} of 50",
-        },
-        "modes": MODES,
-        "note": "2 CPU cores shared by this process, the service, redis-server and PostgreSQL",
-    }
-    return {"settings": settings, "skipped": skipped, "rows": rows, "target": target(rows), "cells": cells}
 
 
 def comparison_rows(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
