@@ -162,12 +162,8 @@ async def run_scenario(name: str, write_ratio: float, redis_url: str, args: argp
                 ttl, type_ = SEARCH_TTL, tuple[DealershipDto, ...]
             else:
                 page = pick_page() + 1
-                key, load, ttl, type_ = (
-                    f"Dealership:List:{page}:{PAGE_SIZE}",
-                    partial(db.page, page),
-                    LIST_TTL,
-                    DealershipPage,
-                )
+                key, load = f"Dealership:List:{page}:{PAGE_SIZE}", partial(db.page, page)
+                ttl, type_ = LIST_TTL, DealershipPage
             value = await cache.get_or_create(key, load, ttl=ttl, type_=type_)
             for window in ("all", "second_half") if n >= args.requests // 2 else ("all",):
                 tally = windows[window][kind]

@@ -253,13 +253,8 @@ def stats_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str
 def run_wrk(base_url: str, script: Path, args: argparse.Namespace, seconds: int) -> dict[str, Any]:
     """Run wrk once (killed if it has not exited 30 s after ``seconds``); its figures, latencies in ms."""
     options = [f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--timeout=5s", "--latency"]
-    done = subprocess.run(
-        ["wrk", *options, "-s", str(script), base_url],
-        capture_output=True,
-        text=True,
-        timeout=seconds + 30,
-        check=False,
-    )
+    command = ["wrk", *options, "-s", str(script), base_url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
     line = next((x for x in done.stdout.splitlines() if x.startswith(_WRK_MARKER)), None)
