@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import TypeAdapter
 
-from benchmarks._common import Table, Variant, bench_main, dealership_dto, format_ns, looped, measure, paired_ratio
+from benchmarks._common import Table, Variant, bench_main, dealership_dto, fmt, format_ns, looped, measure, paired_ratio
 from dealership.dto import DealershipDto
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
@@ -176,7 +176,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def tables(result: dict[str, Any]) -> list[Table]:
-    if result["benchmark"] == "pipeline":
+    if result["benchmark"].startswith("pipeline"):  # pipeline.json ("pipeline_l1_hit" in older files)
         return pipeline_tables(result)
     results, ratios, targets = result["results"], result["ratios"], result["targets"]
     reference = {L1_HIT: DICT, L2_HIT: RAW, RAW_DIRECT: RAW}
@@ -204,7 +204,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
 def pipeline_tables(document: dict[str, Any]) -> list[Table]:
     results = document["results"]
     rows = [
-        [n, *(f"{r[k]:,.0f}" for k in ("median_ns", "min_ns", "p90_ns")), r["ratio_to_bare"]]
+        [n, *(fmt(r.get(k), 0) for k in ("median_ns", "min_ns", "p90_ns")), r["ratio_to_bare"]]  # no p90 in older files
         for n, r in results.items()
     ]
     note = (
