@@ -102,7 +102,7 @@ test-latest: $(UV) redis-server
 run: $(RUNTIME)
 	$(BIN)/python -m dealership
 
-## Every benchmark (tables on stdout, JSON under benchmarks/results/), then docs/performance.md and its plots.
+## Every benchmark (tables on stdout, JSON under benchmarks/results/), then docs/performance.md.
 bench: $(STAMP) redis-server
 	$(UV) sync --locked --all-extras --group bench
 	command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }

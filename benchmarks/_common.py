@@ -92,19 +92,11 @@ class Timing:
     def median_ns(self) -> float:
         return statistics.median(self.samples)
 
-    @property
-    def cpu_median_ns(self) -> float:
-        return statistics.median(self.cpu_samples)
-
-    @property
-    def batches(self) -> int:
-        return len(self.samples)
-
     def as_dict(self) -> dict[str, Any]:
         figures = summarize(self.samples, ("median", "p10", "p90", "min"), unit="ns")
         return figures | {
-            "cpu_median_ns": round(self.cpu_median_ns, 1),
-            "batches": self.batches,
+            "cpu_median_ns": round(statistics.median(self.cpu_samples), 1),
+            "batches": len(self.samples),
             "ops_per_batch": self.ops,
         }
 
@@ -225,8 +217,6 @@ class Table:
 
 
 SEED_COUNT = 2000  # the service's default seed count: dealerships seeded into its database; ids beyond reuse rows
-#: Brand names each matching at least 10 of the 2000 seeded dealerships (the search route's terms).
-SEARCH_TERMS = ("ford", "toyota", "honda", "chevrolet", "nissan", "hyundai", "kia", "subaru", "mazda", "jeep")
 
 
 @functools.cache
@@ -279,25 +269,19 @@ def database_urls(names: Sequence[str], workdir: Path) -> Iterator[tuple[dict[st
         yield {**urls, "postgresql": url}, skipped
 
 
-def stats_delta(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, int]:
-    """What the cache did between two ``/api/cache/stats`` readings (hits by level, misses, handler runs)."""
-    return {k: int(after[k]) - int(before[k]) for k in ("l1Hits", "l2Hits", "misses", "handlerRuns")}
-
-
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages now: the figures are only as quiet as the machine was."""
     return [round(x, 2) for x in os.getloadavg()]
 
 
 def package_versions(*names: str) -> dict[str, str]:
-    return {name: _version(name) for name in names}
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def _run(*command: str) -> str:
@@ -309,7 +293,10 @@ def _run(*command: str) -> str:
 
 def machine_info() -> dict[str, Any]:
     """What the figures depend on: CPU, load, OS, Python, redis-server, library versions, the git commit."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _lines("/proc/cpuinfo") if line.startswith("model name")), "")
+    cpu = ""
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
     dirty = _run("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no")
     return {
         "cpu": cpu or platform.processor() or "unknown",
@@ -321,13 +308,6 @@ def machine_info() -> dict[str, Any]:
         "packages": package_versions(*_PACKAGES),
         "git_commit": _run("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD") + ("-dirty" if dirty else ""),
     }
-
-
-def _lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
 
 
 def write_results(name: str, payload: Mapping[str, Any]) -> Path:
@@ -352,10 +332,13 @@ def bench_main(
     work: Callable[[argparse.Namespace], Any],
     tables: Callable[[dict[str, Any]], Sequence[Table]],
     options: Mapping[str, tuple[Any, str]],
+    *,
+    per_file: bool = False,
 ) -> dict[str, Any]:
     """Parse ``argv`` (each ``options`` entry ``name: (default, help)`` is an option ``--name`` of its default's
     type, a list given comma-separated), run ``work(args)`` (awaited when async), print ``tables`` and write
-    ``results/<name>.json`` with the load average at the start and the elapsed seconds; the payload."""
+    ``results/<name>.json`` with the load average at the start and the elapsed seconds; the payload. With
+    ``per_file``, ``work`` returns ``{file name: payload}`` and each is written to ``results/<file name>.json``."""
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.bench_{name}", description=doc)
     for option, (default, text) in options.items():
         kind = type(default)
@@ -370,7 +353,9 @@ def bench_main(
     if inspect.isawaitable(payload):
         payload = asyncio.run(payload)
     elapsed = round(time.monotonic() - started, 1)
-    path = write_results(name, {**payload, "load_average_at_start": load_at_start, "elapsed_seconds": elapsed})
-    print("\n\n".join(t.text() for t in tables(json.loads(path.read_text()))))  # what make_report shows
-    print(f"\n{elapsed:.0f} s; wrote {path}")
+    for file, result in (payload if per_file else {name: payload}).items():
+        path = write_results(file, {**result, "load_average_at_start": load_at_start, "elapsed_seconds": elapsed})
+        print("\n\n".join(t.text() for t in tables(json.loads(path.read_text()))))  # what make_report shows
+        print(f"\nwrote {path}\n")
+    print(f"{elapsed:.0f} s")
     return dict(payload)

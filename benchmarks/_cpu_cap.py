@@ -1,5 +1,5 @@
-"""Cap processes at a share of one CPU core with a Linux cgroup CPU quota (v1 ``cpu`` controller, else v2
-``cpu.max``), modelling servers with a core each on a machine with too few. Needs root; undone on exit.
+"""Cap processes at a share of one CPU core with a Linux cgroup v1 ``cpu`` controller quota, modelling servers
+with a core each on a machine with too few. Needs root; undone on exit.
 """
 
 from __future__ import annotations
@@ -8,151 +8,100 @@ import contextlib
 import math
 import os
 import time
-import warnings
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 
 MIN_QUOTA_US = 1000  # the kernel refuses a CFS quota below 1 ms per period
 SHORTEST_PERIOD_US = 10_000  # short periods keep each throttling stall short
+#: Per capped pid: its group's cumulative CFS periods and throttled periods (``cpu.stat``).
+Throttling = Callable[[], dict[int, tuple[int, int]]]
 
 
 class CpuCapUnavailable(RuntimeError):
     """CPU-quota groups cannot be created on this machine or by this user; the message says why."""
 
 
-@dataclass(frozen=True)
-class Throttling:
-    """Cumulative CFS figures of one group (``cpu.stat``)."""
+def period_and_quota(percent: float) -> tuple[int, int]:
+    """The shortest period (whole ms, at least ``SHORTEST_PERIOD_US``) whose quota at ``percent`` of one core
+    reaches the kernel's 1 ms minimum, and that quota, in µs."""
+    if not 0 < percent <= 100:
+        raise ValueError(f"percent must be in (0, 100], not {percent}")
+    period = max(SHORTEST_PERIOD_US, math.ceil(MIN_QUOTA_US * 100 / percent / 1000) * 1000)
+    return period, round(period * percent / 100)
 
-    periods: int
-    throttled_periods: int
 
-
-def _hierarchy() -> tuple[int, Path, str]:
-    """Version, mount point and root path (inside the hierarchy) of the cgroup hierarchy with the cpu controller."""
+def _hierarchy() -> tuple[Path, Path]:
+    """The mount point of the cgroup v1 hierarchy with the cpu controller, and this process's group in it (the
+    mount point if that group is not visible under it)."""
     try:
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        own_groups = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError as exc:
-        raise CpuCapUnavailable(f"cannot read /proc/self/mountinfo ({exc})") from exc
-    found = None
+        raise CpuCapUnavailable(f"cannot read /proc/self ({exc})") from exc
     for line in mounts:
         before, _, after = line.partition(" - ")
         fields, tail = before.split(), after.split()
-        if len(fields) < 5 or len(tail) < 3:
-            continue
-        if tail[0] == "cgroup" and "cpu" in tail[2].split(","):
-            return 1, Path(fields[4]), fields[3]
-        if tail[0] == "cgroup2" and found is None:
-            found = 2, Path(fields[4]), fields[3]
-    with contextlib.suppress(OSError):
-        if found is not None and "cpu" in (found[1] / "cgroup.controllers").read_text().split():
-            return found
-    raise CpuCapUnavailable("no cgroup v1 hierarchy with the cpu controller, and no cgroup2 mount that has it")
+        if len(fields) >= 5 and len(tail) >= 3 and tail[0] == "cgroup" and "cpu" in tail[2].split(","):
+            mount, root = Path(fields[4]), fields[3].rstrip("/")
+            break
+    else:
+        raise CpuCapUnavailable("no cgroup v1 hierarchy with the cpu controller (cgroup v2 is not supported)")
+    for line in own_groups:
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(",") and (path + "/").startswith(root + "/"):
+            group = mount / path[len(root) :].lstrip("/")
+            return mount, group if group.is_dir() else mount
+    return mount, mount
 
 
-def period_for(percent: float) -> int:
-    """The shortest period (whole ms, at least ``SHORTEST_PERIOD_US``) whose quota at ``percent`` reaches 1 ms."""
-    if not 0 < percent <= 100:
-        raise ValueError(f"percent must be in (0, 100], not {percent}")
-    return max(SHORTEST_PERIOD_US, math.ceil(MIN_QUOTA_US * 100 / percent / 1000) * 1000)
+@contextlib.contextmanager
+def cpu_cap(pids: Iterable[int], percent: float) -> Iterator[Throttling]:
+    """Each of ``pids`` (children of this process) in a cpu group of its own under this process's group, capped at
+    ``percent`` of one core (``period_and_quota``); yields a reader of their throttling. Raises
+    ``CpuCapUnavailable`` (after undoing what it did) when that cannot be done; on exit the processes go back to
+    this process's group and the groups are removed."""
+    period, quota = period_and_quota(percent)
+    mount, parent = _hierarchy()
+    groups: dict[int, Path] = {}
+    try:
+        for index, pid in enumerate(pids):
+            group = groups[pid] = parent / f"hybridcache-bench-{os.getpid()}-{index}"
+            group.mkdir()
+            (group / "cpu.cfs_period_us").write_text(str(period))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+            (group / "cgroup.procs").write_text(str(pid))
+    except OSError as exc:
+        leftovers = _release(groups.values(), parent)
+        where = f" (and could not remove {', '.join(leftovers)})" if leftovers else ""
+        message = f"cgroup v1 at {mount}: cannot set a CPU quota: {exc.__class__.__name__}: {exc}{where}"
+        raise CpuCapUnavailable(message) from exc
+    try:
+        yield lambda: {pid: _throttling(group) for pid, group in groups.items()}
+    finally:
+        if leftovers := _release(groups.values(), parent):
+            raise RuntimeError(f"CPU-cap groups left behind: {', '.join(leftovers)}")
 
 
-class CpuCap:
-    """Each of ``pids`` in a group of its own, capped at ``percent`` of one core. Entry raises ``CpuCapUnavailable``
-    (after undoing what it did) when that cannot be done; exit moves the processes back and removes the groups."""
+def _throttling(group: Path) -> tuple[int, int]:
+    fields = dict(line.split(" ", 1) for line in (group / "cpu.stat").read_text().splitlines() if " " in line)
+    return int(fields.get("nr_periods", 0)), int(fields.get("nr_throttled", 0))
 
-    def __init__(self, pids: Iterable[int], *, percent: float, period_us: int) -> None:
-        self.pids, self.percent, self.period_us = tuple(pids), percent, period_us
-        self.quota_us = round(period_us * percent / 100)
-        if self.quota_us < MIN_QUOTA_US:
-            raise ValueError(f"{percent}% of {period_us} µs is below the kernel's {MIN_QUOTA_US} µs minimum quota")
-        self.version, self.mount, self.root = 0, Path("/"), "/"
-        self._groups: dict[int, Path] = {}  # pid -> its group
-        self._origins: dict[int, Path] = {}  # pid -> the group it was in
-        self._parent = Path("/")
 
-    @property
-    def hierarchy(self) -> str:
-        return f"cgroup v{self.version}" if self.version else "not entered"
-
-    def throttling(self) -> dict[int, Throttling]:
-        """Per capped pid: its group's cumulative CFS periods and throttled periods."""
-        out = {}
-        for pid, group in self._groups.items():
-            lines = (group / "cpu.stat").read_text().splitlines()
-            fields = dict(line.split(" ", 1) for line in lines if " " in line)
-            out[pid] = Throttling(int(fields.get("nr_periods", 0)), int(fields.get("nr_throttled", 0)))
-        return out
-
-    def _group_of(self, pid: int) -> Path | None:
-        """The directory of the group ``pid`` is in, or None if it is not visible under the mount."""
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-                _, controllers, path = line.split(":", 2)
-                if (controllers != "") if self.version == 2 else "cpu" not in controllers.split(","):
-                    continue
-                if self.root != "/":
-                    if not (path == self.root or path.startswith(self.root + "/")):
-                        return None
-                    path = path[len(self.root) :]
-                directory = self.mount / path.lstrip("/")
-                return directory if directory.is_dir() else None
-        return None
-
-    def __enter__(self) -> CpuCap:
-        self.version, self.mount, self.root = _hierarchy()
-        # cgroup v2: under the root, exempt from the "no processes in inner groups" rule.
-        self._parent = self.mount if self.version == 2 else self._group_of(os.getpid()) or self.mount
-        try:
-            control = self.mount / "cgroup.subtree_control"
-            if self.version == 2 and "cpu" not in control.read_text().split():
-                control.write_text("+cpu")
-            for index, pid in enumerate(self.pids):
-                group = self._groups[pid] = self._parent / f"hybridcache-bench-{os.getpid()}-{index}"
-                group.mkdir()
-                if self.version == 1:
-                    (group / "cpu.cfs_period_us").write_text(str(self.period_us))
-                    (group / "cpu.cfs_quota_us").write_text(str(self.quota_us))
-                else:
-                    (group / "cpu.max").write_text(f"{self.quota_us} {self.period_us}")
-                self._origins[pid] = self._group_of(pid) or self._parent
-                (group / "cgroup.procs").write_text(str(pid))
-        except OSError as exc:
-            leftovers = self._release()
-            where = f" (and could not remove {', '.join(leftovers)})" if leftovers else ""
-            raise CpuCapUnavailable(
-                f"{self.hierarchy} at {self.mount}: cannot set a CPU quota: {exc.__class__.__name__}: {exc}{where}"
-            ) from exc
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        if leftovers := self._release():
-            message = f"CPU-cap groups left behind: {', '.join(leftovers)}"
-            if exc_type is None:
-                raise RuntimeError(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-
-    def _release(self) -> list[str]:
-        """Move every process out of the groups and remove them; the groups that could not be removed."""
-        leftovers = []
-        for group in self._groups.values():
-            for attempt in range(20):  # a process being moved or exiting can make rmdir fail for a moment
-                try:
-                    for member in (group / "cgroup.procs").read_text().split():
-                        origin = self._origins.get(int(member), self._parent)
-                        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
-                            (origin if origin.is_dir() else self._parent).joinpath("cgroup.procs").write_text(member)
-                    group.rmdir()
-                    break
-                except FileNotFoundError:
-                    break  # already gone (or never made)
-                except OSError:
-                    if attempt == 19:
-                        leftovers.append(str(group))
-                    time.sleep(0.05)
-        self._groups.clear()
-        return leftovers
+def _release(groups: Iterable[Path], parent: Path) -> list[str]:
+    """Move every process out of ``groups`` into ``parent`` and remove them; the groups that could not be removed."""
+    leftovers = []
+    for group in groups:
+        for attempt in range(20):  # a process being moved or exiting can make rmdir fail for a moment
+            try:
+                for member in (group / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+                        (parent / "cgroup.procs").write_text(member)
+                group.rmdir()
+                break
+            except FileNotFoundError:
+                break  # already gone (or never made)
+            except OSError:
+                if attempt == 19:
+                    leftovers.append(str(group))
+                time.sleep(0.05)
+    return leftovers

@@ -24,7 +24,7 @@ import redis
 from redis.asyncio.cluster import RedisCluster
 
 from benchmarks._common import Table, Variant, bench_main, connected, dealership_dto, format_ns, measure, paired_ratio
-from benchmarks._cpu_cap import CpuCap, CpuCapUnavailable, period_for
+from benchmarks._cpu_cap import CpuCapUnavailable, Throttling, cpu_cap, period_and_quota
 from dealership.dto import DealershipDto
 from harness.redis_cluster import RedisClusterProcess
 from harness.redis_sentinel import RedisSentinelSetup
@@ -48,6 +48,8 @@ RAW_STANDALONE = "raw GET, standalone client"
 RAW_CLUSTER = "raw GET, RedisCluster client"
 L2_CLUSTER_ONE = "get_or_create L2 hit, cluster, keys of one master"
 RAW_CLUSTER_ONE = "raw GET, RedisCluster client, keys of one master"
+#: Run figures summarized by their median over the runs of a topology, and the digits kept.
+MEDIANS = {"ops_per_s": None, "client_cpu_us_per_op": 1, "master_cpu_us_per_get": 2, "busiest_master_core_share": 3}
 #: A topology under load: its configuration, and (port, pid) of each master that answers its GETs.
 Topology = tuple[str, tuple[tuple[int, int], ...]]
 OPTIONS = {
@@ -85,11 +87,12 @@ def l2_hit(cache: HybridCache) -> Callable[[str], Awaitable[Any]]:
     return lambda key: cache.get_or_create(key, _never, ttl=TTL, type_=DealershipDto)
 
 
-async def fill(cache: HybridCache, count: int) -> None:
-    """Store ``count`` dealerships (keys ``Dealership:0..count-1``), 64 at a time."""
-    for start in range(0, count, 64):
-        ids = range(start, min(count, start + 64))
-        await asyncio.gather(*(cache.set(key_of(n), dealership_dto(n), ttl=TTL, type_=DealershipDto) for n in ids))
+async def fill(configuration: str, count: int) -> None:
+    """Store ``count`` dealerships (keys ``Dealership:0..count-1``) in a topology, 64 at a time."""
+    async with HybridCache(settings_for(configuration)) as cache:
+        for start in range(0, count, 64):
+            ids = range(start, min(count, start + 64))
+            await asyncio.gather(*(cache.set(key_of(n), dealership_dto(n), ttl=TTL, type_=DealershipDto) for n in ids))
 
 
 def cycling(name: str, op: Callable[[str], Awaitable[Any]], keys: Sequence[str]) -> Variant:
@@ -102,13 +105,14 @@ def cycling(name: str, op: Callable[[str], Awaitable[Any]], keys: Sequence[str])
     return Variant(name, run, REDIS_OPS)
 
 
-async def latency(configurations: dict[str, str], args: argparse.Namespace) -> tuple[dict[str, Any], Any]:
-    """Median L2-hit latency per topology (and raw GET references), measured round-robin in one loop."""
+async def latency(configurations: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+    """L2-hit latency per topology (and raw GET references), measured round-robin in one loop; paired ratios to
+    the standalone L2 hit, and of the cluster client's raw GET to the standalone client's."""
     async with AsyncExitStack() as stack:
         caches = {}
         for name, configuration in configurations.items():
+            await fill(configuration, LATENCY_KEYS)
             caches[name] = await connected(stack, settings_for(configuration))
-            await fill(caches[name], LATENCY_KEYS)
         standalone, cluster = caches[STANDALONE].internals.l2, caches[CLUSTER_3].internals.l2
         assert standalone is not None
         assert cluster is not None
@@ -128,12 +132,23 @@ async def latency(configurations: dict[str, str], args: argparse.Namespace) -> t
             cycling(RAW_CLUSTER, cluster.client.get, redis_keys),
             cycling(RAW_CLUSTER_ONE, cluster.client.get, [redis_keys[i] for i in one]),
         ]
-        results = await measure(variants, rounds=args.rounds, max_seconds=args.max_seconds)
+        timings = await measure(variants, rounds=args.rounds, max_seconds=args.max_seconds)
         stats = {name: cache.stats().as_dict() for name, cache in caches.items()}
     for name, cache_stats in stats.items():
         if cache_stats["misses"] or cache_stats["l2Errors"]:
             raise AssertionError(f"{name}: the latency run was not all L2 hits: {cache_stats}")
-    return results, stats
+    client_ratios = {
+        f"raw GET, RedisCluster / standalone client, keys on {where}": round(
+            paired_ratio(timings[raw], timings[RAW_STANDALONE]), 3
+        )
+        for where, raw in (("3 masters", RAW_CLUSTER), ("1 master", RAW_CLUSTER_ONE))
+    }
+    return {
+        "results": {name: t.as_dict() for name, t in timings.items()},
+        "ratios": {name: round(paired_ratio(t, timings[L2_STANDALONE]), 3) for name, t in timings.items()},
+        "client_ratios": client_ratios,
+        "cache_stats": stats,
+    }
 
 
 @dataclass(frozen=True)
@@ -196,16 +211,16 @@ def _masters_now(nodes: Sequence[tuple[int, int]]) -> dict[int, tuple[float, int
     return out
 
 
-def run_load(name: str, topology: Topology, load: Load, seed: int, cap: CpuCap | None) -> dict[str, Any]:
+def run_load(name: str, topology: Topology, load: Load, seed: int, throttling: Throttling | None) -> dict[str, Any]:
     """One window of ``load`` against one topology, with each master's CPU, GETs and throttling."""
     configuration, nodes = topology
     start_at = time.time() + 4.0  # spawning and connecting take a few seconds on a busy 2-core machine
     with ProcessPoolExecutor(load.processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         clients = [pool.submit(_client, configuration, load, start_at, seed + i) for i in range(load.processes)]
         time.sleep(max(0.0, start_at - time.time()))
-        before, throttled_before = _masters_now(nodes), cap.throttling() if cap else {}
+        before, throttled_before = _masters_now(nodes), throttling() if throttling else {}
         time.sleep(load.duration)
-        after, throttled_after = _masters_now(nodes), cap.throttling() if cap else {}
+        after, throttled_after = _masters_now(nodes), throttling() if throttling else {}
         results = [client.result(timeout=load.duration + 60) for client in clients]
     ops, client_cpu, l2_hits, misses, errors = (sum(column) for column in zip(*results, strict=True))
     per_master: dict[str, dict[str, Any]] = {}
@@ -213,8 +228,7 @@ def run_load(name: str, topology: Topology, load: Load, seed: int, cap: CpuCap |
         cpu, gets = after[port][0] - before[port][0], after[port][1] - before[port][1]
         per_master[str(port)] = {"cpu_seconds": round(cpu, 3), "gets": gets}
         if pid in throttled_after:
-            periods = throttled_after[pid].periods - throttled_before[pid].periods
-            throttled = throttled_after[pid].throttled_periods - throttled_before[pid].throttled_periods
+            periods, throttled = (a - b for a, b in zip(throttled_after[pid], throttled_before[pid], strict=True))
             per_master[str(port)]["throttled_periods_share"] = round(throttled / max(periods, 1), 3)
     gets = sum(m["gets"] for m in per_master.values())
     master_cpu = sum(m["cpu_seconds"] for m in per_master.values())
@@ -235,32 +249,28 @@ def run_load(name: str, topology: Topology, load: Load, seed: int, cap: CpuCap |
     }
 
 
-def throughput(topologies: dict[str, Topology], load: Load, repeats: int, cap: CpuCap | None = None) -> dict[str, Any]:
-    """``repeats`` interleaved ``run_load`` rounds per topology: the runs and a summary of medians."""
+def throughput(
+    topologies: dict[str, Topology], load: Load, repeats: int, throttling: Throttling | None = None, percent: float = 0
+) -> dict[str, Any]:
+    """``repeats`` interleaved ``run_load`` rounds per topology: the runs and a summary of medians (with each
+    master's share of its cap, when ``throttling`` reads the caps of ``percent`` of a core)."""
     runs = []
     for repeat in range(repeats):
         for name in list(topologies) if repeat % 2 == 0 else list(reversed(topologies)):
-            runs.append(run_load(name, topologies[name], load, seed=repeat * 100, cap=cap) | {"repeat": repeat})
+            runs.append(run_load(name, topologies[name], load, repeat * 100, throttling) | {"repeat": repeat})
             print(f"  {name:<20} repeat {repeat}: {runs[-1]['ops_per_s']:>7,} ops/s", flush=True)
     summary = {}
     for name in topologies:
         mine = [r for r in runs if r["topology"] == name]
-
-        def median(key: str, digits: int | None = None, rows: list[dict[str, Any]] = mine) -> Any:
-            return round(statistics.median(r[key] for r in rows), digits)
-
-        summary[name] = {
-            "ops_per_s_median": median("ops_per_s"),
+        summary[name] = {f"{k}_median": round(statistics.median(r[k] for r in mine), d) for k, d in MEDIANS.items()}
+        summary[name] |= {
             "ops_per_s_runs": [r["ops_per_s"] for r in mine],
-            "client_cpu_us_per_op_median": median("client_cpu_us_per_op", 1),
-            "master_cpu_us_per_get_median": median("master_cpu_us_per_get", 2),
-            "busiest_master_core_share_median": median("busiest_master_core_share", 3),
             "gets_share_per_master": mine[-1]["gets_share_per_master"],
             "misses": sum(r["misses"] for r in mine),
             "errors": sum(r["errors"] for r in mine),
         }
-        if cap is not None:
-            share = summary[name]["busiest_master_core_share_median"] / (cap.percent / 100)
+        if throttling is not None:
+            share = summary[name]["busiest_master_core_share_median"] / (percent / 100)
             throttled = [max(m.get("throttled_periods_share", 0.0) for m in r["per_master"].values()) for r in mine]
             summary[name]["busiest_master_share_of_cap_median"] = round(share, 3)
             summary[name]["busiest_master_throttled_periods_share_median"] = round(statistics.median(throttled), 3)
@@ -269,29 +279,30 @@ def throughput(topologies: dict[str, Topology], load: Load, repeats: int, cap: C
 
 
 def throughput_server_bound(topologies: dict[str, Topology], load: Load, percent: float, repeats: int) -> Any:
-    """``throughput`` with every master capped at ``percent`` of one core (or why it was skipped)."""
-    period_us = period_for(percent)
+    """``throughput`` with every master capped at ``percent`` of one core (or why it was skipped), and its target:
+    3 masters beat 1 while the 1-master run is server-bound."""
     load = dataclasses.replace(load, operation_timeout_ms=CAPPED_OPERATION_TIMEOUT_MS)
-    quota = round(period_us * percent / 100)
-    setup = {"master_cpu_percent": percent, "cfs_period_us": period_us, "cfs_quota_us": quota, **load.setup(repeats)}
-    setup |= {
+    pids = [pid for _, nodes in topologies.values() for _, pid in nodes]
+    period, quota = period_and_quota(percent)
+    setup = {"master_cpu_percent": percent, "cfs_period_us": period, "cfs_quota_us": quota}
+    setup |= load.setup(repeats) | {
         "operation_timeout_ms": load.operation_timeout_ms,
         "master_cpu_clock": "scheduler runtime (/proc/<pid>/task/*/sched)",
     }
-    pids = [pid for _, nodes in topologies.values() for _, pid in nodes]
     try:
-        with CpuCap(pids, percent=percent, period_us=period_us) as cap:
-            setup["cgroup"] = cap.hierarchy
-            result = throughput(topologies, load, repeats, cap)
+        with cpu_cap(pids, percent) as throttling:
+            result = throughput(topologies, load, repeats, throttling, percent)
     except CpuCapUnavailable as exc:
-        return {"setup": setup, "skipped": str(exc)}
+        return {"setup": setup, "skipped": str(exc)}, {"skipped": str(exc), "met": None}
     share_of_cap = result["summary"][CLUSTER_1]["busiest_master_share_of_cap_median"]
-    return {
-        "setup": setup,
-        **result,
+    bound = share_of_cap >= SERVER_BOUND_SHARE_OF_CAP
+    target = {
+        "ratio": result["ratio_3_vs_1_masters"],
+        "mode": f"each master capped at {percent:g}% of one core",
         "one_master_share_of_cap": share_of_cap,
-        "one_master_server_bound": share_of_cap >= SERVER_BOUND_SHARE_OF_CAP,
+        "met": bound and result["ratio_3_vs_1_masters"] > 1.0,
     }
+    return {"setup": setup, **result, "one_master_share_of_cap": share_of_cap, "one_master_server_bound": bound}, target
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -304,56 +315,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sentinel = stack.enter_context(RedisSentinelSetup())
         print(f"latency: {args.rounds} rounds of {REDIS_OPS} L2 hits per operation ...")
         configurations = {STANDALONE: standalone.url, CLUSTER_3: cluster3.url, SENTINEL: sentinel.configuration}
-        timings, latency_stats = asyncio.run(latency(configurations, args))
+        latencies = asyncio.run(latency(configurations, args))
         print(f"throughput: filling {args.keys:,} keys on each topology ...")
         topologies = {STANDALONE: (standalone.url, ((standalone.port, standalone.pid),))}
         for name, cluster in ((CLUSTER_1, cluster1), (CLUSTER_3, cluster3)):
             topologies[name] = (cluster.url, tuple((p, cluster.nodes[p].pid) for _, p in cluster.masters()))
 
-        async def fill_all() -> None:
-            for configuration, _ in topologies.values():
-                async with HybridCache(settings_for(configuration)) as cache:
-                    await fill(cache, args.keys)
-
-        asyncio.run(fill_all())
+        for configuration, _ in topologies.values():
+            asyncio.run(fill(configuration, args.keys))
         client_bound = throughput(topologies, load, args.repeats)
         print(f"server-bound throughput: every master capped at {args.master_cpu_percent:g}% of one core ...")
-        server_bound = throughput_server_bound(topologies, load, args.master_cpu_percent, args.server_bound_repeats)
-
-    ratios = {name: round(paired_ratio(timings[name], timings[L2_STANDALONE]), 3) for name in timings}
-    client_ratios = {}
-    for n, raw in ((3, RAW_CLUSTER), (1, RAW_CLUSTER_ONE)):
-        key = f"raw GET, RedisCluster / standalone client, keys on {n} master{'s' if n > 1 else ''}"
-        client_ratios[key] = round(paired_ratio(timings[raw], timings[RAW_STANDALONE]), 3)
-    scaling, cores = client_bound["ratio_3_vs_1_masters"], os.cpu_count() or 0
-    if "skipped" in server_bound:
-        bound_target = {"skipped": server_bound["skipped"], "met": None}
-    else:
-        bound_target = {
-            "ratio": server_bound["ratio_3_vs_1_masters"],
-            "mode": f"each master capped at {args.master_cpu_percent:g}% of one core",
-            "one_master_share_of_cap": server_bound["one_master_share_of_cap"],
-            "met": server_bound["one_master_server_bound"] and server_bound["ratio_3_vs_1_masters"] > 1.0,
-        }
+        server_bound, bound_target = throughput_server_bound(
+            topologies, load, args.master_cpu_percent, args.server_bound_repeats
+        )
+    ratio, scaling = latencies["ratios"][L2_CLUSTER], client_bound["ratio_3_vs_1_masters"]
     return {
         "unit": "ns per operation (latency); operations per second (throughput)",
-        "latency": {
-            "results": {name: t.as_dict() for name, t in timings.items()},
-            "ratios": ratios,
-            "client_ratios": client_ratios,
-            "cache_stats": latency_stats,
-        },
+        "latency": latencies,
         "throughput": {"setup": load.setup(args.repeats), **client_bound},
         "throughput_server_bound": server_bound,
         "targets": {
             "cluster L2 hit vs standalone": {
-                "ratio": ratios[L2_CLUSTER],
+                "ratio": ratio,
                 "limit": LATENCY_TARGET_RATIO,
-                "met": ratios[L2_CLUSTER] <= LATENCY_TARGET_RATIO,
+                "met": ratio <= LATENCY_TARGET_RATIO,
             },
             "throughput 3 vs 1 masters": {
                 "ratio": scaling,
-                "cores": cores,
+                "cores": os.cpu_count() or 0,
                 "mode": "uncapped: clients and masters share the cores (client-bound)",
                 "met": scaling > 1.0,
             },
@@ -381,7 +370,7 @@ def _throughput_rows(summary: dict[str, Any], *, capped: bool) -> list[list[Any]
 
 def tables(document: dict[str, Any]) -> list[Table]:
     """The latency and throughput tables of a ``cluster.json`` document."""
-    lat, thr, bound = document["latency"], document["throughput"], document.get("throughput_server_bound")
+    lat, thr, bound = document["latency"], document["throughput"], document["throughput_server_bound"]
     latency = [
         [name, format_ns(t["median_ns"]), format_ns(t["p90_ns"]), f"{lat['ratios'][name]:.2f}x"]
         for name, t in lat["results"].items()
@@ -406,9 +395,8 @@ def tables(document: dict[str, Any]) -> list[Table]:
             f"3 masters / 1 master: **{thr['ratio_3_vs_1_masters']:.2f}x** (client-bound).",
         ),
     ]
-    if bound is None or "skipped" in bound:
-        reason = "no result" if bound is None else bound["skipped"]
-        return [*out, Table(["server-bound throughput (masters CPU-capped)"], [[f"skipped — {reason}"]])]
+    if "skipped" in bound:
+        return [*out, Table(["server-bound throughput (masters CPU-capped)"], [[f"skipped — {bound['skipped']}"]])]
     setup = bound["setup"]
     verdict = "server-bound" if bound["one_master_server_bound"] else "**not** server-bound"
     title = (

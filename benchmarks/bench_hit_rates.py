@@ -1,13 +1,16 @@
-"""Hit rates under a Zipf workload with the seed's settings, keys and writes (1%, 0.1%, none), three instances,
-simulated time, beside the seed's claims. Target reported: entity hit rate >= 95%. Method: docs/benchmarks.md.
+"""Hit rates under Zipf traffic. ``hit_rates.json``: the seed's settings, keys and writes (1%, 0.1%, none), three
+instances, simulated time, beside the seed's claims; target reported: entity hit rate >= 95%. ``l1_policy.json``:
+the SIEVE ``MemoryStore`` against a plain LRU on the same Zipf traces. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from benchmarks._common import Table, bench_main, connected, dealership_dto, zip
 from dealership.dto import DealershipDto, DealershipPage
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings
+from hybridcache._memory import L1Entry, MemoryStore
 from hybridcache.keys import CacheKey
 
 ENTITY_TTL = timedelta(minutes=30)
@@ -37,10 +41,16 @@ SCENARIOS = {"writes-1pct": 0.01, "writes-0.1pct": 0.001, "reads-only": 0.0}
 TARGET_ENTITY_HIT_RATE = 0.95
 # The seed's "Cache Hit Rates" section: (low, high) per query kind.
 SEED_CLAIMS = {"entity": (0.95, 0.99), "search": (0.80, 0.90), "list": (0.85, 0.95)}
+# The L1 policy traces: keys, the store's capacity (the seed's SizeLimit), Zipf alphas, a fixed seed.
+POLICY_KEYS = 100_000
+CAPACITY = 1_024
+ALPHAS = (0.8, 1.0, 1.2)
+POLICY_SEED = 20240611
 OPTIONS = {
-    "requests": (200_000, "requests per scenario"),
+    "requests": (200_000, "requests per hit-rate scenario"),
     "rate": (300.0, "simulated requests per second, all instances"),
-    "seed": (7, "random seed of the workload"),
+    "seed": (7, "random seed of the hit-rate workload"),
+    "trace_requests": (1_000_000, "requests per alpha replayed through SIEVE and LRU"),
 }
 
 
@@ -152,12 +162,8 @@ async def run_scenario(name: str, write_ratio: float, redis_url: str, args: argp
                 ttl, type_ = SEARCH_TTL, tuple[DealershipDto, ...]
             else:
                 page = pick_page() + 1
-                key, load, ttl, type_ = (
-                    f"Dealership:List:{page}:{PAGE_SIZE}",
-                    partial(db.page, page),
-                    LIST_TTL,
-                    DealershipPage,
-                )
+                key, load = f"Dealership:List:{page}:{PAGE_SIZE}", partial(db.page, page)
+                ttl, type_ = LIST_TTL, DealershipPage
             value = await cache.get_or_create(key, load, ttl=ttl, type_=type_)
             for window in ("all", "second_half") if n >= args.requests // 2 else ("all",):
                 tally = windows[window][kind]
@@ -187,7 +193,7 @@ async def run_scenario(name: str, write_ratio: float, redis_url: str, args: argp
     }
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def hit_rates(args: argparse.Namespace) -> dict[str, Any]:
     outcomes = []
     with RedisServer() as server:
         for index, (name, write_ratio) in enumerate(SCENARIOS.items()):
@@ -204,7 +210,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "list_ttl_minutes": 10,
         },
         "scenarios": outcomes,
-        "seed_claims": _seed_claims(outcomes),
         "acceptance": {
             "entity_hit_rate_steady_state": {
                 "scenario": outcomes[0]["scenario"]["name"],
@@ -217,22 +222,83 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _seed_claims(outcomes: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The seed's claimed hit rates beside our steady state per scenario, and the seconds between writes."""
-    return {
-        "claimed": {kind: list(bounds) for kind, bounds in SEED_CLAIMS.items()},
-        "steady_state": {
-            o["scenario"]["name"]: {kind: o["results"]["second_half"][kind]["hit_rate"] for kind in KINDS}
-            for o in outcomes
-        },
-        "seconds_between_writes": {
-            o["scenario"]["name"]: round(o["scenario"]["simulated_seconds"] / o["writes"], 2) if o["writes"] else None
-            for o in outcomes
-        },
+class LruStore:
+    """The baseline: a plain LRU over ``OrderedDict``, with the ``MemoryStore`` calls the replay makes."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.entries: OrderedDict[str, object] = OrderedDict()
+
+    def get(self, key: str, _now: float = 0.0) -> object | None:
+        value = self.entries.get(key)
+        if value is not None:
+            self.entries.move_to_end(key)
+        return value
+
+    def put(self, entry: L1Entry) -> None:
+        self.entries[entry.key] = entry
+        self.entries.move_to_end(entry.key)
+        if len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+
+
+def new_entry(key: str) -> L1Entry:
+    return L1Entry(key, key, math.inf, 0.0, "", {}, (), 0)
+
+
+def replay(store: MemoryStore | LruStore, trace: Sequence[str]) -> tuple[int, float]:
+    """Hits and seconds for replaying ``trace`` through ``store`` (a miss inserts; no expiry)."""
+    get, put, hits, started = store.get, store.put, 0, time.perf_counter()
+    for key in trace:
+        if get(key, 0.0) is not None:
+            hits += 1
+        else:
+            put(new_entry(key))
+    return hits, time.perf_counter() - started
+
+
+def hit_ratios(requests: int) -> list[dict[str, Any]]:
+    """Per alpha: both stores replay the same Zipf trace (ranks shuffled onto the key names)."""
+    keys = [f"svc:v1:Dealership:{i}" for i in range(POLICY_KEYS)]
+    rows = []
+    for alpha in ALPHAS:
+        rng, by_rank = random.Random(POLICY_SEED), list(keys)
+        rng.shuffle(by_rank)
+        draw = zipf(len(keys), alpha, rng)
+        trace = [by_rank[draw()] for _ in range(requests)]
+        sieve_hits, sieve_seconds = replay(MemoryStore(CAPACITY, clock=lambda: 0.0), trace)
+        lru_hits, lru_seconds = replay(LruStore(CAPACITY), trace)
+        sieve_ratio, lru_ratio = sieve_hits / requests, lru_hits / requests
+        rows.append(
+            {
+                "alpha": alpha,
+                "requests": requests,
+                "distinct_keys_requested": len(set(trace)),
+                "sieve_hit_ratio": round(sieve_ratio, 4),
+                "lru_hit_ratio": round(lru_ratio, 4),
+                "hit_ratio_gain_points": round(100 * (sieve_ratio - lru_ratio), 2),
+                # Fewer misses is what the database sees: 1 - SIEVE misses / LRU misses.
+                "miss_reduction": round(1 - (1 - sieve_ratio) / (1 - lru_ratio), 4),
+                "sieve_ns_per_request": round(sieve_seconds * 1e9 / requests, 1),
+                "lru_ns_per_request": round(lru_seconds * 1e9 / requests, 1),
+            }
+        )
+    return rows
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    workload = {"keys": POLICY_KEYS, "capacity": CAPACITY, "requests_per_alpha": args.trace_requests}
+    policy = {
+        "workload": workload | {"seed": POLICY_SEED},
+        "hit_ratio": hit_ratios(args.trace_requests),
+        "unit": "hit ratios over all requests (cold start included)",
     }
+    return {"hit_rates": await hit_rates(args), "l1_policy": policy}
 
 
 def tables(result: dict[str, Any]) -> list[Table]:
+    if result["benchmark"] == "l1_policy":
+        return policy_tables(result)
     out = [Table(["setting", "value"], list(result["settings"].items()))]
     for outcome in result["scenarios"]:
         s = outcome["scenario"]
@@ -254,13 +320,17 @@ def tables(result: dict[str, Any]) -> list[Table]:
         )
         headers = ["query", "window", "requests", "L1 hit", "L2 hit", "hit", "DB queries / 1,000", "stale reads"]
         out.append(Table(headers, rows, title))
-    claims = result["seed_claims"]
-    names = list(claims["steady_state"])
+    # The seed's claims beside our steady state per scenario, and the mean time between writes.
+    steady = {o["scenario"]["name"]: o["results"]["second_half"] for o in result["scenarios"]}
     rows = [
-        [kind, f"{low:.0%}-{high:.0%}", *(f"**{claims['steady_state'][name][kind]:.1%}**" for name in names)]
-        for kind, (low, high) in claims["claimed"].items()
+        [kind, f"{low:.0%}-{high:.0%}", *(f"**{kinds[kind]['hit_rate']:.1%}**" for kinds in steady.values())]
+        for kind, (low, high) in SEED_CLAIMS.items()
     ]
-    gaps = ", ".join(f"{t:g} s in {name}" for name, t in claims["seconds_between_writes"].items() if t is not None)
+    gaps = ", ".join(
+        f"{round(o['scenario']['simulated_seconds'] / o['writes'], 2):g} s in {o['scenario']['name']}"
+        for o in result["scenarios"]
+        if o["writes"]
+    )
     note = (
         "Every write invalidates one entity but *every* cached search and list page (the seed's "
         "`UpdateDealershipCommand` invalidates the prefixes `Dealership:Search` and `Dealership:List`), so search "
@@ -268,11 +338,29 @@ def tables(result: dict[str, Any]) -> list[Table]:
         "scenario without writes shows the ceiling left by the TTLs, the L1 size and the cold start."
     )
     title = "**The seed's claims beside ours** (steady state, per scenario):"
-    return [*out, Table(["query", "seed claims", *names], rows, title, note)]
+    return [*out, Table(["query", "seed claims", *steady], rows, title, note)]
+
+
+def policy_tables(result: dict[str, Any]) -> list[Table]:
+    w = result["workload"]
+    ratios = [
+        [
+            r["alpha"], f"{r['sieve_hit_ratio']:.2%}", f"{r['lru_hit_ratio']:.2%}",
+            f"{r['hit_ratio_gain_points']:+.2f}", f"{r['miss_reduction']:.1%}",
+            f"{r['sieve_ns_per_request']:.0f}", f"{r['lru_ns_per_request']:.0f}",
+        ]
+        for r in result["hit_ratio"]
+    ]  # fmt: skip
+    title = (
+        f"Hit ratio, {w['keys']:,} keys, capacity {w['capacity']:,}, {w['requests_per_alpha']:,} Zipf requests per "
+        "alpha (cold start included):"
+    )
+    headers = ["alpha", "SIEVE", "LRU", "gain (points)", "fewer misses", "SIEVE ns/req", "LRU ns/req"]
+    return [Table(headers, ratios, title)]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    bench_main("hit_rates", argv, __doc__, run, tables, OPTIONS)
+    bench_main("hit_rates", argv, __doc__, run, tables, OPTIONS, per_file=True)
 
 
 if __name__ == "__main__":

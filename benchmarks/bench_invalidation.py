@@ -1,31 +1,45 @@
 """Invalidation (issue 3): how fast it reaches another process, and what ``remove_by_prefix`` costs with 1,000 vs
-1,000,000 keys in Redis (target: ratio of medians under 1.5). Method: docs/benchmarks.md.
+1,000,000 keys in Redis (target: ratio of medians under 1.5; ``invalidation.json``); what the generation hash costs
+at 10k, 100k and 1M prefixes/tags (Redis memory, resync, the in-process mirror) and how fast the sweep forgets them
+past the retention (``generations.json``). Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import statistics
 import sys
 import time
+import tracemalloc
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import Any
 
-import hybridcache
-from benchmarks._common import Table, bench_main, connected, summarize
+from redis.asyncio import Redis
+
+from benchmarks._common import Table, bench_main, connected, percentile, summarize
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache
+from hybridcache._generations import GenerationTable
+from hybridcache._redis.l2 import SYNC_PAGE, RedisL2
+from hybridcache._redis.scripts import SWEEP_COUNT
+from hybridcache._resilience import CircuitBreaker
 
 KEY, PREFIX, TAG = "Bench:Search:item", "Bench:Search", "bench"
-KINDS = ("key", "prefix", "tag")
+#: How the writer invalidates the observer's key, in rotation: by exact key, by a prefix above it, by its tag.
+INVALIDATIONS: dict[str, Callable[[HybridCache], Awaitable[Any]]] = {
+    "key": lambda cache: cache.remove(KEY),
+    "prefix": lambda cache: cache.remove_by_prefix(PREFIX),
+    "tag": lambda cache: cache.remove_by_tag(TAG),
+}
+KINDS = tuple(INVALIDATIONS)
+RETENTION_MS = 3_600_000  # the generation hash's retention in these runs
+FILL_BATCH = 10_000
 POLL_LIMIT = 1.0  # seconds the observer polls before counting an invalidation as never seen
-# The git commit in "machine" may be "-dirty" from others' work in progress: say which code was measured.
-SOURCE = str(Path(hybridcache.__file__).resolve().parent)
 
 _FILL = """
 for i = tonumber(ARGV[4]), tonumber(ARGV[5]) do
@@ -39,16 +53,8 @@ OPTIONS = {
     "rounds": (300, "timed remove_by_prefix calls per server"),
     "small_keys": (1_000, "keys in the small server"),
     "large_keys": (1_000_000, "keys in the large server"),
+    "sizes": ([10_000, 100_000, 1_000_000], "generation hash sizes, comma-separated"),
 }
-
-
-async def invalidate(cache: HybridCache, kind: str) -> None:
-    if kind == "key":
-        await cache.remove(KEY)
-    elif kind == "prefix":
-        await cache.remove_by_prefix(PREFIX)
-    else:
-        await cache.remove_by_tag(TAG)
 
 
 async def observe(url: str, service: str) -> None:
@@ -111,7 +117,7 @@ async def propagation(server: RedisServer, iterations: int) -> dict[str, Any]:
                 await child.stdin.drain()
                 await expect("warm", str(i))
                 called = time.perf_counter()
-                await invalidate(writer, KINDS[i % len(KINDS)])
+                await INVALIDATIONS[KINDS[i % len(KINDS)]](writer)
                 returned = time.perf_counter()
                 if (seen := await expect("seen", str(i))) != "None":
                     records.append((KINDS[i % len(KINDS)], float(seen) - returned, float(seen) - called))
@@ -177,15 +183,103 @@ async def prefix_cost(small_keys: int, large_keys: int, rounds: int) -> dict[str
     return results
 
 
+async def _fill_hash(client: Redis, key: str, size: int, value: int) -> None:
+    for start in range(0, size, FILL_BATCH):
+        mapping = {f"t:order:{i}": value for i in range(start, min(size, start + FILL_BATCH))}
+        await client.hset(key, mapping=mapping)  # type: ignore[arg-type]
+
+
+async def _longest_command_ms(client: Redis) -> float:
+    entries = await client.slowlog_get(1_000_000)
+    return max((entry["duration"] for entry in entries), default=0) / 1000
+
+
+async def _generation_costs(client: Redis, l2: RedisL2, size: int) -> dict[str, Any]:
+    await client.delete(l2.generations_key, l2.sweep_key)
+    await l2.generation_state()  # creates the epoch
+    seconds, microseconds = await client.time()
+    now = int(seconds) * 1000 + int(microseconds) // 1000
+    await _fill_hash(client, l2.generations_key, size, now)
+    memory = int(await client.memory_usage(l2.generations_key, samples=0) or 0)
+
+    resync_ms = []  # the paged resync, and its longest command; then the one HGETALL it replaced
+    for _ in range(3):
+        await client.slowlog_reset()
+        started = time.perf_counter()
+        state = await l2.generation_state()
+        resync_ms.append((time.perf_counter() - started) * 1000)
+        assert len(state.counters) == size, (len(state.counters), size)
+    longest_paged = await _longest_command_ms(client)
+    await client.slowlog_reset()
+    started = time.perf_counter()
+    await client.hgetall(l2.generations_key)
+    one_command_ms = (time.perf_counter() - started) * 1000
+    longest_one_command = await _longest_command_ms(client)
+
+    del state
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    table = GenerationTable("e", retention_ms=RETENTION_MS)
+    loaded = await l2.generation_state()
+    table.replace(loaded.epoch, loaded.counters)
+    del loaded
+    gc.collect()
+    mirror = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    del table
+
+    # Make every field older than the retention, then sweep it away with invalidations of one live tag each.
+    await _fill_hash(client, l2.generations_key, size, now - RETENTION_MS - 60_000)
+    invalidations, started = 0, time.perf_counter()
+    deadline = started + 600
+    while await client.hlen(l2.generations_key) > 2 + invalidations and time.perf_counter() < deadline:
+        await l2.invalidate([], [f"t:live:{invalidations}"], sender="bench")
+        invalidations += 1
+    sweep_s = time.perf_counter() - started
+    left = int(await client.hlen(l2.generations_key)) - 2 - invalidations
+    return {
+        "fields": size,
+        "redis_bytes": memory,
+        "resync_ms_median": round(percentile(resync_ms, 0.5), 1),
+        "resync_longest_command_ms": round(longest_paged, 2),
+        "hgetall_ms": round(one_command_ms, 1),
+        "hgetall_server_ms": round(longest_one_command, 2),
+        "mirror_bytes": mirror,
+        "sweep_invalidations": invalidations,
+        "sweep_seconds": round(sweep_s, 2),
+        "sweep_left": left,
+    }
+
+
+async def generations(sizes: Sequence[int]) -> dict[str, Any]:
+    """Each size in a fresh hash of a private redis-server (``_generation_costs``)."""
+    with RedisServer() as server:
+        async with server.client() as client:
+            await client.config_set("slowlog-log-slower-than", 0)
+            await client.config_set("slowlog-max-len", 100_000)
+            breaker = CircuitBreaker(failure_threshold=5, break_duration=60.0, name="bench")
+            l2 = RedisL2(
+                client, instance_name="bench:", namespace="generations:v1:", breaker=breaker, retention_ms=RETENTION_MS
+            )
+            rows = [await _generation_costs(client, l2, size) for size in sizes]
+    return {"sync_page": SYNC_PAGE, "sweep_count": SWEEP_COUNT, "rows": rows}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     logging.getLogger("hybridcache").setLevel(logging.WARNING)
     with RedisServer() as server:
         modes = {"two-process, 1 observer": await propagation(server, args.iterations)}
     cost = await prefix_cost(args.small_keys, args.large_keys, args.rounds)
-    return {"method": __doc__, "propagation": modes, "prefix_cost": cost, "hybridcache_source": SOURCE}
+    return {
+        "invalidation": {"method": __doc__, "propagation": modes, "prefix_cost": cost},
+        "generations": await generations(args.sizes),
+    }
 
 
 def tables(document: dict[str, Any]) -> list[Table]:
+    if document["benchmark"] == "generations":
+        return generation_tables(document)
     rows = []
     for mode, result in document["propagation"].items():
         d = result["delay_from_return"]
@@ -202,13 +296,28 @@ def tables(document: dict[str, Any]) -> list[Table]:
     ]
 
 
+def generation_tables(result: dict[str, Any]) -> list[Table]:
+    mib = 1024 * 1024
+    rows = [
+        [
+            f"{r['fields']:,}", f"{r['redis_bytes'] / mib:.1f}", r["resync_ms_median"], r["resync_longest_command_ms"],
+            f"{r['hgetall_ms']} ({r['hgetall_server_ms']})", f"{r['mirror_bytes'] / mib:.1f}",
+            f"{r['sweep_invalidations']:,} / {r['sweep_seconds']}",
+        ]
+        for r in result["rows"]
+    ]  # fmt: skip
+    headers = ["fields", "Redis MiB", "resync ms", "longest cmd ms", "HGETALL ms (server)", "mirror MiB"]
+    return [Table([*headers, "sweep: invalidations / s"], rows)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["observe"]:
         asyncio.run(observe(*argv[1:3]))
         return 0
-    document = bench_main("invalidation", argv, __doc__, run, tables, OPTIONS)
-    return 0 if document["prefix_cost"]["ratio_of_medians"] < 1.5 else 1
+    documents = bench_main("invalidation", argv, __doc__, run, tables, OPTIONS, per_file=True)
+    cost_ok = documents["invalidation"]["prefix_cost"]["ratio_of_medians"] < 1.5
+    return 0 if cost_ok and all(r["sweep_left"] <= 0 for r in documents["generations"]["rows"]) else 1
 
 
 if __name__ == "__main__":

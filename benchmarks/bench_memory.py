@@ -67,7 +67,6 @@ async def measure_l1(redis_url: str, entries: int) -> dict[str, Any]:
             if cache.stats().l1_entries != entries + 1 or cache.stats().l1_evictions:
                 raise RuntimeError("L1 does not hold every entry measured")
             dto_bytes, kept = traced(lambda: [fresh_dto(i) for i in ids])
-            keys_bytes, kept_keys = traced(lambda: [f"bench:v1:Dealership:{i}" for i in ids])
         finally:
             tracemalloc.stop()
     per_entry, per_dto = cached_bytes / entries, (dto_bytes - 8 * len(kept)) / entries  # less each list slot
@@ -76,7 +75,6 @@ async def measure_l1(redis_url: str, entries: int) -> dict[str, Any]:
         "bytes_per_entry": round(per_entry),
         "dto_bytes": round(per_dto),
         "cache_overhead_bytes": round(per_entry - per_dto),
-        "key_string_bytes": round((keys_bytes - 8 * len(kept_keys)) / entries),
         "seed_size_limit_total_mib": round(per_entry * 1024 / 2**20, 2),
         "seed_claim": "L1 ~100 MB (1024 entries @ 100 KB avg)",
     }
@@ -102,8 +100,7 @@ async def measure_l2(server: RedisServer, db: int, sample: int) -> list[dict[str
     }
     settings = CacheSettings(service_name="memory-l2", instance_name="Bench:", configuration=server.url_for_db(db))
     rows = []
-    client = server.client(db=db)
-    async with HybridCache(settings) as cache:
+    async with HybridCache(settings) as cache, server.client(db=db) as client:
         for kind, (value, type_) in values.items():
             keys = [f"Memory:{kind.split()[0]}:{i}" for i in range(sample)]
             for key in keys:
@@ -133,7 +130,6 @@ async def measure_l2(server: RedisServer, db: int, sample: int) -> list[dict[str
             body, codec = payload[header:], TypeAdapter(type_)
             row["json_decode_us"] = median_us(lambda c=codec, b=body: c.validate_json(b))
             rows.append(row)
-    await client.aclose()
     return rows
 
 

@@ -1,12 +1,11 @@
 """hybridcache next to cashews and aiocache, same workload, same run, one private Redis: memory-tier hit, Redis hit
-from a second instance, miss, stampede, propagation. Method: docs/benchmarks.md.
+from a second instance, miss, stampede. Method: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import gc
 import logging
 import statistics
@@ -36,35 +35,13 @@ TTL = timedelta(minutes=30)
 TTL_SECONDS = int(TTL.total_seconds())
 STAMPEDE_CALLERS = 1000
 STAMPEDE_FACTORY_SECONDS = 0.05
-PROPAGATION_DEADLINE = 1.0
-NOT_APPLICABLE = {  # propagation, by whether the contender has a shared tier
-    False: "n/a: memory only (each process has its own copy, nothing crosses instances)",
-    True: "n/a: no local tier (every read goes to Redis)",
-}
 Reader = Callable[[int], Awaitable[Any]]
 OPTIONS = {
     "rounds": (25, "round-robin rounds of memory-hit batches (at most)"),
     "max_seconds": (45.0, "time budget of the memory-hit rounds"),
     "keys": (3000, "distinct keys for Redis-hit and miss timing"),
     "chunks": (10, "interleaving chunks for Redis-hit and miss timing"),
-    "trials": (200, "invalidation propagation trials"),
 }
-
-
-class LogTally(logging.Handler):
-    """Counts the warnings and errors the libraries log (instead of printing their tracebacks)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.first: dict[str, str] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.counts[record.name] += 1
-        self.first.setdefault(record.name, record.getMessage()[:300])
-
-
-LOGS = LogTally()
 
 
 @dataclass
@@ -89,7 +66,6 @@ class Contender:
     shared_tier: bool  # stores entries in Redis
     read: Reader
     peek: Reader
-    remove: Reader
     start: Callable[[], Awaitable[Any]]
     close: Callable[[], Awaitable[Any]]
     stampede_readers: dict[str, Reader] = field(default_factory=dict)
@@ -112,7 +88,6 @@ def hybrid(db: Database, url: str, *, l1: bool) -> Contender:
         True,
         read=lambda i: cache.get_or_create(f"Dealership:{i}", lambda: db.load(i), ttl=TTL, type_=DealershipDto),
         peek=lambda i: cache.get(f"Dealership:{i}", type_=DealershipDto, default=None),
-        remove=lambda i: cache.remove(f"Dealership:{i}"),
         start=start,
         close=cache.close,
     )
@@ -133,7 +108,6 @@ def cashews(db: Database, url: str, **setup: Any) -> Contender:
         url.startswith("redis://"),
         read=get_dealership,
         peek=lambda i: cache.get(f"dealership:{i}"),
-        remove=lambda i: cache.delete(f"dealership:{i}"),
         start=cache.init,
         close=cache.close,
     )
@@ -166,7 +140,6 @@ def aiocache(db: Database, server: RedisServer | None, db_index: int) -> Contend
         server is not None,
         read=read,
         peek=lambda i: read.cache.get(f"dealership:{i}"),
-        remove=lambda i: read.cache.delete(f"dealership:{i}"),
         start=lambda: asyncio.sleep(0),
         close=close,
         stampede_readers={"@cached": read, "@cached_stampede": guarded},
@@ -199,7 +172,6 @@ class Row:
     miss_us: float | None = None
     miss_p99_us: float | None = None
     stampede: dict[str, dict[str, Any]] = field(default_factory=dict)
-    propagation: dict[str, Any] | str | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -229,8 +201,11 @@ async def measure_memory_hits(contenders: Sequence[Contender], rows: dict[str, R
     return timings
 
 
-async def interleaved(readers: dict[str, Reader], ids: Sequence[int], chunks: int) -> dict[str, list[float]]:
-    """µs per call of each reader on each id once, chunk by chunk, the readers in turn within a chunk."""
+async def measure_reads(
+    readers: dict[str, Reader], rows: dict[str, Row], ids: Sequence[int], chunks: int, kind: str
+) -> None:
+    """Median and p99 µs per call of ``kind`` ("redis_hit" or "miss") for each reader on each id once, chunk by
+    chunk, the readers in turn within a chunk."""
     samples: dict[str, list[float]] = {name: [] for name in readers}
     step = max(1, len(ids) // chunks)
     for lo in range(0, len(ids), step):
@@ -240,14 +215,7 @@ async def interleaved(readers: dict[str, Reader], ids: Sequence[int], chunks: in
                 start = time.perf_counter_ns()
                 await read(i)
                 samples[name].append((time.perf_counter_ns() - start) / 1000)
-    return samples
-
-
-async def measure_reads(
-    readers: dict[str, Reader], rows: dict[str, Row], ids: Sequence[int], chunks: int, kind: str
-) -> None:
-    """Median and p99 µs per call of ``kind`` ("redis_hit" or "miss") for each reader, interleaved."""
-    for name, values in (await interleaved(readers, ids, chunks)).items():
+    for name, values in samples.items():
         setattr(rows[name], f"{kind}_us", statistics.median(values))
         setattr(rows[name], f"{kind}_p99_us", percentile(values, 0.99))
 
@@ -257,7 +225,7 @@ async def measure_stampede(c: Contender, db: Database, key: int) -> dict[str, An
     out = {}
     for label, reader in (c.stampede_readers or {"": c.read}).items():
         key += 1
-        before, logged, start = db.queries, LOGS.counts.copy(), time.perf_counter()
+        before, start = db.queries, time.perf_counter()
         try:
             calls = asyncio.gather(*(reader(key) for _ in range(STAMPEDE_CALLERS)), return_exceptions=True)
             results = await asyncio.wait_for(calls, 60)
@@ -267,43 +235,12 @@ async def measure_stampede(c: Contender, db: Database, key: int) -> dict[str, An
         failures = [r for r in results if isinstance(r, BaseException)]
         out[label] = {
             "callers": STAMPEDE_CALLERS,
-            "library_log_records": dict(LOGS.counts - logged),
             "factory_runs": db.queries - before,
             "wall_ms": (time.perf_counter() - start) * 1000,
             "failed_calls": len(failures),
             "first_failure": f"{failures[0].__class__.__name__}: {failures[0]}" if failures else None,
         }
     return out
-
-
-async def measure_propagation(a: Contender, b: Contender, trials: int) -> dict[str, Any]:
-    """A removes a key both instances hold locally; how long until B stops serving it?"""
-    seen_us: list[float] = []
-    remove_us: list[float] = []
-    missed = 0
-    for key in range(400_000, 400_000 + trials):
-        if missed >= 3 and not seen_us:
-            break  # it never propagates: three full deadlines say so
-        await a.read(key)
-        await b.read(key)
-        if await b.peek(key) is None:
-            raise RuntimeError(f"{b.name}: B does not hold the key it just read")
-        start = time.perf_counter_ns()
-        await a.remove(key)
-        removed, deadline = time.perf_counter_ns(), time.monotonic() + PROPAGATION_DEADLINE
-        while (held := await b.peek(key) is not None) and time.monotonic() <= deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0)  # polls: the figure is when B stops serving it
-        if held:
-            missed += 1
-            continue
-        seen_us.append((time.perf_counter_ns() - start) / 1000)
-        remove_us.append((removed - start) / 1000)
-    out: dict[str, Any] = {"trials": len(seen_us) + missed, "not_observed": missed}
-    if not seen_us:
-        out["note"] = f"B kept serving the removed value past {PROPAGATION_DEADLINE:g} s in every trial (stale)"
-        return out
-    p50, p99, remove_p50 = statistics.median(seen_us), percentile(seen_us, 0.99), statistics.median(remove_us)
-    return out | {"p50_us": p50, "p99_us": p99, "remove_call_p50_us": remove_p50}
 
 
 async def start_all(makers: dict[str, Callable[[], Contender]], rows: dict[str, Row]) -> list[Contender]:
@@ -336,7 +273,7 @@ async def close_quietly(contenders: Iterable[Contender]) -> None:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     db = Database()
-    logging.getLogger().addHandler(LOGS)
+    logging.getLogger("aiocache").setLevel(logging.CRITICAL)  # a traceback per failed call; failed_calls counts them
     with RedisServer() as server:
         makers = factories(db, server)
         rows = {name: Row(name) for name in makers}
@@ -364,16 +301,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for n, c in enumerate(contenders):
                 rows[c.name].stampede = await measure_stampede(c, db, 300_000 + 10 * n)
             db.delay = 0.0
-            print(f"propagation: {args.trials} trials ...", flush=True)
-            for a, b in pairs:
-                if a.local_tier:
-                    rows[a.name].propagation = await measure_propagation(a, b, args.trials)
-            for c in contenders:
-                if not (c.local_tier and c.shared_tier):
-                    rows[c.name].propagation = NOT_APPLICABLE[c.shared_tier]
         finally:
             await close_quietly([*contenders, *twins.values()])
-            logging.getLogger().removeHandler(LOGS)
     return {
         "unit": (
             "memory hits: ns/op, median over rounds of a batch's mean (_common.measure, GC on); Redis hits and misses: "
@@ -382,19 +311,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "peer_versions": package_versions("cashews", "aiocache"),
         "parameters": {
             "max_rounds": args.rounds,
-            "memory_hit_batches": {name: t.as_dict() for name, t in timings.items()},
             "redis_keys": args.keys,
             "redis_chunks": args.chunks,
-            "propagation_trials": args.trials,
             "stampede_callers": STAMPEDE_CALLERS,
             "stampede_factory_seconds": STAMPEDE_FACTORY_SECONDS,
-            "propagation_deadline_seconds": PROPAGATION_DEADLINE,
         },
         "rows": [vars(row) for row in rows.values()],
         "acceptance": acceptance(timings),
-        "library_log_records": {
-            name: {"count": n, "first_message": LOGS.first[name]} for name, n in LOGS.counts.items()
-        },
     }
 
 
@@ -426,19 +349,10 @@ def tables(document: dict[str, Any]) -> list[Table]:
     ]  # fmt: skip
     stampede = [
         [r["name"] + (f" ({label})" if label else ""), fmt(s.get("factory_runs", s.get("error"))),
-         fmt(s.get("wall_ms"), 0), fmt(s.get("failed_calls")), fmt(s.get("first_failure")),
-         ", ".join(f"{k}: {v}" for k, v in (s.get("library_log_records") or {}).items()) or "-"]
+         fmt(s.get("wall_ms"), 0), fmt(s.get("failed_calls")), fmt(s.get("first_failure"))]
         for r in rows
         for label, s in r["stampede"].items()
     ]  # fmt: skip
-    propagation = []
-    for r in rows:
-        if isinstance(p := r["propagation"], dict):
-            cells = [fmt(p.get(k), 0) for k in ("p50_us", "p99_us", "remove_call_p50_us")]
-            not_seen = fmt(p.get("not_observed")) + (f" — {p['note']}" if p.get("note") else "")
-            propagation.append([r["name"], fmt(p.get("trials")), *cells, not_seen])
-        elif isinstance(p, str):
-            propagation.append([r["name"], "-", "-", "-", "-", p])
     headers = ["contender", "mem hit ns", "vs hc", "Redis hit µs", "p99 µs", "vs hc L2", "miss µs", "vs hc L2"]
     out = [
         Table(
@@ -449,23 +363,14 @@ def tables(document: dict[str, Any]) -> list[Table]:
             "an instant factory, the store included. Ratios: against hybridcache L1+L2 (memory hits) or L2-only.",
         ),
         Table(
-            ["contender", "factory runs", "wall ms", "failed calls", "first failure", "logged"],
+            ["contender", "factory runs", "wall ms", "failed calls", "first failure"],
             stampede,
             f"**Stampede**: {params['stampede_callers']} concurrent cold calls to one key, the factory takes "
             f"{params['stampede_factory_seconds'] * 1000:.0f} ms.",
         ),
-        Table(
-            ["contender", "trials", "p50 µs", "p99 µs", "A's remove call p50 µs", "not observed"],
-            propagation,
-            "**Invalidation propagation**: A and B (one process) both hold a key locally; A removes it; the time "
-            f"until B stops returning it (B polls; deadline {params['propagation_deadline_seconds']} s).",
-        ),
     ]
     if errors := [[r["name"], "; ".join(r["errors"])] for r in rows if r["errors"]]:
         out.append(Table(["contender", "error"], errors, "Contenders that failed to start:"))
-    if logs := document.get("library_log_records"):
-        log_rows = [[k, fmt(v["count"]), v["first_message"]] for k, v in logs.items()]
-        out.append(Table(["logger", "count", "first message"], log_rows, "Warnings and errors the libraries logged:"))
     verdicts = [[k, fmt(v["paired_ratio"]), fmt(v["target"]), fmt(v["met"])] for k, v in document["acceptance"].items()]
     return [*out, Table(["target", "paired ratio", "target", "met"], verdicts)]
 

@@ -118,10 +118,7 @@ async def _broken(server: RedisServer, fault: str, break_seconds: float) -> Asyn
     )
     async with cache:
         await cache.wait_until_connected(5)
-        if fault == "killed":
-            server.kill()
-        else:
-            server.pause()
+        server.kill() if fault == "killed" else server.pause()
         for n in range(100):
             if cache.breaker.state is CircuitState.OPEN:
                 break
@@ -140,10 +137,7 @@ async def _time_to_close(fault: str, repeats: int) -> list[float]:
             async with _broken(server, fault, BREAK) as cache:
                 # Let part of a break pass, so recovery lands at a different phase of the break each time.
                 await asyncio.sleep(BREAK * repeat / repeats)
-                if fault == "killed":
-                    server.restart()
-                else:
-                    server.resume()
+                server.restart() if fault == "killed" else server.resume()
                 back = time.monotonic()
                 for n in range(10_000):
                     if cache.breaker.state is CircuitState.CLOSED or time.monotonic() - back > 10:
@@ -208,13 +202,12 @@ async def bench_eager_refresh(seconds: float = 2.0) -> dict[str, Any]:
                     await cache.get_or_create("k", factory, ttl=0.4, type_=str, eager_refresh=eager)
                     durations.append(time.perf_counter_ns() - began)
                     await asyncio.sleep(0.002)
-                figures = summarize(durations, ("p50", "p99", "max")) | {
+                results[f"{topology}, eager_refresh={eager}"] = summarize(durations, ("p50", "p99", "max")) | {
                     "hits": len(durations),
                     "factory_runs": factory.runs,
+                    "eager_refreshes": cache.counters.eager_refreshes,
+                    "hits_over_25ms": sum(d > 25_000_000 for d in durations),
                 }
-                figures["eager_refreshes"] = cache.counters.eager_refreshes
-                figures["hits_over_25ms"] = sum(d > 25_000_000 for d in durations)
-                results[f"{topology}, eager_refresh={eager}"] = figures
     return results
 
 

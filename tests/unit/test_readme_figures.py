@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import re
 
-from benchmarks import readme_figures
+from benchmarks import make_report
 
 
 def test_the_readme_table_is_the_one_the_result_files_give() -> None:
-    text = readme_figures.README.read_text()
-    found = re.search(re.escape(readme_figures.BEGIN) + r"\n(.*?)\n" + re.escape(readme_figures.END), text, re.DOTALL)
+    text = make_report.README.read_text()
+    found = re.search(re.escape(make_report.BEGIN) + r"\n(.*?)\n" + re.escape(make_report.END), text, re.DOTALL)
     assert found, "README.md lost its measured-figures markers"
-    expected = "\n".join(["", *readme_figures.table(readme_figures.load()), ""])
+    expected = "\n".join(["", *make_report.table(make_report.load()), ""])
     assert found.group(1) == expected, (
         "README figures differ from benchmarks/results: run python -m benchmarks.make_report"
     )
 
 
 def test_a_missing_result_says_not_measured_instead_of_keeping_a_figure() -> None:
-    rows = readme_figures.table({})
-    assert len(rows) == 2 + len(readme_figures.ROWS)
+    rows = make_report.table({})
+    assert len(rows) == 2 + len(make_report.ROWS)
     assert all("not measured" in row for row in rows[2:])
