@@ -1,9 +1,9 @@
 """L1: a bounded in-process store with per-entry expiry and SIEVE eviction.
 
 SIEVE (Zhang et al., NSDI '24) keeps entries in insertion order and a *visited* bit per entry. A hit only sets the
-bit — no list reordering, so a hit is cheaper than in LRU — and eviction moves a hand from the oldest entry towards
-the newest, clearing bits until it finds an unvisited entry. On skewed (Zipf) traffic it keeps popular entries
-better than LRU; ``benchmarks/bench_hit_rates.py`` measures both (``l1_policy.json``).
+bit (no list reordering: one attribute written where LRU relinks a node), and eviction moves a hand from the oldest
+entry towards the newest, clearing bits until it finds an unvisited entry. On skewed (Zipf) traffic it keeps
+popular entries better than LRU; ``benchmarks/bench_hit_rates.py`` measures both (``l1_policy.json``).
 
 Entries are evicted when the store is full and dropped lazily when found expired; no background thread.
 All operations are O(1) (eviction is amortised O(1)). Not thread-safe: it belongs to one event loop.
