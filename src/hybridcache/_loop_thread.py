@@ -7,9 +7,11 @@ to close it can still exit; :meth:`LoopThread.stop` ends it cleanly (remaining t
 generators and the default executor shut down, the loop closed), as ``asyncio.run`` does on return.
 
 **After a fork** the child has a copy of the loop object but not its thread, and the copy shares the parent's
-epoll instance and self-pipe: closing the copy (or letting it be garbage-collected, which closes it) would
-unregister the parent's descriptors from that shared epoll and break the parent's loop. :meth:`abandon` is the
-only thing a child may do with it: keep it referenced, untouched, until the child exits.
+epoll instance and self-pipe: closing the copy, or closing a transport on it (which a redis-py connection's
+finalizer does), would unregister the parent's descriptors from that shared epoll and break the parent's loop.
+:meth:`abandon` is the only thing a child may do with it: keep it referenced, untouched, until the child exits.
+(CPython 3.11 happens to leak what the vanished thread's frames referenced, the loop among it, so today nothing
+would finalize it anyway; :func:`keep_forever` makes that a guarantee rather than an implementation detail.)
 """
 
 from __future__ import annotations
