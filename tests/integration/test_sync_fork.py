@@ -14,9 +14,11 @@ Workers talk to the test over pipes (``tests/support/forking.py``); every wait h
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import os
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -181,3 +183,58 @@ def test_prefork_workers_get_their_own_loop_and_connections_and_see_each_others_
     finally:
         parent.close()
         raw.close()
+
+
+def test_a_fork_that_skips_pythons_hooks_is_repaired_by_after_fork_or_by_the_first_miss(cache_env: CacheEnv) -> None:
+    """libc's fork called directly (as a server forking in C may): no at-fork hook runs. Until it is repaired the
+    child's L1 hits come from the parent's copy (the documented gap); ``after_fork()`` repairs it at once, and so
+    does the first call that misses L1 (its pid check). Either way the child then uses its own loop."""
+    fork = ctypes.PyDLL(None).fork  # a PyDLL keeps the GIL held across the call, as os.fork does
+    parent = SyncHybridCache(cache_env.settings())
+    try:
+        parent.get_or_create("Item:1", lambda: "parent's")
+        parent_client = client_id(parent)
+        for repair in ("after_fork", "first miss"):
+            read_fd, write_fd = os.pipe()
+            pid = fork()
+            if pid == 0:
+                code = 0
+                try:
+                    channel = Channel(read_fd, write_fd)
+                    try:
+                        before = parent.get("Item:1")  # an L1 hit on the inherited copy: nothing repaired yet
+                        if repair == "after_fork":
+                            parent.after_fork()
+                            repaired_l1 = parent.stats().l1_entries
+                        else:
+                            parent.get_or_create("Other:1", lambda: "child's")  # a miss: the slow path
+                            repaired_l1 = parent.stats().l1_entries - 1  # minus Other:1 itself
+                        channel.send(
+                            before=before,
+                            repaired_l1=repaired_l1,
+                            value=parent.get_or_create("Item:1", lambda: "recomputed"),
+                            client_id=client_id(parent),
+                        )
+                    except BaseException:
+                        channel.send(error=traceback.format_exc())
+                        code = 1
+                finally:
+                    os._exit(code)
+            try:
+                report = Channel(read_fd, write_fd).receive()
+            finally:
+                os.close(read_fd)
+                os.close(write_fd)
+                os.waitpid(pid, 0)
+            assert report["before"] == "parent's"
+            assert report["repaired_l1"] == 0, f"{repair}: the parent's L1 copy is still in reach"
+            assert report["value"] == "parent's", f"{repair}: read back from L2 by the child"
+            assert report["client_id"] != parent_client, f"{repair}: the child talks on the parent's socket"
+        assert client_id(parent) == parent_client
+        assert parent.get_or_create("Item:1", never_called) == "parent's"
+    finally:
+        parent.close()
+
+
+def never_called() -> Any:
+    raise AssertionError("the factory ran, but the value was cached")
