@@ -23,7 +23,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, Final, TypeVar
 
-__all__ = ["LoopClosedError", "LoopThread", "abandoned", "keep_forever"]
+__all__ = ["LoopClosedError", "LoopThread", "abandoned", "keep_forever", "result_of"]
 
 T = TypeVar("T")
 
@@ -73,32 +73,42 @@ class LoopThread:
             asyncio.set_event_loop(None)
             loop.close()
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called: a task not started yet must not be started any more."""
+        return self._stopped
+
     def call(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """Run ``coroutine`` on the loop and block until it returns (its exception is raised here)."""
-        outcome: queue.SimpleQueue[asyncio.Future[T]] = queue.SimpleQueue()
-        self.start_soon(coroutine, outcome.put)
-        return outcome.get().result()
+        """Run ``coroutine`` on the loop and block until it returns (its exception is raised here).
 
-    def start_soon(self, coroutine: Coroutine[Any, Any, T], done: Any) -> None:
-        """Start ``coroutine`` as a task on the loop; ``done(task)`` is called on the loop thread when it ends.
-
-        Raises :class:`LoopClosedError` (and closes ``coroutine``) when the loop no longer runs.
+        Raises :class:`LoopClosedError` when the loop stops before the coroutine could run or finish.
         """
+        outcome: queue.SimpleQueue[asyncio.Future[T] | None] = queue.SimpleQueue()
 
         def start() -> None:
-            task = self.loop.create_task(coroutine)
-            task.add_done_callback(done)
+            if self._stopped:  # stop() was called after this was scheduled: the task might never end
+                coroutine.close()
+                outcome.put(None)
+                return
+            self.loop.create_task(coroutine).add_done_callback(outcome.put)
 
-        try:
-            if self._stopped:
-                raise RuntimeError("stopped")
-            self.loop.call_soon_threadsafe(start)
-        except RuntimeError as exc:  # the loop was closed under us
+        if not self.call_soon(start):
             coroutine.close()
-            raise LoopClosedError("the cache's event loop thread has stopped") from exc
+            raise LoopClosedError("the cache's event loop thread has stopped")
+        return result_of(outcome.get())
 
     def call_soon(self, callback: Any, *args: Any) -> bool:
         """Schedule ``callback(*args)`` on the loop; False (nothing scheduled) when the loop no longer runs."""
+        if self._stopped:
+            return False
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:
+            return False
+        return True
+
+    def settle(self, callback: Any, *args: Any) -> bool:
+        """Like :meth:`call_soon`, also while the loop is stopping (for outcomes the loop is waiting for)."""
         try:
             self.loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:
@@ -122,16 +132,25 @@ class LoopThread:
         keep_forever(self.loop, self)
 
 
-def _cancel_remaining(loop: asyncio.AbstractEventLoop) -> None:
-    """What ``asyncio.run`` does on exit: cancel every task left and let them finish, reporting their errors."""
-    tasks = asyncio.all_tasks(loop)
-    if not tasks:
-        return
-    for task in tasks:
-        task.cancel()
-    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            loop.call_exception_handler(
-                {"message": "unhandled exception in a task left when the loop stopped", "exception": task.exception()}
-            )
+def result_of(task: asyncio.Future[T] | None) -> T:
+    """The outcome of a task handed back from the loop: its result or its exception; :class:`LoopClosedError` when
+    the loop refused to start it (``None``) or cancelled it while stopping."""
+    if task is None or task.cancelled():
+        raise LoopClosedError("the cache was closed while this call was waiting")
+    return task.result()
+
+
+def _cancel_remaining(loop: asyncio.AbstractEventLoop, passes: int = 5) -> None:
+    """What ``asyncio.run`` does on exit: cancel every task left and let them finish, reporting their errors;
+    again for tasks started meanwhile (a cancelled task's cleanup may start one), up to ``passes`` times."""
+    for _ in range(passes):
+        tasks = asyncio.all_tasks(loop)
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        for task in tasks:
+            if not task.cancelled() and (error := task.exception()) is not None:
+                message = "unhandled exception in a task left when the loop stopped"
+                loop.call_exception_handler({"message": message, "exception": error})

@@ -47,7 +47,7 @@ from types import TracebackType
 from typing import Any, Final, Generic, ParamSpec, Self, TypeVar
 
 from hybridcache._core.pending import DEFAULT_CLOSE_FLUSH_TIMEOUT
-from hybridcache._loop_thread import LoopThread, keep_forever
+from hybridcache._loop_thread import LoopClosedError, LoopThread, keep_forever, result_of
 from hybridcache.cache import HybridCache, TtlLike
 from hybridcache.decorators import _UNRESOLVED, L1_MISS, SyncCachedFunction, cached_sync
 from hybridcache.errors import HybridCacheError
@@ -173,8 +173,9 @@ class SyncHybridCache:
 
     def close(self, *, flush_timeout: float = DEFAULT_CLOSE_FLUSH_TIMEOUT) -> None:
         """Publish what is still queued (for up to ``flush_timeout`` seconds, as :meth:`HybridCache.close`), close
-        the connections and stop the loop thread. Calls still in flight in other threads are cancelled. The
-        cache can be used again afterwards: it starts anew (empty L1) on the next call."""
+        the connections and stop the loop thread. Calls still waiting on the loop in other threads raise
+        ``LoopClosedError`` (a ``RuntimeError``). The cache can be used again afterwards: it starts anew (empty
+        L1) on the next call."""
         with self._lock:
             core, runner = self._state
             if runner is None:
@@ -376,14 +377,14 @@ class _Handoff(Generic[T]):
         """Run ``coroutine`` on the loop; serve its factory requests here until it ends; return its result."""
         if not self._runner.call_soon(self._start, coroutine):
             coroutine.close()
-            raise RuntimeError("the cache's event loop thread has stopped")
+            raise LoopClosedError("the cache's event loop thread has stopped")
         inbox = self._inbox
         done = False
         try:
             while True:
                 done, item = inbox.get()
                 if done:
-                    result: T = item.result()
+                    result: T = result_of(item)
                     return result
                 self._run_here(item)
         except BaseException:
@@ -395,17 +396,21 @@ class _Handoff(Generic[T]):
         try:
             value = _call(self._factory)
         except Exception as exc:
-            self._runner.call_soon(_settle, future, None, exc)
+            self._runner.settle(_settle, future, None, exc)
         except BaseException as exc:
             interrupted = FactoryInterruptedError(f"the factory was interrupted by {exc.__class__.__name__}")
-            self._runner.call_soon(_settle, future, None, interrupted)
+            self._runner.settle(_settle, future, None, interrupted)
             raise
         else:
-            self._runner.call_soon(_settle, future, value, None)
+            self._runner.settle(_settle, future, value, None)
 
     # -- on the loop's thread
 
     def _start(self, coroutine: Coroutine[Any, Any, T]) -> None:
+        if self._runner.stopping:  # close() began after this call was handed over: it might never end
+            coroutine.close()
+            self._inbox.put((True, None))
+            return
         self._task = task = self._runner.loop.create_task(self._call(coroutine), name=CALL_TASK_NAME)
         task.add_done_callback(self._ended)
 
@@ -474,7 +479,7 @@ def _run_in_own_thread(
             error = exc
         except BaseException as exc:
             error = FactoryInterruptedError(f"the factory was interrupted by {exc.__class__.__name__}")
-        runner.call_soon(_settle, future, value, error)
+        runner.settle(_settle, future, value, error)
 
     threading.Thread(target=target, name="hybridcache-factory", daemon=True).start()
 

@@ -28,6 +28,7 @@ import redis
 from pydantic import BaseModel
 
 from hybridcache import CacheConnectionError, CacheSettings, FactoryTimeoutError
+from hybridcache._loop_thread import LoopClosedError
 from hybridcache.sync import CALL_TASK_NAME, FactoryInterruptedError, SyncHybridCache, cached
 from tests.integration.conftest import L1_ONLY, L2_ONLY, CacheEnv
 from tests.support.waiting import wait_until_sync
@@ -555,3 +556,42 @@ def test_a_caller_interrupted_while_waiting_leaves_the_load_to_the_others(make_s
         release.set()
         assert leader.result(WAIT) == "v"
     assert cache.get_or_create("Item:1", never) == "v"
+
+
+def test_calls_racing_close_all_end_with_a_value_or_loop_closed(cache_env: CacheEnv) -> None:
+    """8 threads miss distinct keys while the cache is closed 5 times (each call after a close starts it again):
+    every call ends, with its value or LoopClosedError, never hanging on a loop that stopped under it."""
+    cache = SyncHybridCache(cache_env.settings())
+    stop = threading.Event()
+    outcomes: list[str] = []
+    unexpected: list[BaseException] = []
+
+    def hammer(n: int) -> None:
+        for i in range(5_000):
+            if stop.is_set():
+                return
+            try:
+                assert cache.get_or_create(f"K:{n}:{i}", lambda i=i: i) == i
+                outcomes.append("value")
+            except LoopClosedError:
+                outcomes.append("closed")
+            except BaseException as exc:
+                unexpected.append(exc)
+                return
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        for closes in range(5):
+            wait_until_sync(lambda c=closes: len(outcomes) > 50 * (c + 1), timeout=WAIT, message="calls going on")
+            cache.close(flush_timeout=0.1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(WAIT)
+        cache.close()
+    assert not [t.name for t in threads if t.is_alive()], "a call hung across close()"
+    assert not unexpected, unexpected[:3]
+    print(f"outcomes: {outcomes.count('value')} values, {outcomes.count('closed')} closed")
+    assert outcomes.count("value") > 250

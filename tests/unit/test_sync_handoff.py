@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from hybridcache._loop_thread import LoopClosedError, LoopThread
+from hybridcache._loop_thread import LoopClosedError, LoopThread, result_of
 from hybridcache.sync import _Handoff
 
 WAIT = 10.0
@@ -110,3 +110,21 @@ def test_stop_cancels_what_is_still_running(runner: LoopThread) -> None:
 
 async def _wait(future: Any) -> Any:
     return await future
+
+
+def test_a_call_that_reaches_a_stopping_loop_is_refused_not_left_pending(runner: LoopThread) -> None:
+    """A call handed over just before stop() whose start runs while the loop shuts down: a task started then could
+    outlive the last cancellation and the loop's close, and its caller would wait for ever. It is refused."""
+    handoff = _Handoff(lambda: "v", runner, in_caller=True)
+
+    async def load() -> str:
+        return "never started"
+
+    coroutine = load()
+    runner._stopped = True  # what stop() sets before it schedules the loop's stop
+    runner.loop.call_soon_threadsafe(handoff._start, coroutine)
+    done, outcome = handoff._inbox.get(timeout=WAIT)
+    assert (done, outcome) == (True, None)
+    with pytest.raises(LoopClosedError):
+        result_of(outcome)
+    assert coroutine.cr_frame is None, "the refused coroutine was closed"
