@@ -28,7 +28,7 @@ import redis
 from hybridcache._loop_thread import abandoned
 from hybridcache.sync import SyncHybridCache
 from tests.integration.conftest import CacheEnv
-from tests.support.forking import Channel, forked
+from tests.support.forking import Channel, forked, reap
 from tests.support.waiting import wait_until_sync
 
 WORKERS = 4
@@ -225,7 +225,7 @@ def test_a_fork_that_skips_pythons_hooks_is_repaired_by_after_fork_or_by_the_fir
             finally:
                 os.close(read_fd)
                 os.close(write_fd)
-                os.waitpid(pid, 0)
+                reap(pid, within=5.0)
             assert report["before"] == "parent's"
             assert report["repaired_l1"] == 0, f"{repair}: the parent's L1 copy is still in reach"
             assert report["value"] == "parent's", f"{repair}: read back from L2 by the child"

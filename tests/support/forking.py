@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Channel", "forked"]
+__all__ = ["Channel", "forked", "reap"]
 
 WAIT = 15.0  # seconds a receive or a reap may take by default
 
@@ -84,10 +84,16 @@ def forked(
         for pid, channel in workers:
             for fd in (channel.read_fd, channel.write_fd):
                 os.close(fd)
-            deadline = time.monotonic() + reap_within
-            while os.waitpid(pid, os.WNOHANG) == (0, 0):
-                if time.monotonic() > deadline:
-                    os.kill(pid, 9)
-                    os.waitpid(pid, 0)
-                    break
-                time.sleep(0.01)
+            reap(pid, reap_within)
+
+
+def reap(pid: int, within: float = WAIT) -> None:
+    """Wait for child ``pid`` to exit, killing it after ``within`` seconds: a hung child must neither hang the test
+    nor outlive it (it would hold the test run's output pipes open)."""
+    deadline = time.monotonic() + within
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            return
+        time.sleep(0.01)
