@@ -54,7 +54,7 @@ from hybridcache.errors import HybridCacheError
 from hybridcache.metrics import CacheStats
 from hybridcache.settings import CacheSettings
 
-__all__ = ["FactoryInterruptedError", "SyncHybridCache", "SyncInternals", "cached"]
+__all__ = ["FactoryInterruptedError", "LoopClosedError", "SyncHybridCache", "SyncInternals", "cached"]
 
 T = TypeVar("T")
 P = ParamSpec("P")

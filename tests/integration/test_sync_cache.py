@@ -28,8 +28,7 @@ import redis
 from pydantic import BaseModel
 
 from hybridcache import CacheConnectionError, CacheSettings, FactoryTimeoutError
-from hybridcache._loop_thread import LoopClosedError
-from hybridcache.sync import CALL_TASK_NAME, FactoryInterruptedError, SyncHybridCache, cached
+from hybridcache.sync import CALL_TASK_NAME, FactoryInterruptedError, LoopClosedError, SyncHybridCache, cached
 from tests.integration.conftest import L1_ONLY, L2_ONLY, CacheEnv
 from tests.support.waiting import wait_until_sync
 
