@@ -60,7 +60,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src tests/typing harness
-	$(BIN)/pyright --pythonpath $(BIN)/python tests/typing/decorator_types.py
+	$(BIN)/pyright --pythonpath $(BIN)/python tests/typing/decorator_types.py tests/typing/sync_types.py
 
 ## Everything, on the locked set: lint, types, and the whole test suite (slow suites included). What CI runs.
 test: $(STAMP) redis-server lint typecheck

@@ -371,6 +371,72 @@ MUTATIONS = (
         "        if False:\n",
         ("tests/dealership/test_outbox_crash.py", "tests/integration/test_outbox.py"),
     ),
+    # The sync API (docs/sync.md): the calling thread's read-only L1 hit, fork safety, and calls that must end.
+    Mutation(
+        "sync-thread-hit-version",
+        "a calling thread is served an L1 entry the loop has not validated against the current table version",
+        "src/hybridcache/cache.py",
+        "        if entry is None or now >= entry.refresh_at or entry.checked != self._table.version:\n",
+        "        if entry is None or now >= entry.refresh_at:\n",
+        (
+            "tests/unit/test_thread_reads.py::test_after_a_prefix_invalidation_a_thread_is_not_served_until_the_loop_revalidated",
+            "tests/integration/test_sync_consistency.py::test_no_read_through_the_sync_api_is_older_than_a_propagated_invalidation",
+        ),
+    ),
+    Mutation(
+        "sync-thread-hit-refresh",
+        "a calling thread is served an entry due for an eager refresh (so the refresh never starts)",
+        "src/hybridcache/cache.py",
+        "        if entry is None or now >= entry.refresh_at or entry.checked != self._table.version:\n",
+        "        if entry is None or entry.checked != self._table.version:\n",
+        (
+            "tests/unit/test_thread_reads.py::test_an_entry_due_for_refresh_or_expired_is_left_to_the_loop_and_not_removed",
+        ),
+    ),
+    Mutation(
+        "sync-find-expiry",
+        "MemoryStore.find returns expired entries to other threads",
+        "src/hybridcache/_memory.py",
+        "        if entry is None or entry.expires_at <= now:\n            return None\n        entry.visited = True",
+        "        if entry is None:\n            return None\n        entry.visited = True",
+        ("tests/unit/test_thread_reads.py",),
+    ),
+    Mutation(
+        "sync-fork-hook",
+        "no at-fork hook: a forked child uses the parent's cache, loop and sockets",
+        "src/hybridcache/sync.py",
+        "            os.register_at_fork(after_in_child=_after_fork_in_child)\n",
+        "            pass\n",
+        (
+            "tests/integration/test_sync_fork.py::test_prefork_workers_get_their_own_loop_and_connections_and_see_each_others_invalidations",
+        ),
+    ),
+    Mutation(
+        "sync-fork-pid-check",
+        "a child forked without Python's hooks is not repaired by its first miss",
+        "src/hybridcache/sync.py",
+        "        if runner is None or self._pid != os.getpid():\n",
+        "        if runner is None:\n",
+        (
+            "tests/integration/test_sync_fork.py::test_a_fork_that_skips_pythons_hooks_is_repaired_by_after_fork_or_by_the_first_miss",
+        ),
+    ),
+    Mutation(
+        "sync-abandoned-request",
+        "a factory request an interrupted caller never read is left unanswered (its load waits for ever)",
+        "src/hybridcache/sync.py",
+        "            if not done and not item.done():\n                _run_in_own_thread(",
+        "            if False:\n                _run_in_own_thread(",
+        ("tests/unit/test_sync_handoff.py::test_a_request_an_interrupted_caller_never_read_is_run_elsewhere",),
+    ),
+    Mutation(
+        "sync-stopping-refusal",
+        "a call that reaches a stopping loop is started anyway (it may outlive the loop and hang its caller)",
+        "src/hybridcache/sync.py",
+        "        if self._runner.stopping:  # close() began",
+        "        if False:  # close() began",
+        ("tests/unit/test_sync_handoff.py::test_a_call_that_reaches_a_stopping_loop_is_refused_not_left_pending",),
+    ),
 )
 
 

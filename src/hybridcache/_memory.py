@@ -6,7 +6,8 @@ entry towards the newest, clearing bits until it finds an unvisited entry. On sk
 popular entries better than LRU; ``benchmarks/bench_hit_rates.py`` measures both (``l1_policy.json``).
 
 Entries are evicted when the store is full and dropped lazily when found expired; no background thread.
-All operations are O(1) (eviction is amortised O(1)). Not thread-safe: it belongs to one event loop.
+All operations are O(1) (eviction is amortised O(1)). Not thread-safe: it belongs to one event loop, and every
+method but :meth:`MemoryStore.find` must be called from that loop's thread.
 """
 
 from __future__ import annotations
@@ -98,6 +99,24 @@ class MemoryStore:
         if entry.expires_at <= now:
             if entry.retain_until <= now:
                 self._unlink(entry)
+            return None
+        entry.visited = True
+        return entry
+
+    def find(self, key: str, now: float) -> L1Entry | None:
+        """The entry for ``key`` if it has not expired, marking it visited; safe from any thread.
+
+        The read path of other threads (``hybridcache.sync``), while the owning loop's thread may be inserting,
+        evicting and removing entries: it never changes the map or the list, and leaves expired entries for
+        :meth:`get` (on the owning thread) to drop. Its one lookup, ``dict.get``, is atomic under the GIL
+        (string keys: no Python ``__eq__`` or ``__hash__`` runs inside it), so it sees the map before or after
+        any concurrent change, never in between; an entry, once built, changes only in ``checked``,
+        ``refresh_at``, ``visited`` and its list links, each a single attribute store. The one write here, the
+        ``visited`` bit, may race with the eviction hand clearing it: either outcome only decides which entry is
+        evicted next. (CPython with the GIL: the free-threaded build would need a lock here.)
+        """
+        entry = self._entries.get(key)
+        if entry is None or entry.expires_at <= now:
             return None
         entry.visited = True
         return entry

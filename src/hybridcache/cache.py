@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import secrets
 import time
@@ -50,7 +51,7 @@ from hybridcache._serialization import codec_for
 from hybridcache.decorators import L1_MISS, CachedFunction, cached
 from hybridcache.errors import HybridCacheError
 from hybridcache.keys import namespace, normalize_prefix, validate_key
-from hybridcache.metrics import CacheStats, Counters, OutboxGauge
+from hybridcache.metrics import CacheStats, Counters, OutboxGauge, count_value
 from hybridcache.settings import CacheSettings
 
 if TYPE_CHECKING:
@@ -158,6 +159,8 @@ class HybridCache:
         )
         # Per key, the load in flight and the caller reading L2 for everyone before it (see ReadPath.lead).
         self.counters = Counters()
+        # L1 hits served to other threads (_l1_hit_in_thread): next() on an itertools.count is atomic under the GIL.
+        self._thread_l1_hits = itertools.count()
         self._loads = InFlightLoads()
         self._coherence = Coherence(
             table=self._table,
@@ -488,6 +491,30 @@ class HybridCache:
             return entry.value
         return L1_MISS
 
+    def _l1_hit_in_thread(self, key: str) -> Any:
+        """The fast path of threads other than the loop's (:mod:`hybridcache.sync`): ``key``'s value when L1 holds
+        an entry that this cache's loop validated against the current generation-table version and that is
+        neither expired nor due for an eager refresh (counted as an L1 hit), else ``L1_MISS``: the caller then
+        hands the call to the loop, which handles everything else (revalidation, expiry, refreshes, misses).
+
+        Read-only (:meth:`MemoryStore.find`): it may run while the loop's thread changes L1 and the table. Why
+        it never serves a value older than an invalidation that was applied before it started: applying one
+        (``Coherence.apply_locally`` and ``GenerationTable.advance``, or a resync, or losing trust) removes the
+        exact keys' entries from the map and bumps ``table.version`` before the invalidation call returns (or
+        the message counts as handled), and only the loop's thread sets an entry's ``checked``, to a version it
+        validated the entry under. So an entry found with ``checked == version`` after that bump was validated
+        after it; one validated before it has an older ``checked``, and goes to the loop.
+        """
+        l1 = self._l1
+        if l1 is None:
+            return L1_MISS
+        now = self._clock()
+        entry = l1.find(self._namespace + key, now)
+        if entry is None or now >= entry.refresh_at or entry.checked != self._table.version:
+            return L1_MISS
+        next(self._thread_l1_hits)
+        return entry.value
+
     def cached(
         self,
         key: str,
@@ -744,7 +771,7 @@ class HybridCache:
     def stats(self) -> CacheStats:
         c = self.counters
         return CacheStats(
-            l1_hits=c.l1_hits,
+            l1_hits=c.l1_hits + count_value(self._thread_l1_hits),
             l2_hits=c.l2_hits,
             misses=c.misses,
             handler_runs=c.handler_runs,

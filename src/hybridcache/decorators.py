@@ -1,5 +1,7 @@
-"""Caching plain ``async def`` functions: ``@cache.cached(key="User:{user_id}", ttl=..., tags=...)``.
+"""Caching functions: ``@cache.cached(key="User:{user_id}", ttl=..., tags=...)``.
 
+``async def`` functions on a :class:`~hybridcache.HybridCache` (:func:`cached`), plain ``def`` functions on a
+:class:`~hybridcache.sync.SyncHybridCache` (:func:`cached_sync`): the same key templates, options and contracts.
 The decorated function keeps its exact signature and return type for type checkers (``ParamSpec``; methods too),
 and gains ``.key_for(...)``, ``.invalidate(...)`` and ``.uncached``. Contracts:
 
@@ -33,13 +35,14 @@ from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, TypeVar
 
 from hybridcache.keys import CacheKey
 
-__all__ = ["L1_MISS", "CachedFunction", "cached"]
+__all__ = ["L1_MISS", "CachedFunction", "SyncCachedFunction", "cached", "cached_sync"]
 
 P = ParamSpec("P")
 P2 = ParamSpec("P2")
 R = TypeVar("R")
 S = TypeVar("S")
 T = TypeVar("T")
+C = TypeVar("C")
 
 TtlLike = timedelta | float | int
 
@@ -72,6 +75,30 @@ class _Cache(Protocol):
     ) -> T: ...
 
     async def invalidate(
+        self, *, keys: Sequence[str] = ..., prefixes: Sequence[str] = ..., tags: Sequence[str] = ...
+    ) -> object: ...
+
+
+class _SyncCache(Protocol):
+    """What a decorated plain function needs from :class:`~hybridcache.sync.SyncHybridCache`."""
+
+    def _l1_hit_value(self, key: str, /) -> Any: ...
+
+    def get_or_create(
+        self,
+        key: str,
+        factory: Callable[[], T],
+        *,
+        ttl: TtlLike | None = None,
+        type_: Any = None,
+        tags: Sequence[str] = (),
+        fail_safe: bool | None = None,
+        soft_timeout: TtlLike | None = None,
+        hard_timeout: TtlLike | None = None,
+        eager_refresh: float | None = None,
+    ) -> T: ...
+
+    def invalidate(
         self, *, keys: Sequence[str] = ..., prefixes: Sequence[str] = ..., tags: Sequence[str] = ...
     ) -> object: ...
 
@@ -119,29 +146,26 @@ class CachedFunction(Generic[P, R]):
         return self if instance is None else _BoundCachedFunction(self, instance)
 
 
-class _DecoratedFunction(CachedFunction[P, R]):
-    """The runtime base of every decorated function; a generated subclass supplies ``__call__`` and ``_key``."""
+class _Binding(Generic[C]):
+    """What every decorated function holds: its cache (or how to find it at call time), the declared type and
+    the options; a generated subclass supplies ``__call__`` and ``_key``."""
 
     __slots__ = ("__dict__", "_cache", "_options", "_resolve_cache", "_type")
 
     _key: Callable[..., str]
-    __wrapped__: Callable[..., Coroutine[Any, Any, Any]]
+    __wrapped__: Callable[..., Any]
 
     def __init__(
-        self,
-        function: Callable[P, Coroutine[Any, Any, R]],
-        cache: _Cache | Callable[[], _Cache],
-        type_: Any,
-        options: dict[str, Any],
+        self, function: Callable[..., Any], cache: C | Callable[[], C], type_: Any, options: dict[str, Any]
     ) -> None:
-        functools.update_wrapper(self, function)  # __name__, __doc__, __wrapped__ ...
+        functools.update_wrapper(typing.cast(Any, self), function)  # __name__, __doc__, __wrapped__ ...
         is_cache = hasattr(cache, "_l1_hit_value")
-        self._cache: _Cache | None = typing.cast(_Cache, cache) if is_cache else None
-        self._resolve_cache: Callable[[], _Cache] | None = None if is_cache else typing.cast(Any, cache)
+        self._cache: C | None = typing.cast(C, cache) if is_cache else None
+        self._resolve_cache: Callable[[], C] | None = None if is_cache else typing.cast(Any, cache)
         self._type = type_
         self._options = options
 
-    def _current_cache(self) -> _Cache:
+    def _current_cache(self) -> C:
         cache = self._cache
         if cache is not None:
             return cache
@@ -151,11 +175,23 @@ class _DecoratedFunction(CachedFunction[P, R]):
             raise TypeError(f"the cache given to @cached for {self.__wrapped__.__qualname__} returned {resolved!r}")
         return resolved
 
-    async def _load(self, cache: _Cache, key: str, factory: Callable[[], Awaitable[R]], tags: Sequence[str]) -> R:
-        """A miss (or an L1 entry due for refresh): the full ``get_or_create``."""
+    def _declared_type(self) -> Any:
         if self._type is _UNRESOLVED:
             self._type = _return_type(self.__wrapped__, strict=True)
-        return await cache.get_or_create(key, factory, type_=self._type, tags=tags, **self._options)
+        return self._type
+
+    def __repr__(self) -> str:
+        return f"<cached function {self.__wrapped__.__qualname__}>"
+
+
+class _DecoratedFunction(_Binding[_Cache], CachedFunction[P, R]):
+    """The runtime base of every decorated ``async def`` function."""
+
+    __slots__ = ()
+
+    async def _load(self, cache: _Cache, key: str, factory: Callable[[], Awaitable[R]], tags: Sequence[str]) -> R:
+        """A miss (or an L1 entry due for refresh): the full ``get_or_create``."""
+        return await cache.get_or_create(key, factory, type_=self._declared_type(), tags=tags, **self._options)
 
     def key_for(self, *args: P.args, **kwargs: P.kwargs) -> str:
         return self._key(*args, **kwargs)
@@ -167,9 +203,6 @@ class _DecoratedFunction(CachedFunction[P, R]):
     def uncached(self) -> Callable[P, Coroutine[Any, Any, R]]:
         original: Callable[P, Coroutine[Any, Any, R]] = self.__wrapped__
         return original
-
-    def __repr__(self) -> str:
-        return f"<cached function {self.__wrapped__.__qualname__}>"
 
 
 class _BoundCachedFunction(CachedFunction[P, R]):
@@ -195,6 +228,102 @@ class _BoundCachedFunction(CachedFunction[P, R]):
         return functools.partial(self._function.uncached, self._instance)
 
 
+class SyncCachedFunction(Generic[P, R]):
+    """A plain function whose results are cached in a :class:`~hybridcache.sync.SyncHybridCache`; call it as the
+    original, from any thread. ``key_for`` and ``uncached`` as on :class:`CachedFunction`; ``invalidate(...)``
+    is a plain call. On a class, it binds like a method."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        raise NotImplementedError  # each decorated function gets its own generated __call__
+
+    def key_for(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        raise NotImplementedError
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        raise NotImplementedError
+
+    @property
+    def uncached(self) -> Callable[P, R]:
+        raise NotImplementedError
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+
+    @overload
+    def __get__(
+        self: SyncCachedFunction[Concatenate[S, P2], R], instance: S, owner: type[Any] | None = None
+    ) -> SyncCachedFunction[P2, R]: ...
+
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
+        return self if instance is None else _SyncBoundCachedFunction(self, instance)
+
+
+class _SyncDecoratedFunction(_Binding[_SyncCache], SyncCachedFunction[P, R]):
+    """The runtime base of every decorated plain function."""
+
+    __slots__ = ()
+
+    def _load(self, cache: _SyncCache, key: str, factory: Callable[[], R], tags: Sequence[str]) -> R:
+        """A miss (or an entry the calling thread may not serve): the full ``get_or_create``."""
+        return cache.get_or_create(key, factory, type_=self._declared_type(), tags=tags, **self._options)
+
+    def key_for(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        return self._key(*args, **kwargs)
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        self._current_cache().invalidate(keys=[self._key(*args, **kwargs)])
+
+    @property
+    def uncached(self) -> Callable[P, R]:
+        original: Callable[P, R] = self.__wrapped__
+        return original
+
+
+class _SyncBoundCachedFunction(SyncCachedFunction[P, R]):
+    """A decorated plain method bound to an instance."""
+
+    __slots__ = ("_function", "_instance")
+
+    def __init__(self, function: SyncCachedFunction[Any, R], instance: object) -> None:
+        self._function = function
+        self._instance = instance
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._function(self._instance, *args, **kwargs)
+
+    def key_for(self, *args: P.args, **kwargs: P.kwargs) -> str:
+        return self._function.key_for(self._instance, *args, **kwargs)
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        self._function.invalidate(self._instance, *args, **kwargs)
+
+    @property
+    def uncached(self) -> Callable[P, R]:
+        return functools.partial(self._function.uncached, self._instance)
+
+
+def _options(
+    ttl: TtlLike | None,
+    fail_safe: bool | None,
+    soft_timeout: TtlLike | None,
+    hard_timeout: TtlLike | None,
+    eager_refresh: float | None,
+) -> dict[str, Any]:
+    return {
+        name: value
+        for name, value in (
+            ("ttl", ttl),
+            ("fail_safe", fail_safe),
+            ("soft_timeout", soft_timeout),
+            ("hard_timeout", hard_timeout),
+            ("eager_refresh", eager_refresh),
+        )
+        if value is not None
+    }
+
+
 def cached(
     key: str,
     *,
@@ -210,24 +339,48 @@ def cached(
     """Cache an ``async def`` function's results under ``key`` (a template over its parameters) in ``cache``
     (a :class:`~hybridcache.HybridCache`, or a callable returning one at call time). The options are
     ``get_or_create``'s; ``type_`` defaults to the return annotation. See the module docstring."""
-    options = {
-        name: value
-        for name, value in (
-            ("ttl", ttl),
-            ("fail_safe", fail_safe),
-            ("soft_timeout", soft_timeout),
-            ("hard_timeout", hard_timeout),
-            ("eager_refresh", eager_refresh),
-        )
-        if value is not None
-    }
+    options = _options(ttl, fail_safe, soft_timeout, hard_timeout, eager_refresh)
 
     def decorate(function: Callable[P, Coroutine[Any, Any, R]]) -> CachedFunction[P, R]:
         if not inspect.iscoroutinefunction(function):
-            raise TypeError(f"@cached needs an async def function; {function.__qualname__} is not one")
+            raise TypeError(
+                f"@cached needs an async def function; {function.__qualname__} is not one"
+                " (plain functions: hybridcache.sync)"
+            )
         declared = _return_type(function, strict=False) if type_ is _UNRESOLVED else type_
-        generated = _generate(function, key, tuple(tags))
-        return generated(function, cache, declared, options)
+        generated = _generate(function, key, tuple(tags), sync=False)
+        decorated: CachedFunction[P, R] = generated(function, cache, declared, options)
+        return decorated
+
+    return decorate
+
+
+def cached_sync(
+    key: str,
+    *,
+    cache: _SyncCache | Callable[[], _SyncCache],
+    ttl: TtlLike | None = None,
+    type_: Any = _UNRESOLVED,
+    tags: Sequence[str] = (),
+    fail_safe: bool | None = None,
+    soft_timeout: TtlLike | None = None,
+    hard_timeout: TtlLike | None = None,
+    eager_refresh: float | None = None,
+) -> Callable[[Callable[P, R]], SyncCachedFunction[P, R]]:
+    """Cache a plain function's results under ``key`` in ``cache`` (a :class:`~hybridcache.sync.SyncHybridCache`,
+    or a callable returning one at call time), as :func:`cached` does for ``async def`` functions."""
+    options = _options(ttl, fail_safe, soft_timeout, hard_timeout, eager_refresh)
+
+    def decorate(function: Callable[P, R]) -> SyncCachedFunction[P, R]:
+        if inspect.iscoroutinefunction(function):
+            raise TypeError(
+                f"the sync @cached needs a plain function; {function.__qualname__} is async def"
+                " (use HybridCache.cached)"
+            )
+        declared = _return_type(function, strict=False) if type_ is _UNRESOLVED else type_
+        generated = _generate(function, key, tuple(tags), sync=True)
+        decorated: SyncCachedFunction[P, R] = generated(function, cache, declared, options)
+        return decorated
 
     return decorate
 
@@ -256,8 +409,9 @@ def _return_type(function: Callable[..., Any], *, strict: bool) -> Any:
 # ------------------------------------------------------------------------------------------ code generation
 
 
-def _generate(function: Callable[..., Any], template: str, tags: tuple[str, ...]) -> type[_DecoratedFunction[Any, Any]]:
-    """A subclass of :class:`_DecoratedFunction` whose ``__call__`` and ``_key`` take ``function``'s own parameters.
+def _generate(function: Callable[..., Any], template: str, tags: tuple[str, ...], *, sync: bool) -> type[Any]:
+    """A subclass of :class:`_DecoratedFunction` (``sync``: :class:`_SyncDecoratedFunction`) whose ``__call__`` and
+    ``_key`` take ``function``'s own parameters.
 
     Generated source, as :mod:`dataclasses` does for ``__init__``: only parameter names (identifiers, checked)
     and attribute names (identifiers, checked) enter it; every literal, default and format spec is passed in as a
@@ -342,7 +496,7 @@ def _generate(function: Callable[..., Any], template: str, tags: tuple[str, ...]
 def _key({parameter_list}):
     return {key_source}
 
-async def __call__(_hc_self, {parameter_list}):
+{"def" if sync else "async def"} __call__(_hc_self, {parameter_list}):
     _hc_key = {key_source}
     _hc_cache = _hc_self._cache
     if _hc_cache is None:
@@ -350,12 +504,12 @@ async def __call__(_hc_self, {parameter_list}):
     _hc_value = _hc_cache._l1_hit_value(_hc_key)
     if _hc_value is not _MISS:
         return _hc_value
-    return await _hc_self._load(_hc_cache, _hc_key, lambda: _func({call}), {tags_source})
+    return {"" if sync else "await "}_hc_self._load(_hc_cache, _hc_key, lambda: _func({call}), {tags_source})
 """
     namespace: dict[str, Any] = dict(constants)
     exec(compile(source, f"<@cached {name}>", "exec"), namespace)
     return type(
         f"Cached_{function.__name__}",
-        (_DecoratedFunction,),
+        (_SyncDecoratedFunction if sync else _DecoratedFunction,),
         {"__slots__": (), "__call__": namespace["__call__"], "_key": staticmethod(namespace["_key"])},
     )

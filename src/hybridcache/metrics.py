@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
+import itertools
 from typing import Any, Protocol
 
 
@@ -45,6 +46,17 @@ class Counters:
         self.factory_timeouts = 0
         self.fail_safe_activations = 0
         self.eager_refreshes = 0
+
+
+def count_value(counter: itertools.count[int]) -> int:
+    """How many times ``next()`` was called on ``counter`` (started at 0), without advancing it.
+
+    An ``itertools.count`` is the counter several threads may share: ``next()`` on it is one C call, atomic
+    under the GIL, where ``x += 1`` on an attribute can lose increments (and so make a counter go back).
+    Its value is read from its ``repr`` (``count(17)``), the only way to read it without advancing it;
+    ``tests/unit/test_metrics.py`` pins that form.
+    """
+    return int(repr(counter)[6:-1])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 Every import counts, including those under ``if TYPE_CHECKING:``, inside functions, and module names given to
 ``importlib.import_module``: a cycle hidden behind any of them is still a cycle a reader has to untangle.
 
-The layers, from the top: the public facade and the integrations (``cache``, ``cqrs``, ``persistence``,
+The layers, from the top: the public facade and the integrations (``cache``, ``sync``, ``cqrs``, ``persistence``,
 ``fastapi``, ``telemetry``, ``prometheus``, ``cli``, the package itself), the algorithm (``_core``), the Redis
 adapters (``_redis``), and the pure leaves (everything else: settings, keys, errors, metrics, connection strings,
 generations, the memory store, serialization, resilience, JSONC). A module may import its own layer and the ones
@@ -21,7 +21,7 @@ import hybridcache
 
 PACKAGE_DIR = Path(hybridcache.__file__).parent
 TOP, CORE, REDIS, LEAF = 3, 2, 1, 0
-_INTEGRATIONS = {"cache", "cqrs", "persistence", "fastapi", "telemetry", "prometheus", "cli"}
+_INTEGRATIONS = {"cache", "cqrs", "persistence", "fastapi", "telemetry", "prometheus", "cli", "sync"}
 
 
 def module_name(path: Path) -> str:
@@ -176,7 +176,7 @@ def test_the_public_names_are_pinned() -> None:
 def test_internal_modules_are_private() -> None:
     """The public modules are these; everything else at the top of the package is ``_private``."""
     public = {"cache", "cli", "connection", "cqrs", "errors", "fastapi", "keys", "metrics", "persistence"}
-    public |= {"decorators", "prometheus", "settings", "telemetry"}
+    public |= {"decorators", "prometheus", "settings", "sync", "telemetry"}
     top = {m.split(".")[1] for m in MODULES if m.count(".") >= 1}
     assert sorted(name for name in top - public if not name.startswith("_")) == []
 
