@@ -295,6 +295,7 @@ class HybridCache:
                     on_fill=self._on_fill,
                     subscriber=self._open_subscriber,
                 )
+                self._coherence.on_epoch_moved(self._backplane.epoch_moved)
             self._filler.connect(self._l2, self._dlock, self._backplane)
             self._reader.connect(self._l2, self._dlock)
             self._batch.connect(self._l2)

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from harness.redis_server import RedisServer
-from hybridcache import CacheSettings, HybridCache
+from hybridcache import CacheSettings, HybridCache, MemoryCacheSettings
 from hybridcache._redis.l2 import RedisL2
 
 KEY = "Car:7"
@@ -118,3 +118,30 @@ async def wait_for_caching(cache: HybridCache, db: CountingDatabase, key: str) -
     while not await is_cached(cache, db, key):
         assert loop.time() < deadline, f"caching stayed off: {db.loads} factory runs"
         await asyncio.sleep(0.02)
+
+
+async def test_a_writer_does_not_read_back_what_it_invalidated_when_redis_drew_a_new_epoch(
+    redis_server: RedisServer, namespace: str, protocol: int, admin: Redis
+) -> None:
+    """The history checker found it under ``volatile-lru`` eviction: the generation hash is evicted, the writer's
+    prefix invalidation draws a new epoch, and its bump lives only in Redis. The writer's table, still trusted in
+    the old epoch, accepted the old entry from L2 until its own message came back and caused a resync. Now the
+    publication's reply itself, in another epoch, drops trust at once (reads check stamps against Redis).
+
+    In one process the backplane usually handles the message before the read's verdict, so this replays the
+    scenario without failing reliably when the fix is removed; the checker's eviction run is what caught it."""
+    l1_off = MemoryCacheSettings(enabled=False)
+    settings = CacheSettings(
+        service_name=namespace, configuration=redis_server.url, protocol=protocol, memory_cache=l1_off
+    )
+    async with HybridCache(settings) as cache:
+        assert await cache.wait_until_connected(5.0)
+        await cache.set("Item:g7:8", "v10")
+        assert await cache.get("Item:g7:8") == "v10"
+        await admin.delete(l2_of(cache).generations_key)  # evicted: the next script draws a new epoch
+
+        await cache.remove_by_prefix("Item:g7")
+        assert await cache.get("Item:g7:8", default="gone") == "gone"
+        assert await cache.wait_until_connected(5.0)  # and the resync brings trust back
+        await cache.set("Item:g7:9", "v1")
+        assert await cache.get("Item:g7:9") == "v1"

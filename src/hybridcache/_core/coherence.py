@@ -59,10 +59,16 @@ class Coherence:
         self._loads = loads
         self._wall = wall_clock
         self._l2: RedisL2 | None = None
+        self._epoch_moved: Callable[[], None] | None = None
 
     def connect(self, l2: RedisL2) -> None:
         """Publish through ``l2`` from now on (set when the cache starts; without it invalidations stay local)."""
         self._l2 = l2
+
+    def on_epoch_moved(self, epoch_moved: Callable[[], None]) -> None:
+        """What to call when a publication shows Redis in another epoch than the table (the backplane's
+        :meth:`~hybridcache._redis.backplane.Backplane.epoch_moved`: distrust the table now, resync)."""
+        self._epoch_moved = epoch_moved
 
     async def invalidate(
         self,
@@ -187,4 +193,10 @@ class Coherence:
         if message["e"] == self.table.epoch:
             self.table.advance(message["g"])
         else:
+            # Redis drew a new epoch (its generation hash was evicted or flushed) and this bump lives only there.
+            # Until the table has reloaded, an L2 entry stamped in the old epoch would still look current to it, and
+            # this writer would read back what it just invalidated: distrust the table now (reads then check stamps
+            # against Redis) rather than when our own message comes back through the backplane.
             self._drop_l1_by_fields(fields)
+            if self._epoch_moved is not None:
+                self._epoch_moved()

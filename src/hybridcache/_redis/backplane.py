@@ -94,6 +94,7 @@ class Backplane:
         # Set by the cache when Redis answers with another generation epoch than the table's (the hash was flushed
         # or evicted and recreated): the loop resyncs at its next turn, at most once per heartbeat interval.
         self._resync_requested = False
+        self._resync_forced = False
         self._last_requested_resync = -float("inf")
 
     async def start(self) -> None:
@@ -112,6 +113,14 @@ class Backplane:
     def request_resync(self) -> None:
         """Ask the subscriber loop to reload the table from Redis soon (safe to call on every request)."""
         self._resync_requested = True
+
+    def epoch_moved(self) -> None:
+        """This instance's own publication showed Redis in another epoch than the table: the bump it made lives
+        only in Redis, so stop trusting the table now (reads check stamps against Redis meanwhile) and resync at
+        once, without waiting for the message to come back or for the rate limit of :meth:`request_resync`."""
+        if self._table.trusted:
+            self._lose_trust()
+            self._resync_forced = True
 
     async def wait_trusted(self, timeout: float) -> bool:
         """Wait until the subscription is confirmed; False on timeout."""
@@ -181,6 +190,12 @@ class Backplane:
             if message is not None:
                 pending = await self._handle(message, pending, pubsub)
             now = time.monotonic()
+            if self._resync_forced:
+                self._resync_forced = False
+                self.gaps_detected += 1
+                logger.warning("Redis drew a new generation epoch under our own invalidation; resynchronising")
+                await self._resync(pubsub)
+                continue
             if self._resync_requested and self._table.trusted:
                 self._resync_requested = False
                 if now - self._last_requested_resync >= self._heartbeat_interval:
