@@ -437,6 +437,17 @@ MUTATIONS = (
         "        if False:  # close() began",
         ("tests/unit/test_sync_handoff.py::test_a_call_that_reaches_a_stopping_loop_is_refused_not_left_pending",),
     ),
+    Mutation(
+        "epoch-moved-distrusts",
+        "a publication answered in a new epoch leaves the writer's table trusted until its message comes back",
+        "src/hybridcache/_core/coherence.py",
+        "            if self._epoch_moved is not None:\n                self._epoch_moved()\n",
+        "",
+        (
+            "tests/integration/test_vanished_meta_keys.py::"
+            "test_a_writer_does_not_read_back_what_it_invalidated_when_redis_drew_a_new_epoch",
+        ),
+    ),
 )
 
 

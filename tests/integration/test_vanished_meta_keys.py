@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache, MemoryCacheSettings
 from hybridcache._redis.l2 import RedisL2
+from tests.support.tcp_relay import TcpRelay
 
 KEY = "Car:7"
 
@@ -128,20 +129,23 @@ async def test_a_writer_does_not_read_back_what_it_invalidated_when_redis_drew_a
     the old epoch, accepted the old entry from L2 until its own message came back and caused a resync. Now the
     publication's reply itself, in another epoch, drops trust at once (reads check stamps against Redis).
 
-    In one process the backplane usually handles the message before the read's verdict, so this replays the
-    scenario without failing reliably when the fix is removed; the checker's eviction run is what caught it."""
-    l1_off = MemoryCacheSettings(enabled=False)
-    settings = CacheSettings(
-        service_name=namespace, configuration=redis_server.url, protocol=protocol, memory_cache=l1_off
-    )
-    async with HybridCache(settings) as cache:
-        assert await cache.wait_until_connected(5.0)
-        await cache.set("Item:g7:8", "v10")
-        assert await cache.get("Item:g7:8") == "v10"
-        await admin.delete(l2_of(cache).generations_key)  # evicted: the next script draws a new epoch
+    The cache reaches Redis through a TCP relay that holds back what the server sends to its subscriber, so the
+    message is deterministically late, as it was under load in the checker's run."""
+    async with TcpRelay(redis_server.host, redis_server.port) as relay:
+        l1_off = MemoryCacheSettings(enabled=False)
+        settings = CacheSettings(
+            service_name=namespace, configuration=f"127.0.0.1:{relay.port}", protocol=protocol, memory_cache=l1_off
+        )
+        async with HybridCache(settings) as cache:
+            assert await cache.wait_until_connected(5.0)
+            await cache.set("Item:g7:8", "v10")
+            assert await cache.get("Item:g7:8") == "v10"
+            await admin.delete(l2_of(cache).generations_key)  # evicted: the next script draws a new epoch
 
-        await cache.remove_by_prefix("Item:g7")
-        assert await cache.get("Item:g7:8", default="gone") == "gone"
-        assert await cache.wait_until_connected(5.0)  # and the resync brings trust back
-        await cache.set("Item:g7:9", "v1")
-        assert await cache.get("Item:g7:9") == "v1"
+            relay.hold_subscribers()
+            await cache.remove_by_prefix("Item:g7")
+            assert await cache.get("Item:g7:8", default="gone") == "gone"
+            relay.release()
+            assert await cache.wait_until_connected(5.0)  # the resync brings trust back
+            await cache.set("Item:g7:9", "v1")
+            assert await cache.get("Item:g7:9") == "v1"
