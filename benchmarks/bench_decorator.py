@@ -12,11 +12,22 @@ One run, variants timed round-robin (``_common.measure``), the service's dealers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks._common import Table, Variant, bench_main, dealership_dto, format_ns, looped, measure, paired_ratio
+from benchmarks._common import (
+    Table,
+    Variant,
+    bench_main,
+    connected,
+    dealership_dto,
+    format_ns,
+    looped,
+    measure,
+    paired_ratio,
+)
 from dealership.dto import DealershipDto
 from harness.redis_server import RedisServer
 from hybridcache import CacheSettings, HybridCache, MemoryCacheSettings
@@ -97,7 +108,8 @@ async def batch_of_l2_hits(rounds: int) -> dict[str, Any]:
     with RedisServer() as server:
         l1_off = MemoryCacheSettings(enabled=False)
         settings = CacheSettings(service_name="bench-batch", configuration=server.url, memory_cache=l1_off)
-        async with HybridCache(settings) as cache:
+        async with contextlib.AsyncExitStack() as stack:
+            cache = await connected(stack, settings)
             peer = Cache()
             peer.setup(server.url_for_db(1))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import random
 import tempfile
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import Table, bench_main, database_urls, summarize
+from benchmarks._common import Table, bench_main, connected, database_urls, summarize
 from dealership.bootstrap import build_mediator
 from dealership.commands import UpdateDealership
 from dealership.database import create_engine, prepare_database
@@ -53,28 +54,28 @@ async def measure(url: str, server: RedisServer, writes: int) -> dict[str, Any]:
     never = {"off": 0, "on": 0}
     rng = random.Random(15)
     try:
-        async with HybridCache(settings) as writer, HybridCache(settings) as observer:
-            await writer.wait_until_connected(5.0)
-            await observer.wait_until_connected(5.0)
+        async with contextlib.AsyncExitStack() as stack:
+            writer = await connected(stack, settings)
+            observer = await connected(stack, settings)
+            outbox = await stack.enter_async_context(Outbox(writer, engine, OutboxSettings(enabled=True)))
             sessions = create_session_factory(engine)
-            async with Outbox(writer, engine, OutboxSettings(enabled=True)) as outbox:
-                mediators = {"off": build_mediator(writer, sessions), "on": build_mediator(writer, sessions, outbox)}
-                for i in range(2 * writes):
-                    mode = ("off", "on")[i % 2]
-                    dealership_id = rng.randint(1, SEED)
-                    key = f"Dealership:{dealership_id}"
-                    await observer.set(key, {"warm": i})
-                    command = UpdateDealership(id=dealership_id, name=f"Bench {i}", business_address=f"{i} Outbox St")
-                    started = time.perf_counter()
-                    await mediators[mode].send(command)
-                    returned = time.perf_counter()
-                    samples[mode]["write"].append(returned - started)
-                    seen = await seen_after(observer, key)
-                    if seen is None:
-                        never[mode] += 1
-                    else:
-                        samples[mode]["propagation"].append(max(0.0, seen - returned))
-                relayed = outbox.relayed
+            mediators = {"off": build_mediator(writer, sessions), "on": build_mediator(writer, sessions, outbox)}
+            for i in range(2 * writes):
+                mode = ("off", "on")[i % 2]
+                dealership_id = rng.randint(1, SEED)
+                key = f"Dealership:{dealership_id}"
+                await observer.set(key, {"warm": i})
+                command = UpdateDealership(id=dealership_id, name=f"Bench {i}", business_address=f"{i} Outbox St")
+                started = time.perf_counter()
+                await mediators[mode].send(command)
+                returned = time.perf_counter()
+                samples[mode]["write"].append(returned - started)
+                seen = await seen_after(observer, key)
+                if seen is None:
+                    never[mode] += 1
+                else:
+                    samples[mode]["propagation"].append(max(0.0, seen - returned))
+            relayed = outbox.relayed
     finally:
         await engine.dispose()
     stats = ("count", "p50", "p90", "p99", "max")

@@ -409,6 +409,26 @@ def _return_type(function: Callable[..., Any], *, strict: bool) -> Any:
 # ------------------------------------------------------------------------------------------ code generation
 
 
+class _SourceName:
+    """A default value in generated source: rendered (``repr``) as the name of the constant that holds it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# How the generated function passes each kind of parameter on to the decorated one.
+_FORWARD = {
+    inspect.Parameter.POSITIONAL_ONLY: "{0}",
+    inspect.Parameter.POSITIONAL_OR_KEYWORD: "{0}",
+    inspect.Parameter.VAR_POSITIONAL: "*{0}",
+    inspect.Parameter.KEYWORD_ONLY: "{0}={0}",
+    inspect.Parameter.VAR_KEYWORD: "**{0}",
+}
+
+
 def _generate(function: Callable[..., Any], template: str, tags: tuple[str, ...], *, sync: bool) -> type[Any]:
     """A subclass of :class:`_DecoratedFunction` (``sync``: :class:`_SyncDecoratedFunction`) whose ``__call__`` and
     ``_key`` take ``function``'s own parameters.
@@ -458,40 +478,18 @@ def _generate(function: Callable[..., Any], template: str, tags: tuple[str, ...]
         raise ValueError(f"key template {template!r} of {name} contains control characters")
     tags_source = "(" + "".join(f"{expression(tag, 'tag template')}, " for tag in tags) + ")"
 
-    params: list[str] = []
-    forward: list[str] = []
-    marker_added = False
+    # The parameter list is the original's, rendered by inspect (kinds, "/" and "*" markers) without annotations,
+    # each default replaced by the name of a constant that holds it; the call forwards each parameter by its kind.
+    unannotated = []
     for index, parameter in enumerate(parameters.values()):
-        text = parameter.name
-        if parameter.default is not inspect.Parameter.empty:
-            constants[f"_hc_d{index}"] = parameter.default
-            text += f"=_hc_d{index}"
-        kind = parameter.kind
-        if kind is inspect.Parameter.VAR_POSITIONAL:
-            params.append("*" + parameter.name)
-            forward.append("*" + parameter.name)
-            marker_added = True
-            continue
-        if kind is inspect.Parameter.VAR_KEYWORD:
-            params.append("**" + parameter.name)
-            forward.append("**" + parameter.name)
-            continue
-        if kind is inspect.Parameter.KEYWORD_ONLY:
-            if not marker_added:
-                params.append("*")
-                marker_added = True
-            params.append(text)
-            forward.append(f"{parameter.name}={parameter.name}")
-            continue
-        params.append(text)
-        forward.append(parameter.name)
-        if kind is inspect.Parameter.POSITIONAL_ONLY and (
-            index + 1 == len(parameters)
-            or list(parameters.values())[index + 1].kind is not inspect.Parameter.POSITIONAL_ONLY
-        ):
-            params.append("/")
-    parameter_list = ", ".join(params)
-    call = ", ".join(forward)
+        default = parameter.default
+        if default is not inspect.Parameter.empty:
+            constants[f"_hc_d{index}"] = default
+            default = _SourceName(f"_hc_d{index}")
+        unannotated.append(parameter.replace(default=default, annotation=inspect.Parameter.empty))
+    rendered = signature.replace(parameters=unannotated, return_annotation=inspect.Signature.empty)
+    parameter_list = str(rendered)[1:-1]
+    call = ", ".join(_FORWARD[parameter.kind].format(parameter.name) for parameter in parameters.values())
     source = f"""
 def _key({parameter_list}):
     return {key_source}
